@@ -1,0 +1,1 @@
+"""edgemeter cloud package."""

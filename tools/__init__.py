@@ -1,0 +1,1 @@
+"""edgemeter tools package."""

@@ -1,0 +1,59 @@
+"""`edgemeter` command: one entry point, each subcommand in its own module, imported on use.
+
+Each target is `module:function` taking `argv` (the arguments after the subcommand) and
+returning an exit status. Importing lazily keeps `edgemeter quote` free of the cloud's
+dependencies and fast to start.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:function, one-line help)
+    "quote": ("tools.quote:main", "rate one interaction round given by flags"),
+    "estimate": ("tools.quote:estimate_main", "interactions a License device-year buys for a feature mix"),
+    "decode": ("tools.decode:main", "print a captured device/cloud payload readably"),
+    "agent": ("agent.daemon:main", "run the Linux device agent (--config FILE)"),
+    "rater": ("cloud.rater:main", "run the cloud rater (--broker URL --db URL)"),
+    "admin": ("cloud.admin:main", "accounts, workspaces, licenses, devices, invoices"),
+    "dashboard": ("cloud.dashboard:main", "serve the HTTP API and dashboard (--db URL --port P)"),
+    "sim": ("tools.sim:main", "simulate a fleet with faults and audit the ledger"),
+    "bench": ("tools.bench:main", "run every benchmark and print figures and ratios"),
+    "demo": ("tools.demo:main", "broker, rater, dashboard and a simulated fleet on this machine"),
+    "build-firmware": ("tools.build_firmware:main", "compile firmware_py/ with mpy-cross"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: edgemeter COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`edgemeter COMMAND --help` describes a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"edgemeter: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    target = COMMANDS[name][0]
+    mod_name, func_name = target.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == mod_name or mod_name.startswith(exc.name + ".")):
+            print(f"edgemeter: command {name!r} is not built yet ({mod_name} missing)", file=sys.stderr)
+            return 2
+        raise
+    result = getattr(mod, func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

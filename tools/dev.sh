@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# edgemeter's one entry point for people and CI. Each subcommand installs what it needs first:
+#   bash tools/dev.sh demo       the main job: broker, rater, dashboard and a simulated fleet
+#   bash tools/dev.sh test       install everything, type-check and build the firmware, run all tests
+#   bash tools/dev.sh campaign   the full fault and load campaigns (long; not part of `test`)
+#   bash tools/dev.sh bench      every benchmark, results into BENCHMARKS.md's format
+# Works on a fresh Debian/Ubuntu machine with Python 3.11; uses sudo only when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${EDGEMETER_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+say() { printf '\n== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {  # apt_install CMD PACKAGE...: install PACKAGEs when CMD is missing
+    local cmd=$1; shift
+    if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then
+        say "installing $* (no $cmd on this machine)"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+
+ensure_system() {
+    apt_install mosquitto mosquitto
+    apt_install mosquitto_passwd mosquitto-clients
+    if [ "${1:-}" = browser ]; then apt_install chromium chromium; fi
+}
+
+ensure_postgres() {
+    # PostgreSQL tests skip with a reason where no server answers, except under CI=true.
+    if [ "${CI:-}" = true ] && ! "$VENV/bin/python" -m tools.pgcheck >/dev/null 2>&1; then
+        say "starting PostgreSQL for CI"
+        if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+        fi
+        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+        for _ in $(seq 30); do "$VENV/bin/python" -m tools.pgcheck && break; sleep 1; done
+    fi
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating virtual environment $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.edgemeter-installed"
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        say "installing edgemeter and its test dependencies into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q -e ".[dev]"
+        echo "$want" > "$stamp"
+    fi
+    if [ ! -f build/mpstubs/stdlib/VERSIONS ]; then
+        say "installing MicroPython stubs into build/mpstubs"
+        rm -rf build/mpstubs
+        "$VENV/bin/python" -m pip install -q --no-deps --target build/mpstubs \
+            micropython-stdlib-stubs micropython-unix-stubs
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+raise_fd_limit() { ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; }
+
+cmd=${1:-test}; shift || true
+case "$cmd" in
+    test)
+        ensure_system browser
+        ensure_venv
+        ensure_postgres
+        raise_fd_limit
+        say "type-checking firmware_py/ against the MicroPython stubs"
+        mypy --config-file tools/mypy-firmware.ini firmware_py
+        say "compiling firmware_py/ with mpy-cross"
+        python -m tools.build_firmware
+        say "running the test suite (CPython and the MicroPython unix port)"
+        python -m pytest "$@"
+        ;;
+    demo)
+        ensure_system
+        ensure_venv
+        raise_fd_limit
+        exec edgemeter demo "$@"
+        ;;
+    campaign)
+        ensure_system
+        ensure_venv
+        ensure_postgres
+        raise_fd_limit
+        python -m tools.build_firmware
+        python -m pytest -m full -o addopts="" "$@"
+        ;;
+    bench)
+        ensure_system
+        ensure_venv
+        raise_fd_limit
+        python -m tools.build_firmware
+        exec edgemeter bench "$@"
+        ;;
+    *)
+        echo "usage: bash tools/dev.sh test|demo|campaign|bench [args]" >&2
+        exit 2
+        ;;
+esac
