@@ -1,0 +1,67 @@
+"""RFC 8949 section 8 diagnostic notation for values of firmware_py.cbor's subset.
+
+An optional extension of firmware_py/cbor.py that a device image can leave out: cbor.diag()
+and cbor.notation() import it on use. Output rules:
+  N1. integers in decimal; byte strings as h'..' in lowercase hex; text in double quotes with
+      JSON escapes for the quote, the backslash and U+0000-U+001F, U+007F (as \\u00XX);
+  N2. arrays "[a, b]", maps "{k: v}" with keys in the deterministic order (cbor.py rule E2),
+      so a value has one notation as it has one encoding; false, true, null as such.
+"""
+from binascii import hexlify
+
+from firmware_py.cbor import _key_order
+
+
+def _text_diag(s):
+    out = ['"']
+    for c in s:
+        o = ord(c)
+        if c == '"' or c == "\\":
+            out.append("\\" + c)
+        elif o < 0x20 or o == 0x7F:
+            out.append("\\u%04x" % o)
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def _diag(o, out):
+    t = type(o)
+    if t is int:
+        out.append(str(o))
+    elif t is bytes:
+        out.append("h'" + hexlify(o).decode() + "'")
+    elif t is str:
+        out.append(_text_diag(o))
+    elif t is list:
+        out.append("[")
+        for i in range(len(o)):
+            if i:
+                out.append(", ")
+            _diag(o[i], out)
+        out.append("]")
+    elif t is dict:
+        out.append("{")
+        first = True
+        for k in sorted(o, key=_key_order):
+            if not first:
+                out.append(", ")
+            first = False
+            out.append(str(k) + ": ")
+            _diag(o[k], out)
+        out.append("}")
+    elif o is True:
+        out.append("true")
+    elif o is False:
+        out.append("false")
+    else:
+        out.append("null")
+
+
+
+def notation(obj):
+    """Diagnostic notation of obj, a value as cbor.loads returns them (N1-N2)."""
+    out = []  # type: list
+    _diag(obj, out)
+    return "".join(out)

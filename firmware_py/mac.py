@@ -1,0 +1,74 @@
+"""HMAC-SHA-256 (RFC 2104) on hashlib.sha256, for runtimes without `hmac` (MicroPython).
+
+    hmac_sha256(key, msg) -> 32 bytes   RFC 2104 with SHA-256 (B = 64), checked against the
+                                        HMAC-SHA-256 results of RFC 4231 test cases 1-7
+    tag(key, msg) -> 16 bytes           HMAC-SHA-256-128: the leftmost 16 bytes of the HMAC
+                                        (truncation as in RFC 4868 section 2.3 / RFC 2104
+                                        section 5), the tag on every signed message
+    equal(a, b) -> bool                 constant-time comparison: the time depends on the
+                                        lengths only, never on where the bytes differ
+
+Rules:
+  M1. Keys longer than the block (64 bytes) are hashed first (RFC 2104 section 2); shorter
+      keys are zero-padded. Our device keys are 32 bytes.
+  M2. Verify with equal(tag(key, body_as_received), received_tag), never with ==.
+Caller mistakes (key or msg not bytes-like) raise ValueError.
+"""
+import hashlib
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[no-redef,misc]
+        return x
+
+_BLOCK = const(64)
+TAG_LEN = const(16)
+
+# XOR tables for the pads, built once: _IPAD[b] == b ^ 0x36, _OPAD[b] == b ^ 0x5c.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def _check(name, v):
+    t = type(v)
+    if t is bytes:
+        return v
+    if t is bytearray or t is memoryview:
+        return bytes(v)
+    raise ValueError("mac: %s must be bytes, not %s" % (name, t.__name__))
+
+
+def _pads(key):
+    key = _check("key", key)
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(_BLOCK - len(key))
+    return bytes(_IPAD[b] for b in key), bytes(_OPAD[b] for b in key)
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA-256(key, msg), RFC 2104: H((K ^ opad) || H((K ^ ipad) || msg))."""
+    ik, ok = _pads(key)
+    inner = hashlib.sha256(ik)
+    inner.update(_check("msg", msg))
+    outer = hashlib.sha256(ok)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def tag(key, msg):
+    """HMAC-SHA-256-128 of msg under key: the first 16 bytes of hmac_sha256 (M2)."""
+    return hmac_sha256(key, msg)[:TAG_LEN]
+
+
+def equal(a, b):
+    """True when a == b, compared in time that depends only on the lengths (M2)."""
+    a = _check("a", a)
+    b = _check("b", b)
+    if len(a) != len(b):
+        return False
+    r = 0
+    for i in range(len(a)):
+        r |= a[i] ^ b[i]
+    return r == 0
