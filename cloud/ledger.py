@@ -1,0 +1,151 @@
+"""Low-level ledger writes shared by the rater, the services and the admin command.
+
+Rules:
+ L1. A usage batch is booked by INSERT .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING, so
+     of any group of rows only the ones never booked before come back, with their ids; everything
+     derived from a batch (lines, pool and account entries) is written only for those rows, in the
+     same transaction. A redelivered or replayed batch therefore changes nothing.
+ L2. Projections are moved by relative UPDATEs (`x = x + :d`) in the same transaction as the
+     entry that justifies them; `cloud.rebuild` recomputes them from the entries.
+ L3. A dead letter is counted by (reason, topic, sha256(payload)): the first one is stored, each
+     repeat bumps `count` and `last_seen_ms`. Nothing else changes.
+ L4. `devices.acked_seq` only grows and is a lower bound: every seq <= it is booked.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from cloud import schema as S
+
+DEAD_PAYLOAD_MAX = 65536
+
+
+def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
+    return (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(table)
+
+
+def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int, int], int]:
+    """Book `rows` (usage_batches dicts) once each (rule L1): {(device_id, seq): id} of the new ones."""
+    if not rows:
+        return {}
+    t = S.usage_batches
+    stmt = _insert(conn, t).on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(
+        t.c.id, t.c.device_id, t.c.seq)
+    return {(d, s): i for i, d, s in conn.execute(stmt, list(rows))}
+
+
+def insert_rows(conn: Connection, table, rows: Sequence[Mapping]) -> None:  # type: ignore[no-untyped-def]
+    if rows:
+        conn.execute(insert(table), list(rows))
+
+
+def add_to_pools(conn: Connection, deltas: Mapping[int, Mapping[str, int]]) -> None:
+    """pools[ws].bucket += d for each workspace's bucket deltas (rule L2); creates missing rows."""
+    for ws, d in deltas.items():
+        vals = {b: getattr(S.pools.c, b) + d.get(b, 0) for b in S.POOL_BUCKETS if d.get(b)}
+        if not vals:
+            continue
+        ensure_pool(conn, ws)
+        conn.execute(update(S.pools).where(S.pools.c.workspace_id == ws).values(**vals))
+
+
+def ensure_pool(conn: Connection, ws: int) -> None:
+    conn.execute(_insert(conn, S.pools).values(workspace_id=ws).on_conflict_do_nothing(
+        index_elements=["workspace_id"]))
+
+
+def pool_entry_deltas(entry: Mapping) -> dict[str, int]:
+    return {b: entry.get("d_" + b, 0) for b in S.POOL_BUCKETS}
+
+
+def write_pool_entries(conn: Connection, entries: Sequence[Mapping]) -> None:
+    """Insert pool entries and move the pool and lease projections by them (rules L1, L2)."""
+    if not entries:
+        return
+    full = [{**{"d_" + b: 0 for b in S.POOL_BUCKETS}, "lease_id": None, "activation_id": None,
+             "batch_id": None, **e} for e in entries]
+    conn.execute(insert(S.pool_entries), full)
+    per_ws: dict[int, dict[str, int]] = {}
+    per_lease: dict[int, dict[str, int]] = {}
+    for e in full:
+        acc = per_ws.setdefault(e["workspace_id"], {})
+        for b in S.POOL_BUCKETS:
+            acc[b] = acc.get(b, 0) + e["d_" + b]
+        if e["lease_id"] is not None:
+            la = per_lease.setdefault(e["lease_id"], {})
+            for col, v in lease_effect(e).items():
+                la[col] = la.get(col, 0) + v
+    add_to_pools(conn, per_ws)
+    for lid, d in per_lease.items():
+        vals = {c: getattr(S.leases.c, c) + v for c, v in d.items() if v}
+        if vals:
+            conn.execute(update(S.leases).where(S.leases.c.id == lid).values(**vals))
+
+
+def lease_effect(e: Mapping) -> dict[str, int]:
+    """What one pool entry adds to its lease's projected columns (used/returned/reclaimed/reconciled)."""
+    kind = e["kind"]
+    if kind == "lease_usage":
+        return {"used": e.get("d_used", 0)}
+    if kind == "lease_return":
+        return {"returned": e.get("d_free", 0)}
+    if kind == "reclaim":
+        return {"reclaimed": e.get("d_unreconciled", 0)}
+    if kind == "reconcile":
+        return {"reconciled": -e.get("d_unreconciled", 0), "used": e.get("d_used", 0)}
+    return {}
+
+
+def record_dead_letter(conn: Connection, reason: str, topic: str, payload: bytes, detail: str,
+                       now_ms: int) -> None:
+    """Count one rejected message (rule L3)."""
+    t = S.dead_letters
+    stmt = _insert(conn, t).values(
+        reason=reason, topic=topic[:256], digest=hashlib.sha256(payload).digest(),
+        payload=bytes(payload[:DEAD_PAYLOAD_MAX]), detail=detail[:2000], count=1,
+        first_seen_ms=now_ms, last_seen_ms=now_ms)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["reason", "topic", "digest"],
+        set_={"count": t.c.count + 1, "last_seen_ms": stmt.excluded.last_seen_ms})
+    conn.execute(stmt)
+
+
+def record_dead_letters(conn: Connection, items: Iterable[tuple[str, str, bytes, str, int]]) -> None:
+    for reason, topic, payload, detail, now_ms in items:
+        record_dead_letter(conn, reason, topic, payload, detail, now_ms)
+
+
+def raise_acked(conn: Connection, acked: Mapping[int, int], seen_ms: int) -> None:
+    """devices.acked_seq = max(acked_seq, new) and last_seen_ms = now for each device (rule L4)."""
+    if not acked:
+        return
+    d = S.devices
+    stmt = update(d).where(d.c.id == bindparam("b_id")).values(
+        acked_seq=case((d.c.acked_seq < bindparam("b_acked"), bindparam("b_acked")), else_=d.c.acked_seq),
+        last_seen_ms=bindparam("b_seen"))
+    conn.execute(stmt, [{"b_id": k, "b_acked": v, "b_seen": seen_ms} for k, v in acked.items()])
+
+
+def contiguous_from(conn: Connection, device_id: int, acked: int, limit: int = 10_000) -> int:
+    """The highest seq h >= acked such that every seq in (acked, h] is booked for the device."""
+    while True:
+        seqs = conn.execute(
+            select(S.usage_batches.c.seq).where(S.usage_batches.c.device_id == device_id,
+                                                S.usage_batches.c.seq > acked)
+            .order_by(S.usage_batches.c.seq).limit(limit)).scalars().all()
+        for s in seqs:
+            if s != acked + 1:
+                return acked
+            acked = s
+        if len(seqs) < limit:
+            return acked
+
+
+def max_seq(conn: Connection, device_id: int) -> int:
+    return conn.execute(select(func.coalesce(func.max(S.usage_batches.c.seq), 0))
+                        .where(S.usage_batches.c.device_id == device_id)).scalar_one()
