@@ -377,7 +377,7 @@ def loads(data, max_depth=16, max_items=65536, max_bytes=None):
     except RuntimeError:  # RecursionError on CPython; MicroPython raises RuntimeError itself
         raise CBORError(0, "nesting too deep for this runtime's stack")
     if i != n:
-        raise CBORError(i, "%d trailing bytes after the item" % (n - i))
+        raise CBORError(i, "trailing bytes after the item (%d)" % (n - i))
     return obj
 
 

@@ -1,0 +1,104 @@
+"""`edgemeter decode`: print a captured device/cloud payload readably.
+
+    edgemeter decode [FILE | -] [--hex STRING] [--raw]
+
+The payload comes from FILE, from `--hex` (whitespace and a leading 0x are ignored) or, with
+neither (or FILE "-"), from standard input read as binary. `--raw` prints the CBOR item in
+RFC 8949 section 8 diagnostic notation. Without `--raw`, a message-aware description is
+printed when firmware_py.proto provides `describe(obj)` (the protocol layer); until then, and
+for anything it does not claim, the diagnostic notation is printed.
+
+Exit status: 0 printed; 1 the payload is not valid (the byte offset and the reason are printed,
+never a traceback); 2 usage or input trouble (bad hex, unreadable file).
+"""
+from __future__ import annotations
+
+import argparse
+import binascii
+import importlib
+import sys
+from types import ModuleType
+from typing import Any, Callable
+
+from firmware_py import cbor
+
+MAX_BYTES = 1 << 20  # a captured MQTT payload; refuse absurd inputs before decoding
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; the protocol layer may add options (e.g. --key) to it."""
+    ap = argparse.ArgumentParser(prog="edgemeter decode",
+                                 description="Print a captured device/cloud payload readably.")
+    ap.add_argument("file", nargs="?", default=None,
+                    help="payload file (binary); '-' or omitted reads standard input")
+    ap.add_argument("--hex", metavar="STRING", help="the payload as hex instead of a file")
+    ap.add_argument("--raw", action="store_true",
+                    help="print any CBOR item of our subset in diagnostic notation (RFC 8949 s.8)")
+    return ap
+
+
+class InputError(Exception):
+    """The payload could not be read (exit status 2)."""
+
+
+def read_payload(args: argparse.Namespace) -> bytes:
+    if args.hex is not None:
+        if args.file is not None:
+            raise InputError("give either FILE or --hex, not both")
+        text = "".join(args.hex.split())
+        if text[:2].lower() == "0x":
+            text = text[2:]
+        try:
+            return binascii.unhexlify(text)
+        except (binascii.Error, ValueError) as exc:
+            raise InputError(f"--hex is not an even-length hex string ({exc})") from None
+    try:
+        if args.file is None or args.file == "-":
+            return sys.stdin.buffer.read(MAX_BYTES + 1)
+        with open(args.file, "rb") as f:
+            return f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {args.file or 'standard input'}: {exc.strerror or exc}") from None
+
+
+def describer() -> Callable[[Any], str] | None:
+    """firmware_py.proto.describe when the protocol layer is installed, else None (the seam)."""
+    try:
+        proto: ModuleType = importlib.import_module("firmware_py.proto")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("firmware_py.proto", "firmware_py"):
+            return None
+        raise
+    return getattr(proto, "describe", None)
+
+
+def render(payload: bytes, raw: bool = False) -> str:
+    """The text to print for payload; CBORError (or the protocol's ValueError) when invalid."""
+    obj = cbor.loads(payload, max_bytes=MAX_BYTES)
+    describe = None if raw else describer()
+    if describe is not None:
+        return describe(obj)
+    return cbor.notation(obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        payload = read_payload(args)
+        text = render(payload, raw=args.raw)
+    except InputError as exc:
+        print(f"edgemeter decode: {exc}", file=sys.stderr)
+        return 2
+    except cbor.CBORError as exc:
+        print(f"edgemeter decode: invalid payload ({len(payload)} bytes) at byte offset "
+              f"{exc.offset}: {exc.reason}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # the protocol layer's own errors (e.g. a malformed message)
+        print(f"edgemeter decode: invalid message: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
