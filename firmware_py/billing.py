@@ -56,8 +56,12 @@ _BP = const(10000)
 
 class BillingError(ValueError):
     def __init__(self, rule: str, detail: str = ""):
-        ValueError.__init__(self, rule + ": " + detail if detail else rule)
+        self.msg = rule + ": " + detail if detail else rule
+        super().__init__(self.msg)
         self.rule = rule
+
+    def __str__(self):
+        return self.msg
 
 
 def _amount(v, what):

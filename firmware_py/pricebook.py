@@ -174,8 +174,11 @@ PHOTO = (640, 480)
 
 class PriceBookError(ValueError):
     def __init__(self, reason: str):
-        ValueError.__init__(self, "price book: " + reason)
+        super().__init__("price book: " + reason)
         self.reason = reason
+
+    def __str__(self):
+        return "price book: " + self.reason
 
 
 def norm(name: str) -> str:

@@ -50,8 +50,12 @@ class RatingError(ValueError):
     """An invalid round; .rule names the broken rule (R1..R14), str() is 'rule: detail'."""
 
     def __init__(self, rule: str, detail: str = ""):
-        ValueError.__init__(self, rule + ": " + detail if detail else rule)
+        self.msg = rule + ": " + detail if detail else rule
+        super().__init__(self.msg)
         self.rule = rule
+
+    def __str__(self):
+        return self.msg
 
 
 def _int(v) -> bool:
