@@ -25,7 +25,7 @@ apt_install() {  # apt_install CMD PACKAGE...: install PACKAGEs when CMD is miss
 
 ensure_system() {
     apt_install mosquitto mosquitto
-    apt_install mosquitto_passwd mosquitto-clients
+    apt_install mosquitto_passwd mosquitto  # `dpkg -S mosquitto_passwd`: package mosquitto
     if [ "${1:-}" = browser ]; then apt_install chromium chromium; fi
 }
 

@@ -1,0 +1,427 @@
+"""A real Mosquitto for tests, the simulator and the demo, rendered from the shipped configuration.
+
+    with Broker(auth=True, tls=True) as b:          # free ports, temp dir, users, CA
+        user, pw = b.add_device(ws=7, dev=1042)      # rewrites passwd + ACL, SIGHUP
+        ... connect to b.host:b.port (plain) or b.tls_port with b.ca_file ...
+        b.restart()                                  # same ports; persistence kept
+    python -m tools.broker --auth --tls              # run one in the foreground (demo, debugging)
+
+The configuration is deploy/mosquitto/mosquitto.conf with only site values rewritten (file
+paths, ports, bind address 127.0.0.1, log to stderr captured in <workdir>/mosquitto.log, `user`
+set to whoever runs the tests); auth=False drops password_file/acl_file and allows anonymous
+clients, tls=False drops the TLS listener. The ACL is the fixed part of
+deploy/mosquitto/acl.example (the raters' and operators' blocks) plus one generated block per
+device. Passwords are hashed by `mosquitto_passwd -U` (Debian package `mosquitto`).
+
+Mosquitto 2.0 reloads password_file and acl_file on SIGHUP (mosquitto.conf(5): "Reloaded on
+reload signal"); reload() waits for the broker's "Reloading config." log line, after which
+the single-threaded broker serves no client before the new files are in force.
+
+Errors: BrokerError(RuntimeError) when Mosquitto cannot be started or configured (the message
+carries the tail of its log); ValueError for caller mistakes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+ACL_TEMPLATE = ROOT / "deploy" / "mosquitto" / "acl.example"
+DEVICES_MARKER = "# ---- devices ----"
+HOST = "127.0.0.1"
+ROLES = ("rater", "admin")
+
+
+class BrokerError(RuntimeError):
+    """Mosquitto could not be started, reloaded or configured."""
+
+
+def mosquitto_exe() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise BrokerError("mosquitto not found: apt-get install mosquitto (tools/dev.sh does)")
+    return exe
+
+
+def mosquitto_passwd_exe() -> str:
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(exe).exists():
+        raise BrokerError("mosquitto_passwd not found: it ships in Debian's `mosquitto` package")
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def device_user(dev: int) -> str:
+    """The MQTT user name (and client id) of device dev: "d<dev>" (contract 5)."""
+    return "d%d" % dev
+
+
+def device_acl(ws: int, dev: int) -> str:
+    """The ACL block of one device: its own uplink (write) and downlink (read) only."""
+    if ws < 0 or dev < 0:
+        raise ValueError("workspace and device ids are unsigned")
+    return (f"user {device_user(dev)}\n"
+            f"topic write em/{ws}/{dev}/up/#\n"
+            f"topic read em/{ws}/{dev}/down/#\n")
+
+
+def render_acl(devices: Iterable[tuple[int, int]], template: Path = ACL_TEMPLATE) -> str:
+    """The whole ACL file: the fixed part of the template, then one block per (ws, dev)."""
+    text = template.read_text()
+    if DEVICES_MARKER not in text:
+        raise BrokerError(f"{template}: no '{DEVICES_MARKER}' line")
+    head = text.split(DEVICES_MARKER)[0]
+    return head + DEVICES_MARKER + "\n" + "\n".join(device_acl(ws, dev) for ws, dev in devices)
+
+
+def render_config(template: Path, *, port: int, tls_port: int | None, workdir: Path,
+                  auth: bool, extra: Iterable[str] = ()) -> str:
+    """The shipped mosquitto.conf with its site values rewritten (see the module docstring),
+    line for line in the template's order. The template must hold exactly one TLS listener (a
+    listener section with certfile) and one plain listener; extra lines go before the first."""
+    lines = template.read_text().splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("listener ")]
+    sections = [lines[a:b] for a, b in zip(starts, starts[1:] + [len(lines)])]
+    is_tls = [any(x.startswith("certfile ") for x in sec) for sec in sections]
+    if sorted(is_tls) != [False, True]:
+        raise BrokerError(f"{template}: expected one TLS and one plain listener")
+    site = {
+        "password_file": str(workdir / "passwd"),
+        "acl_file": str(workdir / "acl"),
+        "persistence_location": str(workdir / "data") + "/",
+        "user": getpass.getuser(),
+        "certfile": str(workdir / "server.crt"),
+        "keyfile": str(workdir / "server.key"),
+    }
+    out = [f"# rendered by tools/broker.py from {template}"]
+    log_done = False
+    tls_section = False
+    for i, ln in enumerate(lines):
+        key = ln.split(" ", 1)[0]
+        if i in starts:
+            tls_section = is_tls[starts.index(i)]
+            if i == starts[0]:
+                out.extend(extra)
+            if tls_section and tls_port is None:
+                out.append("# (TLS listener left out: Broker(tls=False))")
+                continue
+            out.append(f"listener {tls_port if tls_section else port} {HOST}")
+            continue
+        if tls_section and tls_port is None and not ln.startswith("#"):
+            continue
+        if key in ("password_file", "acl_file") and not auth:
+            continue
+        if key == "allow_anonymous" and not auth:
+            out.append("allow_anonymous true")
+        elif key == "log_dest":
+            if not log_done:
+                out.append("log_dest stderr")
+                log_done = True
+        elif key == "pid_file":
+            continue
+        elif key in site:
+            out.append(f"{key} {site[key]}")
+        else:
+            out.append(ln)
+    return "\n".join(out) + "\n"
+
+
+def make_certs(workdir: Path, hosts: Iterable[str] = ("localhost", HOST)) -> Path:
+    """A throwaway CA (ca.crt) and a broker certificate/key it signed (server.crt/server.key,
+    EC P-256, SAN = hosts) in workdir; returns the CA file's path."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgemeter test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (workdir / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (workdir / "server.crt").write_bytes(cert.public_bytes(pem))
+    keyfile = workdir / "server.key"
+    keyfile.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    keyfile.chmod(0o600)
+    return workdir / "ca.crt"
+
+
+class Broker:
+    """One Mosquitto process on 127.0.0.1 (see the module docstring)."""
+
+    def __init__(self, port: int = 0, *, auth: bool = False, tls: bool = False,
+                 tls_port: int = 0, extra: Iterable[str] = (), workdir: str | Path | None = None,
+                 template: Path = TEMPLATE, verbose: bool = False) -> None:
+        self.auth = auth
+        self.tls = tls
+        self._auto_ports = port == 0 and (tls_port == 0 or not tls)
+        self.port = port or free_port()
+        self.tls_port: int | None = (tls_port or free_port()) if tls else None
+        self.extra = list(extra) + (["log_type all"] if verbose else [])
+        self.template = template
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edgemeter-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self.ca_file: Path | None = make_certs(self.workdir) if tls else None
+        self.users: dict[str, str] = {}     # user name -> password
+        self.devices: dict[int, int] = {}   # dev -> ws
+        self.proc: subprocess.Popen[bytes] | None = None
+        if auth:
+            for role in ROLES:
+                self.users[role] = secrets.token_hex(12)
+            self._write_auth()
+
+    # ---- addresses ----
+    host = HOST
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None:
+            raise ValueError("this broker has no TLS listener (tls=False)")
+        return f"mqtts://{HOST}:{self.tls_port}"
+
+    # ---- users ----
+    def add_device(self, ws: int, dev: int, password: str | None = None) -> tuple[str, str]:
+        """Create (or re-key) device dev of workspace ws; returns (user name, password). On a
+        running broker the files are rewritten and reloaded before this returns."""
+        if not self.auth:
+            raise ValueError("add_device needs Broker(auth=True)")
+        user = device_user(dev)
+        self.users[user] = password or secrets.token_hex(12)
+        self.devices[dev] = ws
+        self._write_auth()
+        if self.running:
+            self.reload()
+        return user, self.users[user]
+
+    def remove_device(self, dev: int) -> None:
+        """Revoke device dev (its password and ACL block); reloads a running broker. Clients
+        already connected stay connected (mosquitto.conf(5)), but their ACL is gone."""
+        self.users.pop(device_user(dev), None)
+        self.devices.pop(dev, None)
+        self._write_auth()
+        if self.running:
+            self.reload()
+
+    def _write_auth(self) -> None:
+        plain = self.workdir / "passwd.plain"
+        plain.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
+        plain.chmod(0o600)
+        proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
+        os.replace(plain, self.workdir / "passwd")
+        acl = self.workdir / "acl.new"
+        acl.write_text(render_acl(sorted((ws, dev) for dev, ws in self.devices.items())))
+        os.replace(acl, self.workdir / "acl")
+
+    # ---- process ----
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> "Broker":
+        """Start Mosquitto and wait until every listener accepts connections."""
+        if self.running:
+            return self
+        for attempt in range(5):
+            self.config_path.write_text(render_config(
+                self.template, port=self.port, tls_port=self.tls_port, workdir=self.workdir,
+                auth=self.auth, extra=self.extra))
+            start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.config_path)],
+                                             stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+            try:
+                self._wait_ready(start_at, timeout)
+                return self
+            except BrokerError as e:
+                in_use = "Address already in use" in str(e)
+                self._terminate(signal.SIGKILL)
+                if not (in_use and self._auto_ports and attempt < 4):
+                    raise
+                self.port = free_port()  # another process took the port: pick new ones
+                if self.tls:
+                    self.tls_port = free_port()
+        raise BrokerError("unreachable")
+
+    def _wait_ready(self, start_at: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BrokerError(f"mosquitto exited with {self.proc.returncode}:\n"
+                                  + self.log_text(start_at)[-2000:])
+            if " running" in self.log_text(start_at) and all(map(_accepts, ports)):
+                return
+            time.sleep(0.02)
+        raise BrokerError(f"mosquitto not ready after {timeout}s:\n" + self.log_text(start_at)[-2000:])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Clean stop: SIGTERM (Mosquitto saves its persistence file), SIGKILL after timeout."""
+        self._terminate(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Crash: SIGKILL; what was not autosaved is lost, as on a power cut."""
+        self._terminate(signal.SIGKILL)
+
+    def _terminate(self, sig: int, timeout: float = 5.0) -> None:
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            if sig != signal.SIGKILL:
+                os.kill(p.pid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+            p.send_signal(sig)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.proc = None
+
+    def restart(self, hard: bool = False, timeout: float = 10.0) -> None:
+        """Stop (SIGTERM, or SIGKILL when hard) and start again on the same ports."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        self.start(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is answered (a stalled network)."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP: reload the password and ACL files; returns once the broker has done so."""
+        if not self.running or self.proc is None:
+            raise BrokerError("reload() needs a running broker")
+        before = self.log_text().count("Reloading config.")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log_text().count("Reloading config.") <= before:
+            if time.monotonic() > deadline:
+                raise BrokerError("no 'Reloading config.' after SIGHUP:\n" + self.log_text()[-2000:])
+            time.sleep(0.01)
+
+    def log_text(self, start: int = 0) -> str:
+        """The broker's log since byte offset start (all of it by default)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def close(self) -> None:
+        """Stop and remove the working directory (when this object created it)."""
+        self._terminate(signal.SIGKILL)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _accepts(port: int | None) -> bool:
+    try:
+        with socket.create_connection((HOST, port or 0), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.broker", description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-port", type=int, default=0)
+    ap.add_argument("--auth", action="store_true", help="password file + ACL (users printed)")
+    ap.add_argument("--tls", action="store_true", help="TLS listener with a throwaway CA")
+    ap.add_argument("--device", action="append", default=[], metavar="WS/DEV",
+                    help="create a device user (repeatable; needs --auth)")
+    args = ap.parse_args(argv)
+    b = Broker(args.port, auth=args.auth, tls=args.tls, tls_port=args.tls_port)
+    for spec in args.device:
+        m = re.fullmatch(r"(\d+)/(\d+)", spec)
+        if not m:
+            ap.error(f"--device {spec!r}: expected WS/DEV, e.g. 7/1042")
+        b.add_device(int(m.group(1)), int(m.group(2)))
+    with b:
+        print(f"mosquitto on {b.url}" + (f" and {b.tls_url} (CA {b.ca_file})" if b.tls else ""))
+        for u, p in b.users.items():
+            print(f"  user {u} password {p}")
+        print(f"  log {b.log_path}; Ctrl-C stops it")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
