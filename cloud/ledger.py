@@ -44,61 +44,10 @@ def insert_rows(conn: Connection, table, rows: Sequence[Mapping]) -> None:  # ty
         conn.execute(insert(table), list(rows))
 
 
-def add_to_pools(conn: Connection, deltas: Mapping[int, Mapping[str, int]]) -> None:
-    """pools[ws].bucket += d for each workspace's bucket deltas (rule L2); creates missing rows."""
-    for ws, d in deltas.items():
-        vals = {b: getattr(S.pools.c, b) + d.get(b, 0) for b in S.POOL_BUCKETS if d.get(b)}
-        if not vals:
-            continue
-        ensure_pool(conn, ws)
-        conn.execute(update(S.pools).where(S.pools.c.workspace_id == ws).values(**vals))
-
-
 def ensure_pool(conn: Connection, ws: int) -> None:
+    """Create the workspace's pools row (all zeros) if it does not exist yet."""
     conn.execute(_insert(conn, S.pools).values(workspace_id=ws).on_conflict_do_nothing(
         index_elements=["workspace_id"]))
-
-
-def pool_entry_deltas(entry: Mapping) -> dict[str, int]:
-    return {b: entry.get("d_" + b, 0) for b in S.POOL_BUCKETS}
-
-
-def write_pool_entries(conn: Connection, entries: Sequence[Mapping]) -> None:
-    """Insert pool entries and move the pool and lease projections by them (rules L1, L2)."""
-    if not entries:
-        return
-    full = [{**{"d_" + b: 0 for b in S.POOL_BUCKETS}, "lease_id": None, "activation_id": None,
-             "batch_id": None, **e} for e in entries]
-    conn.execute(insert(S.pool_entries), full)
-    per_ws: dict[int, dict[str, int]] = {}
-    per_lease: dict[int, dict[str, int]] = {}
-    for e in full:
-        acc = per_ws.setdefault(e["workspace_id"], {})
-        for b in S.POOL_BUCKETS:
-            acc[b] = acc.get(b, 0) + e["d_" + b]
-        if e["lease_id"] is not None:
-            la = per_lease.setdefault(e["lease_id"], {})
-            for col, v in lease_effect(e).items():
-                la[col] = la.get(col, 0) + v
-    add_to_pools(conn, per_ws)
-    for lid, d in per_lease.items():
-        vals = {c: getattr(S.leases.c, c) + v for c, v in d.items() if v}
-        if vals:
-            conn.execute(update(S.leases).where(S.leases.c.id == lid).values(**vals))
-
-
-def lease_effect(e: Mapping) -> dict[str, int]:
-    """What one pool entry adds to its lease's projected columns (used/returned/reclaimed/reconciled)."""
-    kind = e["kind"]
-    if kind == "lease_usage":
-        return {"used": e.get("d_used", 0)}
-    if kind == "lease_return":
-        return {"returned": e.get("d_free", 0)}
-    if kind == "reclaim":
-        return {"reclaimed": e.get("d_unreconciled", 0)}
-    if kind == "reconcile":
-        return {"reconciled": -e.get("d_unreconciled", 0), "used": e.get("d_used", 0)}
-    return {}
 
 
 def record_dead_letter(conn: Connection, reason: str, topic: str, payload: bytes, detail: str,

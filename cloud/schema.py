@@ -8,20 +8,20 @@ Two kinds of table:
 
   immutable entries (INSERT only, never UPDATE or DELETE):
     usage_batches, usage_lines, pool_entries, account_entries, payments, license_purchases,
-    license_activations, savings_plans, trials, mismatches, device_keys, price_books,
-    invoice_lines (an invoice is replaced whole, never edited)
+    license_activations, savings_plans, trials, mismatches, device_keys, price_books
+    (an invoice with its lines is replaced whole, never edited)
   projections (derived; `edgemeter admin rebuild` recomputes them from the entries):
-    pools              <- pool_entries grouped by workspace
-    leases.used/returned/reclaimed/reconciled/state  <- pool_entries grouped by lease
+    pools, leases      <- pool_entries replayed in order through firmware_py.pool.Pool (its P9)
+    leases.booked      <- usage_batches.rated_ucny summed per lease
     account_balances   <- payments, trials, account_entries
-    plan_balances      <- savings_plans, account_entries
+    plan_balances      <- account_entries per savings plan
     devices.acked_seq  <- usage_batches (highest seq with every seq from 1 up to it booked)
 
-Pool buckets (all µCNY units; one pool per License workspace). Every pool entry moves units
-between buckets with signed deltas, so at every instant
-    free + leased + used + unreconciled + expired == granted + overdraft
-where `granted` is everything activations brought in and `overdraft` is usage a device reported
-beyond what its lease covered (tampering or skew; it never comes out of `free`).
+Pool buckets are the core's (firmware_py/pool.py P1): at every instant
+    added + overdraft == free + out + unrec + consumed
+where `added` is what activations brought in less what expired licences withdrew, `out` is
+reserved by live leases, `unrec` was reclaimed from silent leases, and `overdraft` is use a
+device reported beyond what its lease and the free units covered.
 """
 from __future__ import annotations
 
@@ -49,9 +49,6 @@ accounts = Table(
     "accounts", metadata, _pk(),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", INT, nullable=False),
-    # postpaid state: 'active' or 'suspended' (balance could not cover usage)
-    Column("status", String(16), nullable=False, server_default="active"),
-    Column("status_at", INT, nullable=False, server_default="0"),
 )
 
 workspaces = Table(
@@ -60,11 +57,14 @@ workspaces = Table(
     Column("name", String(200), nullable=False),
     # 'license' (devices lease from the workspace pool) or 'postpaid' (the account pays per use)
     Column("billing", String(16), nullable=False),
-    # offline policy carried in every grant: 'stop' | 'continue' (up to offline_units) | 'degrade'
-    Column("offline_policy", String(16), nullable=False, server_default="stop"),
-    Column("offline_units", INT, nullable=False, server_default="0"),
-    Column("lease_units", INT, nullable=False, server_default="1000000"),   # default slice size
-    Column("lease_validity_s", INT, nullable=False, server_default="86400"),
+    # lease terms of the workspace pool (firmware_py.pool.TERMS; policy 0 stop, 1 continue, 2 degrade)
+    Column("grant_units", INT, nullable=False, server_default="545000"),
+    Column("max_units", INT, nullable=False, server_default="5450000"),
+    Column("validity_s", INT, nullable=False, server_default="86400"),
+    Column("offline_policy", Integer, nullable=False, server_default="1"),
+    Column("offline_units", INT, nullable=False, server_default="54500"),
+    Column("low_units", INT, nullable=False, server_default="1090000"),
+    Column("renew_pct", Integer, nullable=False, server_default="20"),
     Column("created_at", INT, nullable=False),
     UniqueConstraint("account_id", "name", name="uq_workspaces_account_name"),
 )
@@ -82,19 +82,20 @@ devices = Table(
     Column("id", INT, primary_key=True, autoincrement=False),   # assigned by admin register-device
     Column("workspace_id", ID, ForeignKey("workspaces.id"), nullable=False, index=True),
     Column("username", String(64), nullable=False, unique=True),
-    Column("password_hash", String(256), nullable=False),       # Mosquitto PBKDF2-SHA512 line value
-    Column("kid", Integer, nullable=False),
-    # The device's 32-byte HMAC key. Stored here for the rater; in production it lives in a KMS
-    # and the store holds only a wrapped copy (see cloud/README.md).
-    Column("key", LargeBinary(32), nullable=False),
+    Column("password_hash", String(256), nullable=False),       # Mosquitto $7$ PBKDF2-SHA512 value
+    Column("kid", Integer, nullable=False),          # the newest key id issued (see device_keys)
     Column("status", String(16), nullable=False, server_default="active"),   # active | suspended
     Column("created_at", INT, nullable=False),
     Column("last_seen_ms", INT, nullable=False, server_default="0"),
     Column("acked_seq", INT, nullable=False, server_default="0"),    # projection (rule above)
-    Column("boot", INT, nullable=False, server_default="0"),
-    Column("grant_no", INT, nullable=False, server_default="0"),     # last grant number issued
+    # the cloud-side protocol session's persistent state (firmware_py.cloud_session), JSON
+    Column("session", Text, nullable=False, server_default="{}"),
+    Column("last_status", Text, nullable=False, server_default="{}"),   # the last STATUS report, JSON
 )
 
+# Every 32-byte HMAC key a device has had, by key id (rotation adds one; the old ones stay so
+# that late batches signed with them still verify). Stored here for the rater; in production
+# the keys live in a KMS and this table holds wrapped copies (see cloud/README.md).
 device_keys = Table(
     "device_keys", metadata,
     Column("device_id", INT, ForeignKey("devices.id"), primary_key=True),
@@ -106,11 +107,12 @@ device_keys = Table(
 license_purchases = Table(
     "license_purchases", metadata, _pk(),
     Column("workspace_id", ID, ForeignKey("workspaces.id"), nullable=False, index=True),
-    Column("tier", String(16), nullable=False),
+    Column("tier", Integer, nullable=False),          # price-book tier id
     Column("devices", INT, nullable=False),
     Column("price_ucny", INT, nullable=False),
     Column("purchased_at", INT, nullable=False),
-    Column("addon", Boolean, nullable=False, server_default="0"),   # an add-on to an existing pool
+    Column("activate_by", INT, nullable=False),
+    Column("addon", Boolean, nullable=False, server_default="0"),   # joins an existing pool
 )
 
 license_activations = Table(
@@ -124,55 +126,47 @@ license_activations = Table(
     Column("units", INT, nullable=False),          # pool units granted in
 )
 
-leases = Table(
-    "leases", metadata, _pk(),
-    Column("device_id", INT, ForeignKey("devices.id"), nullable=False, index=True),
-    Column("workspace_id", ID, ForeignKey("workspaces.id"), nullable=False, index=True),
-    Column("grant_no", INT, nullable=False),
-    Column("units", INT, nullable=False),
-    Column("granted_at", INT, nullable=False),
-    Column("valid_until", INT, nullable=False),
-    Column("final", Boolean, nullable=False, server_default="0"),
-    # projections of pool_entries for this lease:
-    Column("used", INT, nullable=False, server_default="0"),
-    Column("returned", INT, nullable=False, server_default="0"),
-    Column("reclaimed", INT, nullable=False, server_default="0"),
-    Column("reconciled", INT, nullable=False, server_default="0"),
-    Column("state", String(16), nullable=False, server_default="active"),  # active|returned|reclaimed|closed
-    UniqueConstraint("device_id", "grant_no", name="uq_leases_device_grant"),
-)
-
-pools = Table(   # projection of pool_entries
+pools = Table(   # projection of pool_entries: firmware_py.pool.Pool buckets
     "pools", metadata,
     Column("workspace_id", ID, ForeignKey("workspaces.id"), primary_key=True),
-    Column("granted", INT, nullable=False, server_default="0"),
+    Column("added", INT, nullable=False, server_default="0"),
     Column("free", INT, nullable=False, server_default="0"),
-    Column("leased", INT, nullable=False, server_default="0"),
-    Column("used", INT, nullable=False, server_default="0"),
-    Column("unreconciled", INT, nullable=False, server_default="0"),
-    Column("expired", INT, nullable=False, server_default="0"),
+    Column("out", INT, nullable=False, server_default="0"),
+    Column("unrec", INT, nullable=False, server_default="0"),
+    Column("consumed", INT, nullable=False, server_default="0"),
     Column("overdraft", INT, nullable=False, server_default="0"),
+    Column("next_lease", INT, nullable=False, server_default="1"),
+    Column("entries", INT, nullable=False, server_default="0"),   # entries applied so far
 )
 
-POOL_BUCKETS = ("granted", "free", "leased", "used", "unreconciled", "expired", "overdraft")
+POOL_BUCKETS = ("added", "free", "out", "unrec", "consumed", "overdraft")
 
-pool_entries = Table(
+leases = Table(   # projection of pool_entries: firmware_py.pool.Pool lease rows
+    "leases", metadata,
+    Column("workspace_id", ID, ForeignKey("workspaces.id"), primary_key=True),
+    Column("id", INT, primary_key=True, autoincrement=False),   # lease id, per pool
+    Column("device_id", INT, nullable=False, index=True),
+    Column("state", Integer, nullable=False),        # pool.LIVE | RECLAIMED | CLOSED
+    Column("total", INT, nullable=False),
+    Column("allow", INT, nullable=False),
+    Column("used", INT, nullable=False),
+    Column("validity", INT, nullable=False),
+    Column("seen", INT, nullable=False),
+    Column("extra", INT, nullable=False, server_default="0"),   # use paid beyond the reservation
+    Column("booked", INT, nullable=False, server_default="0"),  # rated units of batches booked on it
+    Column("opened_at", INT, nullable=False),
+)
+
+pool_entries = Table(   # the core's pool entries, in application order per workspace
     "pool_entries", metadata, _pk(),
     Column("workspace_id", ID, ForeignKey("workspaces.id"), nullable=False),
     Column("at", INT, nullable=False),
-    # grant_in | expire | lease_grant | lease_usage | lease_return | reclaim | reconcile
-    Column("kind", String(16), nullable=False),
-    Column("d_granted", INT, nullable=False, server_default="0"),
-    Column("d_free", INT, nullable=False, server_default="0"),
-    Column("d_leased", INT, nullable=False, server_default="0"),
-    Column("d_used", INT, nullable=False, server_default="0"),
-    Column("d_unreconciled", INT, nullable=False, server_default="0"),
-    Column("d_expired", INT, nullable=False, server_default="0"),
-    Column("d_overdraft", INT, nullable=False, server_default="0"),
-    Column("lease_id", ID, ForeignKey("leases.id"), nullable=True, index=True),
+    Column("op", Integer, nullable=False),            # pool.OP_*
+    Column("lease_id", INT, nullable=True),
+    Column("entry", Text, nullable=False),            # the entry's ints, comma-separated
     Column("activation_id", ID, ForeignKey("license_activations.id"), nullable=True),
     Column("batch_id", ID, nullable=True),
-    Index("ix_pool_entries_ws_at", "workspace_id", "at"),
+    Index("ix_pool_entries_ws_id", "workspace_id", "id"),
 )
 
 usage_batches = Table(
@@ -200,7 +194,7 @@ usage_batches = Table(
 usage_lines = Table(   # per batch, per (item, multiplier): for usage queries and invoices
     "usage_lines", metadata,
     Column("batch_id", ID, ForeignKey("usage_batches.id"), primary_key=True),
-    Column("item", String(32), primary_key=True),
+    Column("item", Integer, primary_key=True),       # price-book item id
     Column("multiplier", Integer, primary_key=True),
     Column("calls", INT, nullable=False),
     Column("ucny", INT, nullable=False),
@@ -230,21 +224,22 @@ dead_letters = Table(
     UniqueConstraint("reason", "topic", "digest", name="uq_dead_letters_key"),
 )
 
-trials = Table(   # the one-time CNY 10 postpaid trial, per account
+trials = Table(   # the one-time CNY 10 postpaid trial, per account (firmware_py.billing P1)
     "trials", metadata,
     Column("account_id", ID, ForeignKey("accounts.id"), primary_key=True),
     Column("amount_ucny", INT, nullable=False),
     Column("claimed_at", INT, nullable=False),
-    Column("expires_at", INT, nullable=False),
+    Column("ends_at", INT, nullable=False),
 )
 
-savings_plans = Table(
+savings_plans = Table(   # firmware_py.billing P2
     "savings_plans", metadata, _pk(),
     Column("account_id", ID, ForeignKey("accounts.id"), nullable=False, index=True),
-    Column("commitment_ucny", INT, nullable=False),
-    Column("discount_pct", Integer, nullable=False),   # 95 means list price × 0.95
-    Column("purchased_at", INT, nullable=False),
-    Column("expires_at", INT, nullable=False),
+    Column("commit_ucny", INT, nullable=False),
+    Column("bp", Integer, nullable=False),           # discount in basis points: 9000 = x 0.90
+    Column("cap_ucny", INT, nullable=False),         # list-price usage the plan covers
+    Column("bought_at", INT, nullable=False),
+    Column("ends_at", INT, nullable=False),
 )
 
 payments = Table(   # top-ups of the pay-as-you-go balance
@@ -255,58 +250,60 @@ payments = Table(   # top-ups of the pay-as-you-go balance
     Column("ref", String(128), nullable=False, server_default=""),
 )
 
-account_entries = Table(   # postpaid charges: how each booked batch's list amount was paid
+account_entries = Table(   # postpaid charges (firmware_py.billing P6): (kind, ref, list, bp)
     "account_entries", metadata, _pk(),
     Column("account_id", ID, ForeignKey("accounts.id"), nullable=False),
-    Column("batch_id", ID, nullable=True, unique=True),
-    Column("at", INT, nullable=False),
-    Column("kind", String(16), nullable=False),       # usage | forfeit
-    Column("list_ucny", INT, nullable=False),         # list-price amount charged
-    Column("trial_ucny", INT, nullable=False, server_default="0"),   # covered by the trial
-    Column("plan_id", ID, nullable=True),
-    Column("plan_list_ucny", INT, nullable=False, server_default="0"),   # list amount the plan offset
-    Column("plan_ucny", INT, nullable=False, server_default="0"),        # plan balance consumed
-    Column("paygo_ucny", INT, nullable=False, server_default="0"),       # charged to the balance
+    Column("batch_id", ID, nullable=True, index=True),   # the booked batch that caused it
+    Column("at", INT, nullable=False),                   # cloud booking time (Unix s)
+    # trial | plan | payg | forfeit-trial | forfeit-plan
+    Column("kind", String(16), nullable=False),
+    Column("ref", INT, nullable=False, server_default="0"),   # savings plan id, else 0
+    Column("list_ucny", INT, nullable=False),
+    Column("bp", Integer, nullable=False),           # worth list_ucny * bp / 10000 µCNY exactly
     Index("ix_account_entries_account_at", "account_id", "at"),
 )
 
-account_balances = Table(   # projection
+account_balances = Table(   # projection of payments, trials, account_entries
     "account_balances", metadata,
     Column("account_id", ID, ForeignKey("accounts.id"), primary_key=True),
     Column("paid_ucny", INT, nullable=False, server_default="0"),
-    Column("paygo_ucny", INT, nullable=False, server_default="0"),
-    Column("balance_ucny", INT, nullable=False, server_default="0"),  # paid - paygo (may go < 0)
-    Column("trial_used_ucny", INT, nullable=False, server_default="0"),
+    Column("payg_ucny", INT, nullable=False, server_default="0"),
+    Column("balance_ucny", INT, nullable=False, server_default="0"),   # paid - payg (may go < 0)
+    Column("trial_left_ucny", INT, nullable=False, server_default="0"),
+    Column("suspended", Boolean, nullable=False, server_default="0"),
 )
 
-plan_balances = Table(   # projection
+plan_balances = Table(   # projection of account_entries per savings plan
     "plan_balances", metadata,
     Column("plan_id", ID, ForeignKey("savings_plans.id"), primary_key=True),
     Column("used_ucny", INT, nullable=False, server_default="0"),
+    Column("forfeited_ucny", INT, nullable=False, server_default="0"),
+    Column("closed", Boolean, nullable=False, server_default="0"),   # forfeited (left the state)
 )
 
-invoices = Table(
+invoices = Table(   # one per account and billing month; regenerated whole, never edited
     "invoices", metadata, _pk(),
     Column("account_id", ID, ForeignKey("accounts.id"), nullable=False),
-    Column("month", String(7), nullable=False),         # YYYY-MM (UTC)
+    Column("month", String(7), nullable=False),         # YYYY-MM on the billing calendar (UTC+8)
     Column("created_at", INT, nullable=False),
     Column("list_fen", INT, nullable=False),
     Column("due_fen", INT, nullable=False),
     UniqueConstraint("account_id", "month", name="uq_invoices_account_month"),
 )
 
-invoice_lines = Table(
+invoice_lines = Table(   # one per billable item and multiplier; amounts rounded once (billing rule R)
     "invoice_lines", metadata, _pk(),
     Column("invoice_id", ID, ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("item", String(32), nullable=False),
+    Column("item", Integer, nullable=False),
+    Column("name", String(64), nullable=False),
     Column("multiplier", Integer, nullable=False),
     Column("calls", INT, nullable=False),
-    Column("list_ucny", INT, nullable=False),
-    Column("discount_ucny", INT, nullable=False),
-    Column("trial_ucny", INT, nullable=False),
-    Column("plan_ucny", INT, nullable=False),
-    Column("due_ucny", INT, nullable=False),
-    Column("due_fen", INT, nullable=False),
+    Column("list_ucny", INT, nullable=False),      # exact list-price amount
+    Column("list_fen", INT, nullable=False),
+    Column("discount_fen", INT, nullable=False),   # savings-plan discount
+    Column("trial_fen", INT, nullable=False),      # covered by the free trial
+    Column("plan_fen", INT, nullable=False),       # paid from savings plans (discounted)
+    Column("due_fen", INT, nullable=False),        # pay-as-you-go amount due
 )
 
 alerts = Table(

@@ -45,7 +45,7 @@ def _minimal_device(conn, now=1_800_000_000):
     ws = conn.execute(insert(S.workspaces).values(account_id=acc, name="w", billing="postpaid",
                                                   created_at=now)).inserted_primary_key[0]
     conn.execute(insert(S.devices).values(id=7, workspace_id=ws, username="d7", password_hash="x", kid=1,
-                                          key=b"k" * 32, created_at=now))
+                                          created_at=now))
     return acc, ws
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 08:25:45.356510
+Create Date: 2026-11-26 08:36:13.189489
 """
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
-    sa.Column('status', sa.String(length=16), server_default='active', nullable=False),
-    sa.Column('status_at', sa.BigInteger(), server_default='0', nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_accounts')),
     sa.UniqueConstraint('name', name=op.f('uq_accounts_name'))
     )
@@ -64,9 +62,10 @@ def upgrade() -> None:
     op.create_table('account_balances',
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('paid_ucny', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('paygo_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('payg_ucny', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('balance_ucny', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('trial_used_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('trial_left_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('suspended', sa.Boolean(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_account_balances_account_id_accounts')),
     sa.PrimaryKeyConstraint('account_id', name=op.f('pk_account_balances'))
     )
@@ -76,18 +75,15 @@ def upgrade() -> None:
     sa.Column('batch_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('at', sa.BigInteger(), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('ref', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('list_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('trial_ucny', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('plan_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('plan_list_ucny', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('plan_ucny', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('paygo_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('bp', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_account_entries_account_id_accounts')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_account_entries')),
-    sa.UniqueConstraint('batch_id', name=op.f('uq_account_entries_batch_id'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_account_entries'))
     )
     with op.batch_alter_table('account_entries', schema=None) as batch_op:
         batch_op.create_index('ix_account_entries_account_at', ['account_id', 'at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_account_entries_batch_id'), ['batch_id'], unique=False)
 
     op.create_table('invoices',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -115,10 +111,11 @@ def upgrade() -> None:
     op.create_table('savings_plans',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('commitment_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('discount_pct', sa.Integer(), nullable=False),
-    sa.Column('purchased_at', sa.BigInteger(), nullable=False),
-    sa.Column('expires_at', sa.BigInteger(), nullable=False),
+    sa.Column('commit_ucny', sa.BigInteger(), nullable=False),
+    sa.Column('bp', sa.Integer(), nullable=False),
+    sa.Column('cap_ucny', sa.BigInteger(), nullable=False),
+    sa.Column('bought_at', sa.BigInteger(), nullable=False),
+    sa.Column('ends_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_savings_plans_account_id_accounts')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_savings_plans'))
     )
@@ -129,7 +126,7 @@ def upgrade() -> None:
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('amount_ucny', sa.BigInteger(), nullable=False),
     sa.Column('claimed_at', sa.BigInteger(), nullable=False),
-    sa.Column('expires_at', sa.BigInteger(), nullable=False),
+    sa.Column('ends_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_trials_account_id_accounts')),
     sa.PrimaryKeyConstraint('account_id', name=op.f('pk_trials'))
     )
@@ -138,10 +135,13 @@ def upgrade() -> None:
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('billing', sa.String(length=16), nullable=False),
-    sa.Column('offline_policy', sa.String(length=16), server_default='stop', nullable=False),
-    sa.Column('offline_units', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('lease_units', sa.BigInteger(), server_default='1000000', nullable=False),
-    sa.Column('lease_validity_s', sa.BigInteger(), server_default='86400', nullable=False),
+    sa.Column('grant_units', sa.BigInteger(), server_default='545000', nullable=False),
+    sa.Column('max_units', sa.BigInteger(), server_default='5450000', nullable=False),
+    sa.Column('validity_s', sa.BigInteger(), server_default='86400', nullable=False),
+    sa.Column('offline_policy', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('offline_units', sa.BigInteger(), server_default='54500', nullable=False),
+    sa.Column('low_units', sa.BigInteger(), server_default='1090000', nullable=False),
+    sa.Column('renew_pct', sa.Integer(), server_default='20', nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_workspaces_account_id_accounts')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_workspaces')),
@@ -156,13 +156,12 @@ def upgrade() -> None:
     sa.Column('username', sa.String(length=64), nullable=False),
     sa.Column('password_hash', sa.String(length=256), nullable=False),
     sa.Column('kid', sa.Integer(), nullable=False),
-    sa.Column('key', sa.LargeBinary(length=32), nullable=False),
     sa.Column('status', sa.String(length=16), server_default='active', nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.Column('last_seen_ms', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('acked_seq', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('boot', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('grant_no', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('session', sa.Text(), server_default='{}', nullable=False),
+    sa.Column('last_status', sa.Text(), server_default='{}', nullable=False),
     sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_devices_workspace_id_workspaces')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_devices')),
     sa.UniqueConstraint('username', name=op.f('uq_devices_username'))
@@ -173,14 +172,15 @@ def upgrade() -> None:
     op.create_table('invoice_lines',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('invoice_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('item', sa.String(length=32), nullable=False),
+    sa.Column('item', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('multiplier', sa.Integer(), nullable=False),
     sa.Column('calls', sa.BigInteger(), nullable=False),
     sa.Column('list_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('discount_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('trial_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('plan_ucny', sa.BigInteger(), nullable=False),
-    sa.Column('due_ucny', sa.BigInteger(), nullable=False),
+    sa.Column('list_fen', sa.BigInteger(), nullable=False),
+    sa.Column('discount_fen', sa.BigInteger(), nullable=False),
+    sa.Column('trial_fen', sa.BigInteger(), nullable=False),
+    sa.Column('plan_fen', sa.BigInteger(), nullable=False),
     sa.Column('due_fen', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_invoice_lines_invoice_id_invoices'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_invoice_lines'))
@@ -188,13 +188,33 @@ def upgrade() -> None:
     with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_lines_invoice_id'), ['invoice_id'], unique=False)
 
+    op.create_table('leases',
+    sa.Column('workspace_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('device_id', sa.BigInteger(), nullable=False),
+    sa.Column('state', sa.Integer(), nullable=False),
+    sa.Column('total', sa.BigInteger(), nullable=False),
+    sa.Column('allow', sa.BigInteger(), nullable=False),
+    sa.Column('used', sa.BigInteger(), nullable=False),
+    sa.Column('validity', sa.BigInteger(), nullable=False),
+    sa.Column('seen', sa.BigInteger(), nullable=False),
+    sa.Column('extra', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('booked', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('opened_at', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_leases_workspace_id_workspaces')),
+    sa.PrimaryKeyConstraint('workspace_id', 'id', name=op.f('pk_leases'))
+    )
+    with op.batch_alter_table('leases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_leases_device_id'), ['device_id'], unique=False)
+
     op.create_table('license_purchases',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('workspace_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('tier', sa.String(length=16), nullable=False),
+    sa.Column('tier', sa.Integer(), nullable=False),
     sa.Column('devices', sa.BigInteger(), nullable=False),
     sa.Column('price_ucny', sa.BigInteger(), nullable=False),
     sa.Column('purchased_at', sa.BigInteger(), nullable=False),
+    sa.Column('activate_by', sa.BigInteger(), nullable=False),
     sa.Column('addon', sa.Boolean(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_license_purchases_workspace_id_workspaces')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_license_purchases'))
@@ -205,18 +225,21 @@ def upgrade() -> None:
     op.create_table('plan_balances',
     sa.Column('plan_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('used_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('forfeited_ucny', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('closed', sa.Boolean(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['plan_id'], ['savings_plans.id'], name=op.f('fk_plan_balances_plan_id_savings_plans')),
     sa.PrimaryKeyConstraint('plan_id', name=op.f('pk_plan_balances'))
     )
     op.create_table('pools',
     sa.Column('workspace_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('granted', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('added', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('free', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('leased', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('used', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('unreconciled', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('expired', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('out', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('unrec', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('consumed', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('overdraft', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('next_lease', sa.BigInteger(), server_default='1', nullable=False),
+    sa.Column('entries', sa.BigInteger(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_pools_workspace_id_workspaces')),
     sa.PrimaryKeyConstraint('workspace_id', name=op.f('pk_pools'))
     )
@@ -228,29 +251,6 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_device_keys_device_id_devices')),
     sa.PrimaryKeyConstraint('device_id', 'kid', name=op.f('pk_device_keys'))
     )
-    op.create_table('leases',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('device_id', sa.BigInteger(), nullable=False),
-    sa.Column('workspace_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('grant_no', sa.BigInteger(), nullable=False),
-    sa.Column('units', sa.BigInteger(), nullable=False),
-    sa.Column('granted_at', sa.BigInteger(), nullable=False),
-    sa.Column('valid_until', sa.BigInteger(), nullable=False),
-    sa.Column('final', sa.Boolean(), server_default='0', nullable=False),
-    sa.Column('used', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('returned', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('reclaimed', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('reconciled', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('state', sa.String(length=16), server_default='active', nullable=False),
-    sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_leases_device_id_devices')),
-    sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_leases_workspace_id_workspaces')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_leases')),
-    sa.UniqueConstraint('device_id', 'grant_no', name='uq_leases_device_grant')
-    )
-    with op.batch_alter_table('leases', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_leases_device_id'), ['device_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_leases_workspace_id'), ['workspace_id'], unique=False)
-
     op.create_table('license_activations',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('purchase_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -312,29 +312,21 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('workspace_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('at', sa.BigInteger(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('d_granted', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_free', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_leased', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_used', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_unreconciled', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_expired', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('d_overdraft', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('lease_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('op', sa.Integer(), nullable=False),
+    sa.Column('lease_id', sa.BigInteger(), nullable=True),
+    sa.Column('entry', sa.Text(), nullable=False),
     sa.Column('activation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('batch_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.ForeignKeyConstraint(['activation_id'], ['license_activations.id'], name=op.f('fk_pool_entries_activation_id_license_activations')),
-    sa.ForeignKeyConstraint(['lease_id'], ['leases.id'], name=op.f('fk_pool_entries_lease_id_leases')),
     sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_pool_entries_workspace_id_workspaces')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_pool_entries'))
     )
     with op.batch_alter_table('pool_entries', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_pool_entries_lease_id'), ['lease_id'], unique=False)
-        batch_op.create_index('ix_pool_entries_ws_at', ['workspace_id', 'at'], unique=False)
+        batch_op.create_index('ix_pool_entries_ws_id', ['workspace_id', 'id'], unique=False)
 
     op.create_table('usage_lines',
     sa.Column('batch_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('item', sa.String(length=32), nullable=False),
+    sa.Column('item', sa.Integer(), nullable=False),
     sa.Column('multiplier', sa.Integer(), nullable=False),
     sa.Column('calls', sa.BigInteger(), nullable=False),
     sa.Column('ucny', sa.BigInteger(), nullable=False),
@@ -348,8 +340,7 @@ def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_table('usage_lines')
     with op.batch_alter_table('pool_entries', schema=None) as batch_op:
-        batch_op.drop_index('ix_pool_entries_ws_at')
-        batch_op.drop_index(batch_op.f('ix_pool_entries_lease_id'))
+        batch_op.drop_index('ix_pool_entries_ws_id')
 
     op.drop_table('pool_entries')
     with op.batch_alter_table('mismatches', schema=None) as batch_op:
@@ -366,11 +357,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_license_activations_purchase_id'))
 
     op.drop_table('license_activations')
-    with op.batch_alter_table('leases', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_leases_workspace_id'))
-        batch_op.drop_index(batch_op.f('ix_leases_device_id'))
-
-    op.drop_table('leases')
     op.drop_table('device_keys')
     op.drop_table('pools')
     op.drop_table('plan_balances')
@@ -378,6 +364,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_license_purchases_workspace_id'))
 
     op.drop_table('license_purchases')
+    with op.batch_alter_table('leases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_leases_device_id'))
+
+    op.drop_table('leases')
     with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_lines_invoice_id'))
 
@@ -401,6 +391,7 @@ def downgrade() -> None:
     op.drop_table('payments')
     op.drop_table('invoices')
     with op.batch_alter_table('account_entries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_account_entries_batch_id'))
         batch_op.drop_index('ix_account_entries_account_at')
 
     op.drop_table('account_entries')
