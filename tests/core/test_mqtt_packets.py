@@ -1,7 +1,9 @@
-# firmware_py/mqtt_codec.py on both runtimes: golden packets (tests/vectors/mqtt.json, with the
-# MQTT 3.1.1 standard's own examples), streaming in every chunking, and malformed input.
+# firmware_py/mqtt_codec.py (+ the broker-side mqtt_server) on both runtimes: golden packets
+# (tests/vectors/mqtt.json, with the MQTT 3.1.1 standard's own examples), streaming in every
+# chunking, and malformed input.
 import vec
 from firmware_py import mqtt_codec as mc
+from firmware_py import mqtt_server as ms
 
 V = vec.load("mqtt")
 
@@ -29,7 +31,7 @@ def encode(p):
         will = None if p[6] is None else tuple(p[6])
         return mc.encode_connect(p[1], p[2], p[3], p[4], p[5], will)
     if t == mc.CONNACK:
-        return mc.encode_connack(p[1], p[2])
+        return ms.encode_connack(p[1], p[2])
     if t == mc.PUBLISH:
         return mc.encode_publish(p[1], p[2], p[3], p[4], p[5], p[6])
     if t in (mc.PUBACK, mc.PUBREC, mc.PUBREL, mc.PUBCOMP, mc.UNSUBACK):
@@ -37,7 +39,7 @@ def encode(p):
     if t == mc.SUBSCRIBE:
         return mc.encode_subscribe(p[1], [tuple(x) for x in p[2]])
     if t == mc.SUBACK:
-        return mc.encode_suback(p[1], p[2])
+        return ms.encode_suback(p[1], p[2])
     if t == mc.UNSUBSCRIBE:
         return mc.encode_unsubscribe(p[1], p[2])
     return {mc.PINGREQ: mc.PINGREQ_PACKET, mc.PINGRESP: mc.PINGRESP_PACKET,
@@ -58,7 +60,7 @@ def test_remaining_length_decodes_up_to_four_bytes():
         data = b"\x30" + vec.unhex(hx)
         if n > 16384:
             e = vec.raises(mc.MQTTError, mc.Parser(16).feed, data)
-            assert e.offset == 1 and ("%d bytes" % n) in e.reason, e.reason
+            assert e.offset == 1 and ("length %d " % n) in e.reason, e.reason
     body = b"\x00\x01t" + b"x" * (16384 - 3)
     pkt = mc.decode_packet(b"\x30\x80\x80\x01" + body)
     assert pkt[1] == "t" and len(pkt[2]) == 16384 - 3
@@ -164,7 +166,7 @@ def test_limit_is_checked_before_the_body_arrives():
     p = mc.Parser(8)
     assert p.feed(b"\x30\x08\x00\x01a12345") == ((mc.PUBLISH, "a", b"12345", 0, 0, False, False), 10)
     e = vec.raises(mc.MQTTError, p.feed, b"\x30\x09")
-    assert e.offset == 1 and "over the limit" in e.reason
+    assert e.offset == 1 and "over limit" in e.reason
 
 
 def test_truncations_and_byte_flips_give_only_mqtt_errors():
@@ -201,11 +203,11 @@ def test_encoders_refuse_what_3_1_1_cannot_carry():
         (mc.encode_connect, ("c", 60, True, None, "pw")),
         (mc.encode_connect, ("c", 60, True, None, None, ("w/#", b"", 0, False))),
         (mc.encode_connect, ("c", 60, True, None, None, ("w", b"", 3, False))),
-        (mc.encode_connack, (True, 5)), (mc.encode_connack, (False, 6)),
+        (ms.encode_connack, (True, 5)), (ms.encode_connack, (False, 6)),
         (mc.encode_ack, (mc.PUBLISH, 1)), (mc.encode_ack, (mc.PUBACK, 0)),
         (mc.encode_subscribe, (1, [])), (mc.encode_subscribe, (1, [("a/#/b", 1)])),
         (mc.encode_subscribe, (1, [("a", 3)])), (mc.encode_subscribe, (0, [("a", 1)])),
-        (mc.encode_suback, (1, [3])), (mc.encode_suback, (1, [])),
+        (ms.encode_suback, (1, [3])), (ms.encode_suback, (1, [])),
         (mc.encode_unsubscribe, (1, [])), (mc.encode_unsubscribe, (1, ["a+"])),
     ]
     for fn, args in bad:
@@ -225,3 +227,14 @@ def test_str_and_bytes_passwords_encode_alike():
     a = mc.encode_connect("c", 60, True, "u", "pw")
     b = mc.encode_connect("c", 60, True, "u", b"pw")
     assert a == b and mc.decode_packet(a)[5] == b"pw"
+
+
+def test_broker_side_types_need_the_server_extension():
+    saved = dict(mc.DECODERS)
+    try:
+        mc.DECODERS.clear()  # as on a device, where mqtt_server is not imported
+        for hx in ("100c00044d5154540402003c0000", "8206000100016101", "a20500010001" + "61"):
+            e = vec.raises(mc.MQTTError, mc.decode_packet, vec.unhex(hx))
+            assert e.offset == 0 and "client-to-server" in e.reason
+    finally:
+        mc.DECODERS.update(saved)

@@ -92,7 +92,7 @@ def test_refusals(secure_broker: tb.Broker) -> None:
         with socket.create_connection((b.host, b.port), timeout=5) as s:
             s.sendall(mc.encode_connect("x1", 30, True, creds[0], creds[1]))
             pkt = mc.decode_packet(s.recv(4))
-            assert pkt[0] == mc.CONNACK and pkt[2] == mc.RC_NOT_AUTHORIZED, (creds, pkt)
+            assert pkt[0] == mc.CONNACK and pkt[2] == 5, (creds, pkt)  # not authorized
 
 
 def test_device_added_and_removed_while_running(secure_broker: tb.Broker) -> None:
