@@ -167,6 +167,7 @@ def encode_connect(client_id, keepalive=60, clean_session=True, user=None, passw
 def encode_publish(topic, payload, qos=0, pid=0, dup=False, retain=False):
     """PUBLISH (§3.3); pid is required for QoS 1/2 and must be 0 for QoS 0, as must dup."""
     check(qos in (0, 1, 2) and isinstance(topic, str) and topic_ok(topic), "topic or QoS")
+    check(isinstance(payload, (bytes, bytearray, memoryview)), "payload (bytes)")
     check(0 < pid < 65536 if qos else not (pid or dup), "packet id or DUP")
     t = field(topic)
     out = bytearray((0x30 | (8 if dup else 0) | qos << 1 | (1 if retain else 0),))

@@ -199,6 +199,7 @@ def test_encoders_refuse_what_3_1_1_cannot_carry():
         (mc.encode_publish, ("a", b"", 0, 5)), (mc.encode_publish, ("a", b"", 0, 0, True)),
         (mc.encode_publish, ("a", b"", 3, 1)), (mc.encode_publish, ("a", b"", 1, 65536)),
         (mc.encode_publish, ("a\x00b", b"")), (mc.encode_publish, ("x" * 65536, b"")),
+        (mc.encode_publish, ("a", "text")),
         (mc.encode_connect, ("c", 70000)), (mc.encode_connect, ("", 60, False)),
         (mc.encode_connect, ("c", 60, True, None, "pw")),
         (mc.encode_connect, ("c", 60, True, None, None, ("w/#", b"", 0, False))),
