@@ -123,7 +123,7 @@ class State:
             self._sync(f)
         if self._sync_dir is not None and self.report.get("ab"[slot]) == "empty":
             self._sync_dir(path.rsplit("/", 1)[0] if "/" in path else ".")
-            self.report["ab"[slot]] = "ok"
+        self.report["ab"[slot]] = "ok"
         self._gen += 1
         self._slot = slot
         self.last_bytes = len(data)
