@@ -18,16 +18,12 @@ Decoding (loads) is strict, so that an item has exactly one encoding and a MAC o
 received bytes means the same as one over re-encoded values (the decoder is deterministic):
   D1. the input is exactly one item: trailing bytes are an error;
   D2. heads must be shortest (non-shortest integer/length encodings are rejected);
-  D3. indefinite lengths, reserved additional-information values (28-30) and stray "break"
-      are rejected;
-  D4. tags, floats (half/single/double) and simple values other than false/true/null are
-      rejected;
+  D3. no indefinite lengths, reserved additional information (28-30) or stray "break";
+  D4. no tags, no floats, no simple values other than false/true/null;
   D5. map keys must be integers, strictly increasing in the E2 order: a duplicate key and a
-      key out of canonical order are both errors (the decoder refuses any map dumps would not
-      have produced);
-  D6. text strings must be well-formed UTF-8 (RFC 3629: no overlongs, surrogates or code
-      points above U+10FFFF), checked in pure Python where the runtime's decoder is lax
-      (MicroPython);
+      key out of canonical order are both errors (no map dumps would not have produced);
+  D6. text must be well-formed UTF-8 (RFC 3629: no overlongs, surrogates or code points
+      above U+10FFFF), checked in Python where the runtime's decoder is lax (MicroPython);
   D7. limits: containers nest at most max_depth deep (a scalar is depth 0, [1] depth 1); an
       array or map declares at most max_items entries (map entries are key/value pairs);
       input longer than max_bytes (if given) is refused before decoding. A declared length
@@ -246,19 +242,43 @@ def _utf8_ok(b):
     return True
 
 
-def _lax_utf8():
-    try:
-        b"\xed\xa0\x80".decode()  # an encoded surrogate: strict decoders refuse it
-    except UnicodeError:
-        return False
-    return True
-
-
-_LAX_UTF8 = _lax_utf8()
+try:
+    _LAX_UTF8 = len(b"\xed\xa0\x80".decode()) > 0  # an encoded surrogate: strict decoders refuse
+except UnicodeError:
+    _LAX_UTF8 = False
 
 _EOF = "unexpected end of input"
 # additional information 24..27: (struct format, width, smallest value that needs it) (D2)
 _WIDE = ((">B", 1, 24), (">H", 2, 0x100), (">I", 4, 0x10000), (">Q", 8, 0x100000000))
+
+
+def _array(d, i, n, v, depth, maxn, start):
+    # The v items of the array whose head starts at d[start] and ends at d[i] (D7 checks here).
+    if v > maxn:
+        raise CBORError(start, "%d entries exceed max_items %d" % (v, maxn))
+    if v > n - i:
+        raise CBORError(start, "%d entries cannot fit in the remaining %d bytes" % (v, n - i))
+    if depth <= 0:
+        raise CBORError(start, "nesting deeper than max_depth")
+    depth -= 1
+    out = []  # type: list
+    app = out.append
+    for _ in range(v):
+        # fast paths: the small unsigned ints and short arrays that usage rounds are made of
+        b = d[i] if i < n else 0xFF
+        if b < 24:
+            app(b)
+            i += 1
+        elif b == 24 and i + 1 < n and d[i + 1] >= 24:
+            app(d[i + 1])
+            i += 2
+        elif 0x80 <= b < 0x98:
+            x, i = _array(d, i + 1, n, b - 0x80, depth, maxn, i)
+            app(x)
+        else:
+            x, i = _item(d, i, n, depth, maxn)
+            app(x)
+    return out, i
 
 
 def _item(d, i, n, depth, maxn):
@@ -318,30 +338,15 @@ def _item(d, i, n, depth, maxn):
             raise CBORError(start, "invalid UTF-8 in text string")
         return t, end
     # arrays and maps
+    if mt == 4:
+        return _array(d, i, n, v, depth, maxn, start)
     if v > maxn:
         raise CBORError(start, "%d entries exceed max_items %d" % (v, maxn))
-    if (v if mt == 4 else v + v) > n - i:
+    if v + v > n - i:
         raise CBORError(start, "%d entries cannot fit in the remaining %d bytes" % (v, n - i))
     if depth <= 0:
         raise CBORError(start, "nesting deeper than max_depth")
     depth -= 1
-    if mt == 4:
-        out = []  # type: list
-        app = out.append
-        for _ in range(v):
-            if i < n:
-                b = d[i]
-                if b < 24:
-                    app(b)
-                    i += 1
-                    continue
-                if 0x20 <= b < 0x38:
-                    app(31 - b)
-                    i += 1
-                    continue
-            x, i = _item(d, i, n, depth, maxn)
-            app(x)
-        return out, i
     m = {}
     prev = None
     for _ in range(v):
