@@ -24,7 +24,7 @@ through; outcomes are returned values (append -> recno > 0, or FULL / NOSPACE).
 """
 import os
 
-from firmware_py.jframe import BAD, MAX_PAYLOAD, MIN_RECORD, REASONS, REC, TORN, encode, scan
+from firmware_py.jframe import MIN_RECORD, REASONS, REC, TORN, encode, scan
 from firmware_py.state import State
 
 try:
@@ -38,8 +38,6 @@ FULL = const(-1)  # append refused: the journal holds max_bytes
 NOSPACE = const(-2)  # append refused: the file system is full
 REFUSALS = {FULL: "journal_full", NOSPACE: "disk_full"}
 _NOSPACE_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT (Linux / MicroPython numbering)
-__all__ = ("Journal", "FULL", "NOSPACE", "REFUSALS", "cut", "encode", "scan", "REC", "BAD",
-           "TORN", "REASONS", "MAX_PAYLOAD")
 
 
 def _flush(f) -> None:
@@ -277,10 +275,9 @@ class Journal:
             if f is None:
                 f = self._f = _append_handle(self._path(seg[0]))
             good = seg[1]
-            mv = memoryview(rec)
-            w = 0
-            while w < n:
-                k = f.write(mv[w:])
+            w = f.write(rec)
+            while w < n:  # a short write: go on until the file system refuses
+                k = f.write(rec[w:])
                 if not k:
                     raise OSError(28)  # a regular file that takes nothing is full
                 w += k
