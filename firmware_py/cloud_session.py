@@ -20,7 +20,9 @@ book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), 
       from the device's deduction is V_MISMATCH, a round the core rejects V_INVALID (booked
       at 0, kept), a version the cloud does not know V_UNKNOWN_BOOK.
   C4. ack(booked) acks the highest seq a such that every seq <= a is booked (cumulative).
-  C5. Control messages must be fresh by (boot, n) (W3), else rejected as replays.
+  C5. Control messages must be fresh by (boot, n) (W3): a later boot, or in this boot an n
+      above the highest seen or one of the 32 below it not seen yet (the sliding anti-replay
+      window of RFC 4303 section 3.4.3, so reordering is no replay); else rejected.
   C6. Leases: a request while the device holds a live lease nothing was reported on re-sends
       that lease (its grant was lost); otherwise the held lease is reclaimed into unrec
       (pool P6) and a new one opened. A renewal of a closed or foreign lease opens a new one.
@@ -33,8 +35,9 @@ from firmware_py import pricebook, proto as P, rating
 from firmware_py import pool as PL
 
 _UP = (P.USAGE, P.LEASE_REQUEST, P.LEASE_RENEW, P.LEASE_RETURN, P.STATUS)
-STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "acked": 0, "top": 0,
-         "lease": 0, "bv": 0}
+STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "win": 0, "acked": 0,
+         "top": 0, "lease": 0, "bv": 0}
+_WINDOW = 32
 
 
 class CloudSession:
@@ -76,9 +79,8 @@ class CloudSession:
             acts.append(("event", "rotated", msg["kid"]))
         if mt == P.USAGE:
             return acts + self._usage(msg, booked)
-        if (msg["boot"], msg["n"]) <= (self.s["boot"], self.s["n"]):
+        if not self._fresh(msg["boot"], msg["n"]):
             return [("reject", "replay: boot %d n %d" % (msg["boot"], msg["n"]))]
-        self.s["boot"], self.s["n"] = msg["boot"], msg["n"]
         if mt == P.STATUS:
             acts.append(("event", "status", msg))
             if abs(msg["t"] - now) > self.skew:
@@ -91,6 +93,24 @@ class CloudSession:
             return [("reject", "%s: no pool (postpaid device)" % P.name(mt))]
         return acts + self._lease(msg, now, pool)
 
+    def _fresh(self, boot, n):
+        s = self.s
+        if boot > s["boot"]:
+            s["boot"], s["n"], s["win"] = boot, n, 1
+            return True
+        if boot < s["boot"]:
+            return False
+        if n > s["n"]:
+            shift = n - s["n"]
+            s["win"] = ((s["win"] << shift) | 1) & ((1 << _WINDOW) - 1) if shift < _WINDOW else 1
+            s["n"] = n
+            return True
+        back = s["n"] - n
+        if back >= _WINDOW or s["win"] >> back & 1:
+            return False
+        s["win"] |= 1 << back
+        return True
+
     def _usage(self, msg, booked):
         seq = msg["seq"]
         if seq > self.s["top"]:
@@ -98,6 +118,11 @@ class CloudSession:
         if seq <= self.s["acked"] or booked(seq):
             return [("duplicate", seq)]
         return [("book", self.rate(msg))]
+
+    def rate_round(self, book, wire):
+        """The rated total of one round's wire form under book (C3); ValueError (RatingError)
+        when the round is invalid. Rating is pure, so a shell may override this to memoise."""
+        return rating.rate(book, rating.round_from_wire(wire))[1]
 
     def rate(self, msg):
         """The booking of a verified usage message (C3)."""
@@ -109,7 +134,7 @@ class CloudSession:
             u = None
             if book is not None:
                 try:
-                    u = rating.rate(book, rating.round_from_wire(r[1:]))[1]
+                    u = self.rate_round(book, r[1:])
                     total += u
                 except ValueError:
                     verdict = P.V_INVALID

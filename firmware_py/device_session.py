@@ -150,7 +150,7 @@ class DeviceSession:
                 self.served = r[0]
                 if r[3] and r[3] == self.lease.lease:
                     self.lease.used += r[4]
-                self.lease.clock(r[1])
+                self.lease.hw = max(self.lease.hw, r[1])
         return [self._persist()] + self._events()
 
     def connected(self, now):

@@ -131,8 +131,9 @@ class DeviceLease:
                 self.behind = 1
                 self.ev.append(("clock_rollback", self.hw - now))
             return self.hw
-        self.behind = 0
-        self.hw = now
+        if now > self.hw:  # effective times passed back in (== hw) keep the episode open
+            self.behind = 0
+            self.hw = now
         return now
 
     def remaining(self):

@@ -3,7 +3,8 @@ RFC 4006 credit control (the device's side is firmware_py/lease.py). Runtime-neu
 free of I/O so that the rater, the simulator and the in-memory session tests share it.
 
 Buckets: free, out (reserved by live leases), unrec (reclaimed, unreconciled), consumed,
-overdraft. A lease reserves R = total + allow and has outstanding max(R - used, 0).
+overdraft. A lease reserves R = total + allow; use beyond it is paid from free (or is
+overdraft) and counted in the lease's `extra`, so its outstanding is R + extra - used >= 0.
   P1. Conservation: added + overdraft == free + out + unrec + consumed; every bucket >= 0.
   P2. Never overspent: a grant's units and the offline allowance it reserves come out of free
       only and never exceed it, so outstanding grants never exceed what remains.
@@ -70,7 +71,7 @@ class Pool:
         self.consumed = s.get("consumed", 0)
         self.overdraft = s.get("overdraft", 0)
         self.next_lease = s.get("next_lease", 1)
-        # lease id -> [dev, state, total, allow, used, validity, seen]
+        # lease id -> [dev, state, total, allow, used, validity, seen, extra]
         self.leases = dict((k, list(v)) for k, v in s.get("leases", {}).items())
 
     def state(self) -> dict:
@@ -179,7 +180,7 @@ class Pool:
                 raise LeaseError("open: lease exists or pool too small")
             self.free -= units + allow
             self.out += units + allow
-            self.leases[lid] = [dev, LIVE, units, allow, 0, validity, now]
+            self.leases[lid] = [dev, LIVE, units, allow, 0, validity, now, 0]
             self.next_lease = max(self.next_lease, lid + 1)
         elif op == OP_GRANT:
             r = self.lease(e[1])
@@ -227,6 +228,7 @@ class Pool:
         r[4] = used
         self.out -= take
         rest = delta - take
+        r[7] += rest
         f = min(rest, self.free)
         self.free -= f
         self.overdraft += rest - f
@@ -234,4 +236,4 @@ class Pool:
 
 
 def _outstanding(r):
-    return max(r[2] + r[3] - r[4], 0)
+    return r[2] + r[3] + r[7] - r[4]

@@ -209,3 +209,19 @@ def test_a_replayed_batch_is_booked_once():
     ack = c.ack(lambda s: s in booked)
     assert ("acked", 1) in d.receive(ack, T)
     assert c.receive(data, T, lambda s: False) == [("duplicate", 1)]  # below the ack
+
+
+def test_control_messages_pass_a_sliding_anti_replay_window():
+    d, c, pool = _pair(postpaid=1)
+    msgs = [_pub(d.status(T))[0] for _ in range(40)]  # n = 1..40 in boot 1
+
+    def ok(i):
+        return c.receive(msgs[i], T, lambda s: False)[0][0] == "event"
+    assert ok(5) and ok(2) and ok(4)  # reordered: accepted once each
+    assert not ok(2) and not ok(5)  # replays
+    assert ok(39) and ok(8)  # n = 40, then n = 9: 31 below, inside the window
+    assert not ok(6)  # n = 7 is 33 below the highest (40): outside the window
+    assert ok(38) and not ok(38)
+    d.start(T)  # a reboot: boot 2 opens a new window
+    assert c.receive(_pub(d.status(T))[0], T, lambda s: False)[0][0] == "event"
+    assert not ok(39)  # boot 1 is over
