@@ -1,0 +1,158 @@
+"""The meter's journal records and its recovery scan (firmware_py.meter writes them through
+firmware_py.journal). No I/O of its own: it reads an open Journal's records().
+
+Record payloads (deterministic CBOR arrays; the journal frames each with 10 bytes):
+
+    round    [t, ver, lease, ucny, *wire]         t > 1: a round ended by the SDK
+    settled  [1, t, ver, lease, ucny, *wire]      a round settled by timeout (meter rule M6)
+    seal     [0, seq, boot, first, last]          batch seq holds the round records first..last
+
+t is the round's effective time (Unix seconds), ver the price-book version, lease the lease id
+(0: none), ucny the rated total, wire rating.round_to_wire(). A standard voice-chat round is
+15 bytes of payload, 25 in the journal. The round's serial k (DeviceSession's `served`) is not
+stored: it is the round's position among the round records (meter rule M2).
+
+  G1. Sealing takes rounds from the head of the unsealed ones, in journal order, so the rounds
+      of batch seq are exactly the round records first..last that no earlier seal covers, and
+      every round after the highest `last` is unsealed.
+  G2. A seal record is journaled before its batch is published, so after a power cut every
+      published seq has a seal record, unless damage quarantined it (see scan()).
+Decoding errors raise MeterLogError(ValueError); scan() counts them instead.
+"""
+from firmware_py import cbor
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[no-redef,misc]
+        return x
+
+ROUND = const(0)
+SETTLED = const(1)
+SEAL = const(2)
+
+
+class MeterLogError(ValueError):
+    pass
+
+
+def enc_round(rec, settled=False) -> bytes:
+    """The payload of a served round rec = [k, t, ver, lease, ucny, wire] (DeviceSession)."""
+    a = [rec[1], rec[2], rec[3], rec[4]] + list(rec[5])
+    if settled:
+        a.insert(0, 1)
+    return cbor.dumps(a)
+
+
+def enc_seal(seq, boot, first, last) -> bytes:
+    return cbor.dumps([0, seq, boot, first, last])
+
+
+def decode(payload):
+    """(ROUND|SETTLED, [0, t, ver, lease, ucny, wire]) or (SEAL, (seq, boot, first, last))."""
+    try:
+        a = cbor.loads(payload, max_depth=3, max_items=128)
+    except ValueError as exc:
+        raise MeterLogError("record: %s" % exc)
+    if type(a) is not list or len(a) < 5 or type(a[0]) is not int or a[0] < 0:
+        raise MeterLogError("record: not a meter record")
+    if a[0] == 0:
+        if len(a) != 5 or not all(type(v) is int and v >= 0 for v in a):
+            raise MeterLogError("record: malformed seal")
+        return SEAL, (a[1], a[2], a[3], a[4])
+    kind = ROUND
+    if a[0] == 1:
+        kind = SETTLED
+        a = a[1:]
+    if len(a) < 5 or not all(type(v) is int and v >= 0 for v in a[:4]) or a[0] < 2:
+        raise MeterLogError("record: malformed round")
+    return kind, [0, a[0], a[1], a[2], a[3], a[4:]]
+
+
+def scan(journal, acked, jnext, feed, keep):
+    """Read an opened journal twice and return what the meter needs after a restart.
+
+    acked: the persisted DeviceSession.acked; jnext: the journal position persisted with it;
+    feed(rec): called in order for every round with recno >= jnext (served after the last
+    persist: DeviceSession.recover re-deducts them, rule D6; k is left 0 for the caller);
+    keep: how many unsealed rounds to return in memory.
+    Returns a dict: seqs {seq: [boot, [(recno, rec), ...]]} (unacked batches to resend),
+    top (the highest seq sealed), pend [(recno, rec)] (the first `keep` unsealed rounds),
+    npend (all unsealed rounds), rd (recno of the first unsealed round not in pend, or 0),
+    bad (records that did not decode), orphans (rounds no seal accounts for, dropped).
+    A seq > acked whose seal record is missing (quarantined) while a higher seal exists is
+    given the sealed rounds no seal record covers (G1); with no higher seal it is left out
+    (DeviceSession.start re-seals it empty, D5, and its rounds are still unsealed).
+    """
+    seals: dict = {}
+    top = 0
+    last = 0
+    bad = 0
+    for r, p in journal.records():
+        try:
+            kind, v = decode(p)
+        except MeterLogError:
+            bad += 1
+            continue
+        if kind == SEAL:
+            seals[v[0]] = v
+            top = max(top, v[0])
+            last = max(last, v[3])
+        elif r >= jnext:
+            feed(v)
+    unknown = [s for s in range(acked + 1, top) if s not in seals]
+    out: dict = {}
+    for s in seals:
+        if s > acked:
+            out[s] = [seals[s][1], []]
+    if unknown:
+        out[unknown[0]] = [0, []]
+    ranges = sorted(seals.values(), key=lambda v: v[2])
+    i = 0
+    pend: list = []
+    npend = 0
+    rd = 0
+    orphans = 0
+    for r, p in journal.records():
+        try:
+            kind, v = decode(p)
+        except MeterLogError:
+            continue
+        if kind == SEAL:
+            continue
+        if r > last:
+            npend += 1
+            if len(pend) < keep:
+                pend.append((r, v))
+            elif not rd:
+                rd = r
+            continue
+        while i < len(ranges) and ranges[i][3] < r:
+            i += 1
+        home = ranges[i][0] if i < len(ranges) and ranges[i][2] <= r else 0
+        if not home:
+            if not unknown:
+                orphans += 1
+                continue
+            home = unknown[0]
+        if home in out:
+            out[home][1].append((r, v))
+    return {"seqs": out, "top": top, "pend": pend, "npend": npend, "rd": rd, "bad": bad,
+            "orphans": orphans}
+
+
+def head(journal, rd, keep):
+    """(up to keep unsealed (recno, rec) from recno rd on, next rd or 0): refills the meter's
+    in-memory head of unsealed rounds from the journal."""
+    got: list = []
+    for r, p in journal.records(rd):
+        try:
+            kind, v = decode(p)
+        except MeterLogError:
+            continue
+        if kind == SEAL:
+            continue
+        if len(got) >= keep:
+            return got, r
+        got.append((r, v))
+    return got, 0
