@@ -1,0 +1,361 @@
+"""The journaled half of the device meter (firmware_py.meter builds the SDK's round API on
+it): one DeviceSession whose actions are executed on a Journal and a State store, rounds
+journaled, batches sealed, acks compacted, recovery after a power cut. Runtime-neutral, no
+sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
+
+  M2. A round is accepted when its record is in the journal (_serve returns OK): rated by the
+      core (an invalid round raises rating.RatingError before anything changes), deducted
+      from the lease, journaled. Nothing accepted is lost or counted twice across power cuts.
+      A round's serial k (DeviceSession.served) is its position among the round records.
+  M3. Room: a round is refused (JOURNAL_FULL) unless the journal keeps cfg["reserve"] bytes
+      for every open round plus cfg["headroom"] for seal records, so sealing, acks and hence
+      compaction go on while rounds are refused. An append refused anyway (a larger round,
+      ENOSPC) undoes the deduction and returns JOURNAL_FULL / DISK_FULL.
+  M4. Persistence: the state store holds {0: DeviceSession.state(), 1: jp}, jp = the journal's
+      next recno when it was written, so every round record below jp is in the state's counts
+      and recovery re-deducts those from jp on (rule D6). A seal journals a seal record (before
+      its publish) instead of writing the state; an ack's persist waits for the next
+      checkpoint (every cfg["checkpoint"] rounds, when room runs low, at close): a lost ack
+      only makes batches be resent, and the cloud books (dev, seq) once. Every other persist
+      is written at once, before anything published after it. The journal is compacted up to
+      the round before the oldest unacked one, never past jp - 1, every cfg["ack_every"]
+      records (or at once when room runs low).
+  M7. open() recovers: the journal's own recovery (report["journal"]), the state, the price
+      book last pushed, rounds after jp re-deducted (D6), unacked batches rebuilt from seal
+      records and resent as retransmissions (G1-G2), then DeviceSession.start (a boot
+      counted, the D5 gap fill). Open rounds live in RAM: a power cut loses them unbilled.
+Caller mistakes raise ValueError; storage errors other than a full journal or disk (OSError)
+pass through to the shell.
+"""
+from firmware_py import meter_log as ML, pricebook as pb, proto as P
+from firmware_py import lease as L
+from firmware_py.device_session import CFG as SESSION_CFG, DeviceSession
+from firmware_py.journal import FULL, REFUSALS, Journal
+from firmware_py.state import State
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):  # type: ignore[no-redef,misc]
+        return x
+
+OK = const(0)
+DEGRADED = const(1)
+SUSPENDED = const(6)
+JOURNAL_FULL = const(7)
+DISK_FULL = const(8)
+UNKNOWN_ROUND = const(9)
+TOO_MANY_OPEN = const(10)
+CLOSED = const(11)
+REASONS = ("ok", "degraded") + L.VERDICTS[2:] + ("suspended", "journal full", "disk full",
+                                                  "unknown round", "too many open rounds",
+                                                  "meter closed")
+CFG = {"round_timeout": 300, "agent_idle": 600, "max_open": 8, "reserve": 64, "headroom": 512,
+       "checkpoint": 64, "ack_every": 32, "ram_rounds": 20, "max_bytes": 65536,
+       "segment_bytes": 4096, "idle": 0, "max_events": 64}
+
+
+class MeterBase:
+    """Storage, sync and recovery of one device's meter (rules M2-M4, M7)."""
+
+    def __init__(self, dirpath, ws, dev, kid, key, book=None, cfg=None, sync=None,
+                 sync_dir=None, journal=None, state=None, books=None):
+        c = dict(CFG)
+        c.update(SESSION_CFG)
+        cfg = cfg or {}
+        for k in cfg:
+            if k not in c:
+                raise ValueError("meter cfg: unknown key %r" % (k,))
+            c[k] = cfg[k]
+        self.cfg = c
+        if journal is None:
+            if not dirpath:
+                raise ValueError("Meter needs a directory or a Journal")
+            journal = Journal(dirpath, c["max_bytes"], c["segment_bytes"], sync, sync_dir)
+        self.j = journal
+        d = journal.dir
+        self.st = state or State(d + "/meter", sync, sync_dir)
+        self.bs = books or State(d + "/book", sync, sync_dir)
+        self.ws, self.dev, self.kid, self.key = ws, dev, kid, key
+        self.book = book or pb.default()
+        self.s: DeviceSession = None  # type: ignore[assignment]  # set by open()
+        self.keep = max(c["ram_rounds"], c["batch"])
+        self.out: list = []
+        self.ev: list = []
+        self.rounds: dict = {}  # rid -> [last activity, round dict, verdict, hint]
+        self.agents: dict = {}  # launch item id -> last round time (M5)
+        self.batches: dict = {}  # unacked seq -> recno of its first round
+        self.pend: list = []  # head of the unsealed rounds: [(recno, rec)]
+        self.npend = 0
+        self.rd = 0
+        self.jp = 0
+        self.dirty = False
+        self.since_cp = 0
+        self.nrid = 0
+        self.closing = False
+        self.last_round = 0
+        self.idled = False
+        self.n_rounds = 0
+        self.n_ucny = 0
+        self.dropped_events = 0
+
+    # ------------------------------------------------------------------ recovery
+    def open(self, now):
+        """Recover and start (M7): a report dict."""
+        jrep = self.j.open()
+        st = self.st.load() or {}
+        book = self.book
+        try:
+            b = self.bs.load()
+            if b and 0 in b:
+                nb = pb.from_cbor(b[0])
+                if nb["version"] > book["version"]:
+                    book = nb
+        except ValueError as exc:
+            self._event("book_unreadable", str(exc))
+        scfg = {}
+        for k in SESSION_CFG:
+            scfg[k] = self.cfg[k]
+        s = self.s = DeviceSession(self.ws, self.dev, self.kid, self.key, book, st.get(0), (),
+                                   scfg)
+        self.book = s.book
+        chunk: list = []
+        rededucted = [0]
+
+        def feed(rec):
+            rec[0] = s.served + len(chunk) + 1
+            chunk.append(rec)
+            if len(chunk) >= 16:
+                flush()
+
+        def flush():
+            for a in s.recover(chunk):
+                if a[0] == "event":
+                    self._event(a[1], a[2])
+            rededucted[0] += len(chunk)
+            del chunk[:]
+
+        info = ML.scan(self.j, s.acked, st.get(1, 0), feed, self.keep)
+        flush()
+        for seq in sorted(info["seqs"]):
+            boot, rs = info["seqs"][seq]
+            s.outbox[seq] = self._rebuild(seq, boot, rs, now)
+            if rs:
+                self.batches[seq] = rs[0][0]
+        s.next_seq = max(s.next_seq, info["top"] + 1)
+        self.pend, self.npend, self.rd = info["pend"], info["npend"], info["rd"]
+        self._run(s.start(now))
+        if self.dirty or self.jp != self.j.next:
+            self._write_state()
+        self.last_round = now
+        return {"journal": jrep, "state": self.st.report, "rededucted": rededucted[0],
+                "resend": len(s.outbox), "unsealed": self.npend, "bad_records": info["bad"],
+                "orphans": info["orphans"], "boot": s.boot}
+
+    def _rebuild(self, seq, boot, rs, now):
+        s = self.s
+        if rs:
+            t0 = min(r[1][1] for r in rs)
+            ver, lid = rs[0][1][2], rs[0][1][3]
+            rounds = [[r[1][1] - t0] + list(r[1][5]) for r in rs]
+            ucny = sum(r[1][4] for r in rs)
+        else:
+            t0, ver, lid, rounds, ucny = max(now, 0), s.book["version"], 0, [], 0
+        return P.seal(s.keys[s.kid], {"type": P.USAGE, "kid": s.kid, "dev": self.dev,
+                                      "boot": boot or s.boot, "seq": seq, "ver": ver,
+                                      "lease": lid, "t0": t0, "flags": P.RETX, "ucny": ucny,
+                                      "rounds": rounds})
+
+    # ------------------------------------------------------------------ executing actions
+    def _write_state(self):
+        self.st.save({0: self.s.state(), 1: self.j.next})
+        self.jp = self.j.next
+        self.dirty = False
+        self.since_cp = 0
+
+    def _event(self, name, detail):
+        self.ev.append((name, detail))
+        if len(self.ev) > self.cfg["max_events"]:
+            self.ev.pop(0)
+            self.dropped_events += 1
+
+    def _run(self, acts):
+        n = len(acts)
+        for i in range(n):
+            a = acts[i]
+            k = a[0]
+            if k == "publish":
+                self.out.append((a[1], a[2]))
+            elif k == "persist":
+                if i + 1 < n and acts[i + 1][0] == "acked":
+                    self.dirty = True  # M4: an ack's persist waits for the checkpoint
+                else:
+                    self._write_state()
+            elif k == "acked":
+                for seq in [q for q in self.batches if q <= a[1]]:
+                    del self.batches[seq]
+                self._compact(False)
+            elif k == "event":
+                self._event(a[1], a[2])
+            elif k == "book":
+                self.bs.save({0: a[1]})
+                self.book = self.s.book
+            # "outbox" comes only from start()'s empty re-seals (D5): redone at each start
+
+    def _free(self):
+        return self.j.max_bytes - self.j.used_bytes
+
+    def _room(self, nopen):
+        return self._free() >= self.cfg["headroom"] + self.cfg["reserve"] * nopen
+
+    def _compact(self, force):
+        j = self.j
+        if self.batches:
+            first = min(self.batches.values())
+        elif self.pend:
+            first = self.pend[0][0]
+        else:
+            first = j.next
+        low = not self._room(len(self.rounds) + 1)
+        if first - 1 > self.jp - 1 and (low or force):
+            self._write_state()
+        lim = min(first - 1, self.jp - 1)
+        if lim > j.acked and (force or low or lim - j.acked >= self.cfg["ack_every"]):
+            j.ack_through(lim)
+
+    def _check(self):
+        if self.s is None:
+            raise ValueError("meter not open: call open(now) first")
+        return self.s
+
+    def _serve(self, rnd, now, settled):
+        s = self.s
+        k0, u0 = s.served, s.lease.used
+        rec, acts = s.serve(rnd, now)
+        try:
+            r = self.j.append(ML.enc_round(rec, settled))
+        except OSError:
+            s.served, s.lease.used = k0, u0
+            raise
+        if r < 0:
+            s.served, s.lease.used = k0, u0
+            self._event("round_refused", REFUSALS[r])
+            return (JOURNAL_FULL if r == FULL else DISK_FULL), 0
+        self.since_cp += 1
+        if self.rd or len(self.pend) >= self.keep:
+            if not self.rd:
+                self.rd = r
+        else:
+            self.pend.append((r, rec))
+        self.npend += 1
+        self.n_rounds += 1
+        self.n_ucny += rec[4]
+        self.last_round = now
+        self.idled = False
+        self._run(acts)
+        return OK, rec[4]
+
+    def _settle(self, now, every):
+        pass  # unended rounds: Meter
+
+    # ------------------------------------------------------------------ sealing and timers
+    def _seal(self, now):
+        s = self.s
+        while self.npend:
+            if self.rd and len(self.pend) < self.keep:
+                got, self.rd = ML.head(self.j, self.rd, self.keep - len(self.pend))
+                self.pend += got
+            pend = self.pend
+            if not s.seal_due(self.npend, pend[0][1][1], now):
+                return
+            force = s.force
+            n, acts = s.seal([x[1] for x in pend], now)
+            if not n:
+                return
+            seq = s.next_seq - 1
+            r = self.j.append(ML.enc_seal(seq, s.boot, pend[0][0], pend[n - 1][0]))
+            if r < 0:  # G2: no seal record, no publish; the rounds stay unsealed
+                s.next_seq = seq
+                del s.outbox[seq]
+                s.force = force
+                self._event("seal_refused", REFUSALS[r])
+                return
+            self.batches[seq] = pend[0][0]
+            del pend[:n]
+            self.npend -= n
+            if self.npend and force:
+                s.force = force
+            self.dirty = True  # M4: the seal record stands for the seal's persist
+            self.out.append((acts[2][1], acts[2][2]))
+
+    def tick(self, now):
+        """Timers: unended rounds (M6), batches due, retransmissions and lease messages,
+        idle lease return (cfg["idle"] seconds, 0: never), checkpoint and compaction (M4)."""
+        s = self._check()
+        self._settle(now, False)
+        self._seal(now)
+        self._run(s.tick(now))
+        idle = self.cfg["idle"]
+        if (idle and not self.idled and not self.rounds and now - self.last_round >= idle
+                and s.lease.st != L.NONE):
+            self.idled = True
+            self._run(s.idle(now))
+        if self.since_cp >= self.cfg["checkpoint"]:
+            self._write_state()
+        self._compact(False)
+
+    def connected(self, now):
+        """The link is up (after every CONNACK): resend unacked batches (D4)."""
+        self._run(self._check().connected(now))
+        self._seal(now)
+
+    def receive(self, suffix, data, now):
+        """A message from a down topic (suffix "down/ack" etc.)."""
+        self._run(self._check().receive(data, now, suffix))
+        self._seal(now)
+
+    def drain(self, now, release=True):
+        """Before a clean shutdown: settle every open round (M6), seal every pending round,
+        and, when release, return the lease (lease L8). Publish, wait for acks, then close()."""
+        s = self._check()
+        self.closing = True
+        self._settle(now, True)
+        s.force = 1
+        self._seal(now)
+        if release and not s.postpaid:
+            self._run(s.idle(now))
+
+    def close(self):
+        """Checkpoint the state, compact, close the journal."""
+        if self.s is not None:
+            self._write_state()
+            self._compact(True)
+        self.j.close()
+
+    # ------------------------------------------------------------------ outputs
+    def publishes(self):
+        """[(topic suffix, bytes)] to publish QoS 1, oldest first (taken: the list empties)."""
+        out = self.out
+        self.out = []
+        return out
+
+    def events(self):
+        """[(name, detail)] since the last call (at most cfg["max_events"] kept)."""
+        ev = self.ev
+        self.ev = []
+        return ev
+
+    def topic(self, suffix):
+        return P.topic(self.ws, self.dev, suffix)
+
+    def status(self):
+        """A dict for logs, the SDK and the local API."""
+        s = self._check()
+        ls = s.lease
+        return {"dev": self.dev, "boot": s.boot, "served": s.served, "seq": s.next_seq - 1,
+                "acked": s.acked, "unacked": len(s.outbox), "unsealed": self.npend,
+                "open": len(self.rounds), "suspended": s.suspended, "postpaid": s.postpaid,
+                "lease": ls.lease, "lease_state": L.STATES[ls.st], "remaining": ls.remaining(),
+                "used": ls.used, "book": s.book["version"], "rounds": self.n_rounds,
+                "ucny": self.n_ucny, "journal_free": self._free(),
+                "journal_bytes": self.j.bytes_written, "state_bytes": self.st.bytes_written}
