@@ -166,8 +166,11 @@ class Net:
         self.up = []
         self.down = []
         self.online = True
+        self.sent = None  # a list to record every message published (the schema test reads it)
 
     def send(self, dev, suffix, data):
+        if self.sent is not None:
+            self.sent.append((suffix, data))
         if not self.online or self.rng(100) < self.loss:
             return
         q = self.up if suffix.startswith("up/") else self.down
@@ -197,9 +200,10 @@ def _stats(devs, cloud):
     return [(len(d.served), len(cloud.booked.get(k, ())), d.s.boot) for k, d in sorted(devs.items())]
 
 
-def _scenario(seed, steps):
+def _scenario(seed, steps, sent=None):
     rng = Rng(seed)
     net = Net(rng)
+    net.sent = sent
     cloud = Cloud()
     devs = {1000001: Device(1000001, 0, rng), 1000002: Device(1000002, 1, rng)}
     now = T0
