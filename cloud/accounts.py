@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -168,7 +168,6 @@ def charge(conn: Connection, usage: Sequence[tuple[int, int, int]], now: int,
         return {}
     states = states if states is not None else load_state(conn, (a for a, _, _ in usage))
     rows = []
-    before = {a: st for a, st in states.items()}
     for acc, batch_id, ucny in usage:
         st, charges = billing.apply_postpaid(states[acc], ucny, now)
         states[acc] = st
@@ -177,12 +176,11 @@ def charge(conn: Connection, usage: Sequence[tuple[int, int, int]], now: int,
                          "list_ucny": lst, "bp": bp})
     if rows:
         conn.execute(insert(S.account_entries), rows)
-    _project(conn, rows, before, states)
+    _project(conn, rows, states)
     return states
 
 
-def _project(conn: Connection, rows: list[dict[str, Any]], before: Mapping[int, dict[str, Any]],
-             after: Mapping[int, dict[str, Any]]) -> None:
+def _project(conn: Connection, rows: list[dict[str, Any]], after: Mapping[int, dict[str, Any]]) -> None:
     per_acc: dict[int, dict[str, int]] = {}
     per_plan: dict[int, list[int]] = {}
     for r in rows:
@@ -201,16 +199,18 @@ def _project(conn: Connection, rows: list[dict[str, Any]], before: Mapping[int, 
     conn.execute(update(b).where(b.c.account_id == bindparam("b_id")).values(
         payg_ucny=b.c.payg_ucny + bindparam("b_payg"), balance_ucny=bindparam("b_bal"),
         trial_left_ucny=bindparam("b_trial"), suspended=bindparam("b_susp")), upd)
-    live = {p["id"] for st in after.values() for p in st["plans"]}
-    gone = {p["id"] for st in before.values() for p in st["plans"]} - live
     pb_ = S.plan_balances
-    pupd = [{"b_id": pid, "b_used": v[0], "b_forf": v[1], "b_closed": pid in gone}
+    pupd = [{"b_id": pid, "b_used": v[0], "b_forf": v[1], "b_closed": _forfeited(rows, pid)}
             for pid, v in per_plan.items()]
-    pupd += [{"b_id": pid, "b_used": 0, "b_forf": 0, "b_closed": True} for pid in gone if pid not in per_plan]
     if pupd:
         conn.execute(update(pb_).where(pb_.c.plan_id == bindparam("b_id")).values(
             used_ucny=pb_.c.used_ucny + bindparam("b_used"),
-            forfeited_ucny=pb_.c.forfeited_ucny + bindparam("b_forf"), closed=bindparam("b_closed")), pupd)
+            forfeited_ucny=pb_.c.forfeited_ucny + bindparam("b_forf"),
+            closed=or_(pb_.c.closed, bindparam("b_closed"))), pupd)
+
+
+def _forfeited(rows: list[dict[str, Any]], pid: int) -> bool:
+    return any(r["kind"] == "forfeit-plan" and r["ref"] == pid for r in rows)
 
 
 def settle(conn: Connection, account_id: int, now: int) -> dict[str, Any]:

@@ -98,3 +98,22 @@ def contiguous_from(conn: Connection, device_id: int, acked: int, limit: int = 1
 def max_seq(conn: Connection, device_id: int) -> int:
     return conn.execute(select(func.coalesce(func.max(S.usage_batches.c.seq), 0))
                         .where(S.usage_batches.c.device_id == device_id)).scalar_one()
+
+
+def ensure_books(conn: Connection, now: int) -> dict[int, dict]:
+    """Every price book in the store by version; the core's default book is stored first when
+    the store has none (so batches are re-rated with exactly what devices ship with)."""
+    from firmware_py import pricebook
+
+    rows = conn.execute(select(S.price_books.c.version, S.price_books.c.cbor)).all()
+    if not rows:
+        book = pricebook.default()
+        conn.execute(_insert(conn, S.price_books).values(
+            version=book["version"], hash=book["hash"], cbor=pricebook.to_cbor(book), created_at=now
+        ).on_conflict_do_nothing(index_elements=["version"]))
+        return {book["version"]: book}
+    return {v: pricebook.from_cbor(bytes(c)) for v, c in rows}
+
+
+def latest_book(books: Mapping[int, dict]) -> dict:
+    return books[max(books)]

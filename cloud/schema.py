@@ -84,6 +84,7 @@ devices = Table(
     Column("username", String(64), nullable=False, unique=True),
     Column("password_hash", String(256), nullable=False),       # Mosquitto $7$ PBKDF2-SHA512 value
     Column("kid", Integer, nullable=False),          # the newest key id issued (see device_keys)
+    Column("kid_sent", Integer, nullable=False, server_default="1"),   # the newest one delivered
     Column("status", String(16), nullable=False, server_default="active"),   # active | suspended
     Column("created_at", INT, nullable=False),
     Column("last_seen_ms", INT, nullable=False, server_default="0"),
@@ -278,7 +279,7 @@ plan_balances = Table(   # projection of account_entries per savings plan
     Column("plan_id", ID, ForeignKey("savings_plans.id"), primary_key=True),
     Column("used_ucny", INT, nullable=False, server_default="0"),
     Column("forfeited_ucny", INT, nullable=False, server_default="0"),
-    Column("closed", Boolean, nullable=False, server_default="0"),   # forfeited (left the state)
+    Column("closed", Boolean, nullable=False, server_default="0"),   # its rest was forfeited
 )
 
 invoices = Table(   # one per account and billing month; regenerated whole, never edited

@@ -266,3 +266,44 @@ def test_invoice_plan_lines_round_each_amount_once(engine):
         assert [(x["kind"], x["list_ucny"], x["amount_fen"]) for x in inv["by_kind"]] == [("plan", 16350, 1)]
     with pytest.raises(invoices.InvoiceError):
         invoices.month_bounds("2026-13")
+
+
+def test_rebuild_recomputes_every_projection_and_finds_tampering(engine):
+    from cloud import rebuild
+    with tx(engine) as conn, conn.begin():
+        acc, ws = _license_ws(conn, grant=1_000_000, validity=60)
+        p = pools.buy_license(conn, BOOK, ws, "basic", 100, T0)
+        pools.activate(conn, BOOK, p, 100, T0)
+        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="x", kid=1,
+                                              created_at=T0) for d in (51, 52)])
+        g = pools.lease_open(conn, BOOK, ws, 51, 0, T0)
+        for seq in (1, 2, 4):
+            bid = ledger.insert_batches(conn, [dict(device_id=51, seq=seq, boot=1, book_version=1, lease_id=g["lease"],
+                                                    t0=T0, rounds=10, device_ucny=54_500, rated_ucny=54_500,
+                                                    mismatch=False, payload=b"", workspace_id=ws, account_id=acc,
+                                                    received_ms=0, booked_ms=0)])[(51, seq)]
+            pools.report_booked(conn, ws, [(g["lease"], 51, 54_500, bid)], T0 + seq)
+        ledger.raise_acked(conn, {51: 2}, 0)
+        pools.lease_open(conn, BOOK, ws, 52, 0, T0 + 5)
+        pools.reclaim_due(conn, ws, T0 + 500)
+        shop = accounts.create_account(conn, "shop2", T0)
+        accounts.claim_trial(conn, BOOK, shop, T0)
+        accounts.buy_plan(conn, BOOK, shop, 20_000_000, T0)
+        accounts.top_up(conn, shop, 1_000_000, T0)
+        accounts.charge(conn, [(shop, None, 35_000_000)], T0 + 1)
+        accounts.settle(conn, shop, civil.add_months(T0, 4))
+    with tx(engine) as conn, conn.begin():
+        r = rebuild.run(conn, check=True)
+        assert r["differences"] == [] and r["rounds"] == 30
+        conn.execute(S.pools.update().values(free=S.pools.c.free + 1))
+        conn.execute(S.account_balances.update().where(S.account_balances.c.account_id == shop)
+                     .values(balance_ucny=0))
+        conn.execute(S.devices.update().where(S.devices.c.id == 51).values(acked_seq=4))
+    with tx(engine) as conn, conn.begin():
+        diffs = rebuild.run(conn, check=True)["differences"]
+        assert {(d[0], d[2]) for d in diffs} == {("pools", "free"), ("account_balances", "balance_ucny"),
+                                                 ("devices", "acked_seq")}
+        assert ("devices", "51", "acked_seq", 4, 2) in diffs
+        assert rebuild.run(conn, check=False)["written"]
+    with tx(engine) as conn, conn.begin():
+        assert rebuild.run(conn, check=True)["differences"] == []

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 08:36:13.189489
+Create Date: 2026-11-26 08:40:07.503663
 """
 from __future__ import annotations
 
@@ -156,6 +156,7 @@ def upgrade() -> None:
     sa.Column('username', sa.String(length=64), nullable=False),
     sa.Column('password_hash', sa.String(length=256), nullable=False),
     sa.Column('kid', sa.Integer(), nullable=False),
+    sa.Column('kid_sent', sa.Integer(), server_default='1', nullable=False),
     sa.Column('status', sa.String(length=16), server_default='active', nullable=False),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.Column('last_seen_ms', sa.BigInteger(), server_default='0', nullable=False),

@@ -1,0 +1,342 @@
+"""`edgemeter admin`: accounts, workspaces, licences, savings plans, devices, invoices, checks.
+
+    edgemeter admin SUBCOMMAND --db URL [options]      (EDGEMETER_DB stands in for --db)
+
+Every subcommand opens the store (migrating it to the newest schema first), does its work in
+one transaction and prints a readable result, or JSON with --json. Times default to now;
+--at YYYY-MM-DD[THH:MM[:SS]][+HH:MM] (billing calendar UTC+8 when no offset) sets them, for
+back-dated entries and tests. Money is given in CNY as a decimal (`--cny 100`, `--cny 0.05`)
+and converted exactly to integer µCNY.
+
+Exit status: 0 done; 1 a business refusal (activation window closed, rebuild --check found
+differences); 2 a caller mistake (unknown id, bad argument; the message says which).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+
+from cloud import accounts, db, devices, invoices, ledger, pools, rebuild
+from cloud import schema as S
+from firmware_py import billing, civil
+from firmware_py import pool as PL
+
+
+def parse_cny(text: str) -> int:
+    """Exact µCNY of a decimal CNY amount ('100', '0.05', '12.345678'); ValueError otherwise."""
+    m = re.fullmatch(r"([+-]?)(\d+)(?:\.(\d{1,6}))?", text.strip())
+    if not m:
+        raise ValueError(f"not a CNY amount with at most 6 decimals: {text!r}")
+    v = int(m.group(2)) * 1_000_000 + int((m.group(3) or "").ljust(6, "0"))
+    return -v if m.group(1) == "-" else v
+
+
+def cny(ucny: int) -> str:
+    sign = "-" if ucny < 0 else ""
+    u = abs(ucny)
+    return f"{sign}{u // 1_000_000}.{u % 1_000_000:06d}".rstrip("0").rstrip(".") if u % 1_000_000 else f"{sign}{u // 1_000_000}"
+
+
+def _when(args: argparse.Namespace) -> int:
+    return civil.parse_iso(args.at) if getattr(args, "at", None) else int(time.time())
+
+
+class Refused(Exception):
+    """A business outcome that is not success (exit 1)."""
+
+
+# ------------------------------------------------------------------------------ subcommands
+def cmd_migrate(conn, args, now):
+    from alembic.runtime.migration import MigrationContext
+    return {"revision": MigrationContext.configure(conn).get_current_revision()}
+
+
+def cmd_create_account(conn, args, now):
+    aid = accounts.create_account(conn, args.name, now)
+    if args.trial:
+        accounts.claim_trial(conn, _book(conn, now), aid, now)
+    return {"account": aid, "name": args.name, "trial": bool(args.trial)}
+
+
+def cmd_create_workspace(conn, args, now):
+    terms = {"grant": args.grant, "max": args.max, "validity": args.validity, "allowance": args.offline_units,
+             "low": args.low, "renew_pct": args.renew_pct}
+    ws = accounts.create_workspace(conn, args.account, args.name, args.billing, now, policy=args.policy,
+                                   **{k: v for k, v in terms.items() if v is not None})
+    return {"workspace": ws, "account": args.account, "billing": args.billing}
+
+
+def cmd_buy_license(conn, args, now):
+    pid = pools.buy_license(conn, _book(conn, now), args.workspace, args.tier, args.devices, now)
+    row = conn.execute(select(S.license_purchases).where(S.license_purchases.c.id == pid)).mappings().one()
+    return {"purchase": pid, "workspace": args.workspace, "tier": args.tier, "devices": args.devices,
+            "price_cny": cny(row["price_ucny"]), "addon": bool(row["addon"]),
+            "activate_by": civil.iso(row["activate_by"])}
+
+
+def cmd_activate(conn, args, now):
+    aid, why = pools.activate(conn, _book(conn, now), args.purchase, args.count, now, args.device)
+    if why is not None:
+        raise Refused(f"purchase {args.purchase}: activation refused: {why}")
+    row = conn.execute(select(S.license_activations).where(S.license_activations.c.id == aid)).mappings().one()
+    return {"activation": aid, "purchase": args.purchase, "count": args.count, "units": row["units"],
+            "period": [civil.iso(row["activated_at"]), civil.iso(row["period_end"])],
+            "pool": pools.levels(conn, row["workspace_id"])}
+
+
+def cmd_claim_trial(conn, args, now):
+    t = accounts.claim_trial(conn, _book(conn, now), args.account, now)
+    return {"account": args.account, "trial_cny": cny(t["left"]), "ends": civil.iso(t["end"])}
+
+
+def cmd_buy_savings_plan(conn, args, now):
+    pid = accounts.buy_plan(conn, _book(conn, now), args.account, parse_cny(args.cny), now)
+    p = conn.execute(select(S.savings_plans).where(S.savings_plans.c.id == pid)).mappings().one()
+    return {"plan": pid, "account": args.account, "commit_cny": cny(p["commit_ucny"]), "discount_bp": p["bp"],
+            "covers_list_cny": cny(p["cap_ucny"]), "ends": civil.iso(p["ends_at"])}
+
+
+def cmd_top_up(conn, args, now):
+    amount = parse_cny(args.cny)
+    if amount <= 0:
+        raise ValueError("a top-up is a positive amount")
+    st = accounts.top_up(conn, args.account, amount, now, args.ref or "")
+    due = accounts.commands_due(conn, [args.account])
+    return {"account": args.account, "balance_cny": cny(st["balance"]), "suspended": st["suspended"],
+            "commands_due": [{"device": d, "workspace": w, "op": op} for d, w, op in due]}
+
+
+def cmd_register_device(conn, args, now):
+    r = devices.register(conn, args.workspace, now, args.id)
+    out = {"device": r["id"], "workspace": r["workspace"], "username": r["username"], "client_id": r["username"],
+           "password": r["password"], "kid": r["kid"], "key": r["key"].hex()}
+    if args.mosquitto_dir:
+        out["mosquitto"] = devices.write_mosquitto_files(conn, args.mosquitto_dir)
+    return out
+
+
+def cmd_rotate_key(conn, args, now):
+    r = devices.rotate_key(conn, args.device, now)
+    return {"device": r["id"], "kid": r["kid"], "key": r["key"].hex(),
+            "note": "the rater sends it to the device in a ROTATE command (wrapped under the old key)"}
+
+
+def cmd_sync_mosquitto(conn, args, now):
+    return devices.write_mosquitto_files(conn, args.mosquitto_dir)
+
+
+def cmd_show(conn, args, now):
+    out: dict[str, Any] = {"accounts": [], "workspaces": []}
+    accs = conn.execute(select(S.accounts).order_by(S.accounts.c.id)).mappings().all()
+    for a in accs:
+        if args.account and a["id"] != args.account:
+            continue
+        b = accounts.balances(conn, a["id"])
+        out["accounts"].append({"id": a["id"], "name": a["name"], **b})
+    q = select(S.workspaces).order_by(S.workspaces.c.id)
+    for w in conn.execute(q).mappings().all():
+        if (args.account and w["account_id"] != args.account) or (args.workspace and w["id"] != args.workspace):
+            continue
+        ndev = conn.execute(select(func.count()).select_from(S.devices)
+                            .where(S.devices.c.workspace_id == w["id"])).scalar_one()
+        item: dict[str, Any] = {"id": w["id"], "account": w["account_id"], "name": w["name"], "billing": w["billing"],
+                                "devices": ndev}
+        if w["billing"] == "license":
+            item["pool"] = pools.levels(conn, w["id"])
+            item["leases"] = [dict(r) for r in conn.execute(
+                select(S.leases).where(S.leases.c.workspace_id == w["id"]).order_by(S.leases.c.id)).mappings()]
+            item["activations"] = [{"id": a["id"], "count": a["count"], "units": a["units"],
+                                    "period": [civil.iso(a["activated_at"]), civil.iso(a["period_end"])]}
+                                   for a in pools.activations(conn, w["id"])]
+        out["workspaces"].append(item)
+    return out
+
+
+def cmd_invoice(conn, args, now):
+    inv = invoices.generate(conn, args.account, args.month, now, _book(conn, now))
+    if args.csv:
+        Path(args.csv).write_text(invoices.to_csv(inv))
+        inv["csv"] = args.csv
+    return inv
+
+
+def cmd_rebuild(conn, args, now):
+    r = rebuild.run(conn, check=args.check)
+    out = {**r, "differences": [dict(zip(("table", "key", "column", "stored", "rebuilt"), d))
+                                for d in r["differences"]]}
+    if args.check and r["differences"]:
+        out["refused"] = f"{len(r['differences'])} projection(s) differ from the entries"
+    return out
+
+
+def cmd_dead_letters(conn, args, now):
+    t = S.dead_letters
+    rows = conn.execute(select(t).order_by(t.c.last_seen_ms.desc()).limit(args.limit)).mappings().all()
+    by = conn.execute(select(t.c.reason, func.sum(t.c.count)).group_by(t.c.reason).order_by(t.c.reason)).all()
+    return {"by_reason": {r: int(n) for r, n in by},
+            "recent": [{"id": r["id"], "reason": r["reason"], "topic": r["topic"], "count": r["count"],
+                        "detail": r["detail"], "payload_hex": bytes(r["payload"][:64]).hex(),
+                        "first_seen_ms": r["first_seen_ms"], "last_seen_ms": r["last_seen_ms"]} for r in rows]}
+
+
+def cmd_housekeeping(conn, args, now):
+    book = _book(conn, now)
+    hk = pools.housekeeping(conn, book, now)
+    return {"expired": [{"workspace": w, "activation": a, "units": u} for w, a, u in hk["expired"]],
+            "reclaimed": [{"workspace": w, "lease": lid} for w, lid in hk["reclaimed"]]}
+
+
+def _book(conn, now):
+    return ledger.latest_book(ledger.ensure_books(conn, now))
+
+
+# ------------------------------------------------------------------------------ printing
+def _text(name: str, out: dict[str, Any]) -> str:
+    if name == "invoice":
+        return invoices.to_text(out) + (f"\nCSV written to {out['csv']}" if out.get("csv") else "")
+    if name == "show":
+        lines = []
+        for a in out["accounts"]:
+            t = a["trial"]
+            lines.append(f"account {a['id']} {a['name']}: balance {cny(a['balance_ucny'])} CNY"
+                         f"{' SUSPENDED' if a['suspended'] else ''}; paid {cny(a['paid_ucny'])}, "
+                         f"pay-as-you-go {cny(a['payg_ucny'])}"
+                         + (f"; trial left {cny(t['left_ucny'])} until {civil.iso(t['ends_at'])}" if t else ""))
+            for p in a["plans"]:
+                lines.append(f"  savings plan {p['id']}: x{p['bp'] / 10000:.2f}, covers {cny(p['cap_ucny'])} CNY list,"
+                             f" used {cny(p['used_ucny'])}, ends {civil.iso(p['ends_at'])}"
+                             + (" (forfeited)" if p["closed"] else ""))
+        for w in out["workspaces"]:
+            lines.append(f"workspace {w['id']} {w['name']} (account {w['account']}, {w['billing']}): "
+                         f"{w['devices']} device(s)")
+            if "pool" in w:
+                p = w["pool"]
+                lines.append("  pool: " + ", ".join(f"{b} {p[b]}" for b in S.POOL_BUCKETS) + " (units = µCNY)")
+                for a in w["activations"]:
+                    lines.append(f"  activation {a['id']}: {a['count']} licence(s), {a['units']} units, "
+                                 f"{a['period'][0]} .. {a['period'][1]}")
+                for ls in w["leases"]:
+                    st = {PL.LIVE: "live", PL.RECLAIMED: "reclaimed", PL.CLOSED: "closed"}.get(ls["state"], "?")
+                    lines.append(f"  lease {ls['id']} device {ls['device_id']} {st}: total {ls['total']}, "
+                                 f"offline {ls['allow']}, used {ls['used']}, booked {ls['booked']}")
+        return "\n".join(lines) or "(empty store)"
+    if name == "rebuild":
+        head = (f"rebuilt {out['pools']} pool(s), {out['leases']} lease(s), {out['accounts']} account(s), "
+                f"{out['devices']} device(s) from the entries ({out['rounds']} rounds) in {out['seconds']:.3f} s")
+        if not out["differences"]:
+            return head + "\nevery projection equals its entries"
+        body = [f"  {d['table']} {d['key']} {d['column']}: stored {d['stored']} rebuilt {d['rebuilt']}"
+                for d in out["differences"]]
+        tail = "written: projections replaced by the rebuilt values" if out["written"] else "nothing written (--check)"
+        return "\n".join([head, f"{len(body)} difference(s):"] + body + [tail])
+    if name == "dead-letters":
+        lines = ["dead letters by reason: " + (", ".join(f"{r} {n}" for r, n in out["by_reason"].items()) or "none")]
+        for r in out["recent"]:
+            lines.append(f"  #{r['id']} {r['reason']} x{r['count']} on {r['topic']}: {r['detail']}")
+        return "\n".join(lines)
+    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in out.items())
+
+
+# ------------------------------------------------------------------------------ parser
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgemeter admin", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, fn: Callable, help_: str, at: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--db", default=db.default_url(), required=db.default_url() is None, help="database URL")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if at:
+            p.add_argument("--at", help="the time of the operation (ISO 8601; default now)")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("migrate", cmd_migrate, "create or upgrade the store's schema (Alembic)", at=False)
+    p = add("create-account", cmd_create_account, "create an account (tenant)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--trial", action="store_true", help="claim the one-time CNY 10 postpaid trial")
+    p = add("create-workspace", cmd_create_workspace, "create a workspace of an account")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--billing", choices=("license", "postpaid"), required=True)
+    p.add_argument("--policy", choices=("stop", "continue", "degrade"), help="offline policy of its leases")
+    for flag, what in (("--grant", "units per grant"), ("--max", "max units per grant"),
+                       ("--validity", "lease validity, seconds"), ("--offline-units", "offline allowance per lease"),
+                       ("--low", "free units below which grants carry the final-unit flag"),
+                       ("--renew-pct", "renew when this % of a grant is left")):
+        p.add_argument(flag, type=int, help=what)
+    p = add("buy-license", cmd_buy_license, "buy licences (>= 100 devices) for a License workspace")
+    p.add_argument("--workspace", type=int, required=True)
+    p.add_argument("--tier", choices=("trial", "basic", "standard"), required=True)
+    p.add_argument("--devices", type=int, required=True)
+    p = add("activate", cmd_activate, "activate licences of a purchase (units enter the pool)")
+    p.add_argument("--purchase", type=int, required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--device", type=int, help="the device the licence is bound to")
+    p = add("claim-trial", cmd_claim_trial, "claim the one-time postpaid trial of an account")
+    p.add_argument("--account", type=int, required=True)
+    p = add("buy-savings-plan", cmd_buy_savings_plan, "buy a savings plan (commitment in CNY)")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--cny", required=True)
+    p = add("top-up", cmd_top_up, "add to an account's pay-as-you-go balance")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--cny", required=True)
+    p.add_argument("--ref", help="payment reference")
+    p = add("register-device", cmd_register_device, "register a device: MQTT credentials and HMAC key")
+    p.add_argument("--workspace", type=int, required=True)
+    p.add_argument("--id", type=int, help="the device id (default: the next free one)")
+    p.add_argument("--mosquitto-dir", help="rewrite passwd and acl in this directory (SIGHUP the broker)")
+    p = add("rotate-key", cmd_rotate_key, "issue a new HMAC key for a device (the rater delivers it)")
+    p.add_argument("--device", type=int, required=True)
+    p = add("sync-mosquitto", cmd_sync_mosquitto, "rewrite the broker's passwd and acl from the registry", at=False)
+    p.add_argument("--mosquitto-dir", required=True)
+    p = add("show", cmd_show, "balances, pools, activations and leases", at=False)
+    p.add_argument("--account", type=int)
+    p.add_argument("--workspace", type=int)
+    p = add("invoice", cmd_invoice, "the monthly invoice of an account")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM (billing calendar, UTC+8)")
+    p.add_argument("--csv", help="also write the lines to this CSV file")
+    p = add("rebuild", cmd_rebuild, "recompute projections from the entries", at=False)
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
+    p = add("dead-letters", cmd_dead_letters, "rejected messages by reason, most recent first", at=False)
+    p.add_argument("--limit", type=int, default=20)
+    add("housekeeping", cmd_housekeeping, "expire ended activations and reclaim silent leases now")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    now = _when(args) if hasattr(args, "at") else int(time.time())
+    try:
+        engine = db.open_store(args.db)
+    except db.StoreURLError as e:
+        print(f"edgemeter admin: {e}", file=sys.stderr)
+        return 2
+    status = 0
+    try:
+        with db.write_connect(engine) as conn:
+            with conn.begin():
+                out = args.fn(conn, args, now)
+        if out.get("refused"):
+            status = 1
+    except Refused as e:
+        print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, billing.BillingError) as e:
+        print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(out, indent=1, sort_keys=True, default=str))
+    else:
+        print(_text(args.cmd, out))
+    return status

@@ -1,0 +1,417 @@
+"""The rater's group step, free of MQTT: a group of received messages in, one committed
+transaction and the downlink to publish out. cloud/rater.py feeds it from the broker.
+
+For each message, in order (rules G1-G8; the protocol rules are firmware_py.cloud_session's):
+ G1. Screening before any database work: a payload over proto.MAX_MSG is `oversized`; a topic
+     that is not em/<ws>/<dev>/up/<kind> is `wrong_topic`; a device the registry does not know
+     is `unknown_device`; a device publishing under another workspace's tree is `wrong_topic`.
+ G2. The device's CloudSession is built from its stored state and keys (key ids up to the last
+     one delivered) and decides: MAC, strictness, freshness, duplicates, re-rating, leases.
+     Its rejections become dead letters with a reason code (malformed, unknown_kid, bad_mac,
+     wrong_device, wrong_topic, replay, no_pool, foreign_lease). A dead letter changes nothing
+     but the dead-letter table.
+ G3. Bookings are inserted with ON CONFLICT (device_id, seq) DO NOTHING; a row that comes back
+     was booked now, one that does not was already booked (a duplicate, acked again). For each
+     new batch: its usage lines (per item and multiplier, from the core's rating lines), a
+     mismatch record when the core's verdict is not OK or its lease is not the device's.
+ G4. License workspaces: lease messages go through the session against the workspace Pool
+     (loaded with the leases concerned, under its row lock) and their entries are stored;
+     booked batches are then reported on their leases (cloud.pools.report_booked).
+ G5. Postpaid workspaces: each new batch's cloud-rated amount is charged to the account at the
+     booking time (cloud.accounts.charge); accounts whose suspension flag changed get suspend /
+     resume commands on all their postpaid devices, signed by each device's session.
+ G6. Every device with usage in the group gets one cumulative ack, computed inside the
+     transaction from what is booked (including this group's rows) and carrying the verdicts of
+     its non-OK batches; a device that sent a batch of an older price-book version also gets
+     the newest book. Session state is saved with the messages that used it (cloud_session C7).
+ G7. All of it is one transaction; the downlink is returned to the caller, which publishes it
+     and only then acknowledges the group's MQTT messages to the broker. A crash before the
+     commit leaves nothing behind; the broker (or the device) sends the messages again.
+ G8. The core's rating is pure, so re-rating lines are memoised per (book version, round wire
+     form); the memo is bounded.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from cloud import accounts, db, ledger, pools
+from cloud import schema as S
+from firmware_py import cloud_session as CS
+from firmware_py import proto as P
+from firmware_py import rating
+
+REASONS = (("malformed", "malformed"), ("unknown key id", "unknown_kid"), ("bad MAC", "bad_mac"),
+           ("wrong device", "wrong_device"), ("replay", "replay"), ("return of lease", "foreign_lease"))
+MEMO_MAX = 100_000
+
+
+def reason_code(text: str) -> str:
+    """The dead-letter reason code of a session rejection (rule G2)."""
+    for prefix, code in REASONS:
+        if text.startswith(prefix):
+            return code
+    if "is not an uplink message" in text or " on topic " in text:
+        return "wrong_topic"
+    if "no pool" in text:
+        return "no_pool"
+    return "rejected"
+
+
+@dataclass
+class Incoming:
+    topic: str
+    payload: bytes
+    received_ms: int
+    mid: int = 0
+
+
+@dataclass
+class Outcome:
+    """What one group did; `publish` is the downlink to send after the commit."""
+    publish: list[tuple[str, bytes]] = field(default_factory=list)
+    booked: int = 0
+    rounds: int = 0
+    ucny: int = 0
+    duplicates: int = 0
+    mismatches: int = 0
+    dead: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, int] = field(default_factory=dict)
+    lag_ms: list[int] = field(default_factory=list)
+    events: list[tuple[str, int, Any]] = field(default_factory=list)
+
+
+class Ingest:
+    """Books groups of messages into the store (rules G1-G8)."""
+
+    def __init__(self, engine: Engine, now_ms: Callable[[], int] | None = None):
+        self.engine = engine
+        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        with db.write_connect(engine) as conn, conn.begin():
+            self.books = ledger.ensure_books(conn, self.now_ms() // 1000)
+        self.latest = ledger.latest_book(self.books)
+        self._memo: dict[tuple[int, str], Any] = {}
+        self._ws_cache: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ rating memo (G8)
+    def rated(self, book: dict, wire: list, key: tuple[int, str]) -> tuple[list, int] | ValueError:
+        """rating.rate(book, round_from_wire(wire)), or the ValueError it raised, memoised by
+        key = (book version, repr(wire))."""
+        hit = self._memo.get(key)
+        if hit is None:
+            try:
+                hit = rating.rate(book, rating.round_from_wire(wire))
+            except ValueError as e:
+                hit = e
+            if len(self._memo) >= MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
+
+    def batch_lines(self, keys: list[tuple[int, str]]) -> dict[tuple[int, int], list[int]]:
+        """{(item, multiplier): [calls, µCNY]} of a batch's valid rounds (their memo keys)."""
+        agg: dict[tuple[int, int], list[int]] = {}
+        for key, n in Counter(keys).items():
+            hit = self._memo.get(key)
+            if hit is None or isinstance(hit, ValueError):   # evicted meanwhile: rate it again
+                hit = self.rated(self.books[key[0]], _wire(key[1]), key)
+                if isinstance(hit, ValueError):
+                    continue
+            for item, calls, mult, ucny, _model in hit[0]:
+                a = agg.get((item, mult))
+                if a is None:
+                    agg[(item, mult)] = [calls * n, ucny * n]
+                else:
+                    a[0] += calls * n
+                    a[1] += ucny * n
+        return agg
+
+    # ------------------------------------------------------------------ the group
+    def process(self, msgs: Sequence[Incoming]) -> Outcome:
+        out = Outcome()
+        now_ms = self.now_ms()
+        now = now_ms // 1000
+        screened: list[tuple[Incoming, int, int, str]] = []
+        dead: list[tuple[str, str, bytes, str]] = []
+        for m in msgs:
+            if len(m.payload) > P.MAX_MSG:
+                dead.append(("oversized", m.topic, m.payload, f"{len(m.payload)} bytes > {P.MAX_MSG}"))
+                continue
+            try:
+                ws, dev, suffix = P.parse_topic(m.topic)
+            except P.ProtoError as e:
+                dead.append(("wrong_topic", m.topic, m.payload, e.reason))
+                continue
+            if not suffix.startswith("up/"):
+                dead.append(("wrong_topic", m.topic, m.payload, "not an uplink topic"))
+                continue
+            screened.append((m, ws, dev, suffix))
+        with db.write_connect(self.engine) as conn:
+            with conn.begin():
+                self._group(conn, screened, dead, out, now, now_ms)
+        for m in msgs:
+            out.lag_ms.append(self.now_ms() - m.received_ms)
+        return out
+
+    def _workspaces(self, conn: Connection, ids: set[int]) -> dict[int, Any]:
+        missing = ids - set(self._ws_cache)
+        if missing:
+            for r in conn.execute(select(S.workspaces).where(S.workspaces.c.id.in_(sorted(missing)))).mappings():
+                self._ws_cache[r["id"]] = dict(r)
+        return {i: self._ws_cache[i] for i in ids if i in self._ws_cache}
+
+    def _load_devices(self, conn: Connection, devs: set[int]) -> tuple[dict[int, Any], dict[int, dict[int, bytes]]]:
+        if not devs:
+            return {}, {}
+        ids = sorted(devs)
+        rows = {r["id"]: r for r in conn.execute(
+            select(S.devices.c.id, S.devices.c.workspace_id, S.devices.c.session, S.devices.c.kid_sent,
+                   S.devices.c.status).where(S.devices.c.id.in_(ids)).with_for_update()).mappings()}
+        keys: dict[int, dict[int, bytes]] = {}
+        for d, kid, key in conn.execute(select(S.device_keys.c.device_id, S.device_keys.c.kid, S.device_keys.c.key)
+                                        .where(S.device_keys.c.device_id.in_(ids))):
+            if d in rows and kid <= rows[d]["kid_sent"]:
+                keys.setdefault(d, {})[kid] = bytes(key)
+        return rows, keys
+
+    def _session(self, row: Any, keys: dict[int, bytes]) -> CS.CloudSession:
+        state = json.loads(row["session"]) if row["session"] else None
+        sess = _Session(row["workspace_id"], row["id"], keys, state or None, self.books)
+        sess.ingest = self
+        return sess
+
+    def _group(self, conn: Connection, screened: list, dead: list, out: Outcome, now: int, now_ms: int) -> None:
+        rows, keys = self._load_devices(conn, {dev for _, _, dev, _ in screened})
+        wss = self._workspaces(conn, {r["workspace_id"] for r in rows.values()})
+        sessions: dict[int, CS.CloudSession] = {}
+        status_of: dict[int, str] = {}
+        bookings: list[tuple[Incoming, dict]] = []
+        dups: dict[int, set[int]] = {}
+        pools_: dict[int, Any] = {}
+        pool_entries: dict[int, list] = {}
+        for m, ws, dev, suffix in screened:
+            row = rows.get(dev)
+            if row is None or dev not in keys:
+                dead.append(("unknown_device", m.topic, m.payload, f"device {dev} is not registered"))
+                continue
+            if row["workspace_id"] != ws:
+                dead.append(("wrong_topic", m.topic, m.payload, f"device {dev} belongs to workspace {row['workspace_id']}"))
+                continue
+            sess = sessions.get(dev)
+            if sess is None:
+                sess = sessions[dev] = self._session(row, keys[dev])
+            pool = None
+            if suffix != "up/usage" and wss[ws]["billing"] == "license":
+                pool = self._pool_for(conn, pools_, ws, wss[ws], m.payload, sess, now)
+            acts = sess.receive(m.payload, now, _never, pool=pool, suffix=suffix)
+            for a in acts:
+                kind = a[0]
+                if kind == "book":
+                    bookings.append((m, wss[ws], a[1]))
+                elif kind == "duplicate":
+                    dups.setdefault(dev, set()).add(a[1])
+                    out.duplicates += 1
+                elif kind == "pool":
+                    pool_entries.setdefault(ws, []).append(a[1])
+                elif kind == "publish":
+                    out.publish.append((P.topic(ws, dev, a[1]), a[2]))
+                elif kind == "reject":
+                    dead.append((reason_code(a[1]), m.topic, m.payload, a[1]))
+                elif kind == "event":
+                    if a[1] == "status":
+                        status_of[dev] = json.dumps({k: v for k, v in a[2].items() if k not in ("kid",)},
+                                                    sort_keys=True)
+                    out.events.append((a[1], dev, a[2] if a[1] != "status" else None))
+        for ws, es in pool_entries.items():
+            pools.store(conn, pools_[ws], es, now)
+        new = self._book(conn, bookings, dups, out, now, now_ms)
+        self._acks(conn, sessions, new, dups, bookings, out)
+        self._save_sessions(conn, sessions, status_of, now_ms)
+        for reason, topic, payload, detail in dead:
+            ledger.record_dead_letter(conn, reason, topic, payload, detail, now_ms)
+            out.dead[reason] = out.dead.get(reason, 0) + 1
+
+    def _pool_for(self, conn: Connection, cache: dict, ws: int, wsrow: Any, payload: bytes,
+                  sess: CS.CloudSession, now: int) -> Any:
+        """The workspace's Pool for a lease/status message, with the leases it names loaded
+        (rule G4); ended licences are expired first (cloud.pools S5)."""
+        want = {sess.s["lease"]} - {0}
+        try:
+            msg = P.unseal(payload)[0]
+            if msg.get("lease"):
+                want.add(msg["lease"])
+        except ValueError:
+            pass   # the session rejects it as malformed
+        pool = cache.get(ws)
+        if pool is None:
+            pools.expire_due(conn, self.latest, ws, now)
+            pool = cache[ws] = pools.load(conn, ws, want, wsrow)
+        else:
+            missing = sorted(want - set(pool.leases))
+            if missing:
+                for r in conn.execute(select(S.leases).where(S.leases.c.workspace_id == ws,
+                                                             S.leases.c.id.in_(missing))).mappings():
+                    pool.leases[r["id"]] = pools._lease_row(r)
+                    pool.em_loaded.add(r["id"])
+        return pool
+
+    # ------------------------------------------------------------------ booking (G3-G5)
+    def _book(self, conn: Connection, bookings: list, dups: dict, out: Outcome, now: int,
+              now_ms: int) -> dict[int, list]:
+        """Insert the bookings [(message, workspace row, booking)]; returns {dev: [(seq, verdict)]}
+        of the ones booked now (the others are duplicates, added to dups)."""
+        rows, first = [], []
+        seen: set[tuple[int, int]] = set()
+        for m, ws, b in bookings:
+            key = (b["dev"], b["seq"])
+            if key in seen:     # the same batch twice in one group: the second is a duplicate
+                dups.setdefault(b["dev"], set()).add(b["seq"])
+                out.duplicates += 1
+                continue
+            seen.add(key)
+            first.append((ws, b))
+            rows.append({"device_id": b["dev"], "seq": b["seq"], "boot": b["boot"], "book_version": b["ver"],
+                         "lease_id": b["lease"], "t0": b["t0"], "rounds": len(b["rounds"]),
+                         "device_ucny": b["device_ucny"], "rated_ucny": b["ucny"],
+                         "mismatch": b["verdict"] != P.V_OK, "payload": m.payload, "workspace_id": ws["id"],
+                         "account_id": ws["account_id"], "received_ms": m.received_ms, "booked_ms": now_ms})
+        ids = ledger.insert_batches(conn, rows)
+        new: dict[int, list] = {}
+        lines: list[dict] = []
+        mism: dict[int, dict] = {}
+        by_id: dict[int, dict] = {}
+        reports: dict[int, list] = {}
+        charges: list[tuple[int, int, int]] = []
+
+        def mismatch(bid: int, b: dict, reason: str) -> None:
+            if bid in mism:
+                mism[bid]["reason"] += ", " + reason
+            else:
+                mism[bid] = {"batch_id": bid, "device_id": b["dev"], "device_ucny": b["device_ucny"],
+                             "rated_ucny": b["ucny"], "reason": reason, "at_ms": now_ms}
+
+        for ws, b in first:
+            bid = ids.get((b["dev"], b["seq"]))
+            if bid is None:     # booked before this group: a duplicate
+                dups.setdefault(b["dev"], set()).add(b["seq"])
+                out.duplicates += 1
+                continue
+            by_id[bid] = b
+            new.setdefault(b["dev"], []).append((b["seq"], b["verdict"]))
+            out.booked += 1
+            out.rounds += len(b["rounds"])
+            out.ucny += b["ucny"]
+            ver = b["ver"]
+            agg = self.batch_lines([(ver, repr(wire)) for _t, wire, u in b["rounds"] if u is not None])
+            for (item, mult), (calls, ucny) in agg.items():
+                lines.append({"batch_id": bid, "item": item, "multiplier": mult, "calls": calls, "ucny": ucny})
+            if b["verdict"] != P.V_OK:
+                mismatch(bid, b, P.VERDICTS[b["verdict"]])
+            if ws["billing"] == "license":
+                if b["lease"]:
+                    reports.setdefault(ws["id"], []).append((b["lease"], b["dev"], b["ucny"], bid))
+                else:
+                    mismatch(bid, b, "no lease")
+            elif b["ucny"]:
+                charges.append((ws["account_id"], bid, b["ucny"]))
+        ledger.insert_rows(conn, S.usage_lines, lines)
+        for ws_id, items in reports.items():
+            for bid, problem in pools.report_booked(conn, ws_id, items, now).items():
+                mismatch(bid, by_id[bid], problem.replace("-", " "))
+        if mism:
+            conn.execute(update(S.usage_batches).where(S.usage_batches.c.id == bindparam("b_id"))
+                         .values(mismatch=True), [{"b_id": k} for k in mism])
+            ledger.insert_rows(conn, S.mismatches, list(mism.values()))
+            out.mismatches += len(mism)
+        if charges:
+            self._charge(conn, charges, out, now)
+        return new
+
+    def _charge(self, conn: Connection, charges: list, out: Outcome, now: int) -> None:
+        accs = {a for a, _, _ in charges}
+        before = accounts.load_state(conn, accs)
+        flags = {a: st["suspended"] for a, st in before.items()}
+        after = accounts.charge(conn, charges, now, before)
+        flipped = [a for a, st in after.items() if st["suspended"] != flags[a]]
+        if flipped:
+            self.send_commands(conn, accounts.commands_due(conn, flipped), out)
+
+    def send_commands(self, conn: Connection, cmds: list[tuple[int, int, str]], out: Outcome) -> None:
+        """Sign and queue suspend/resume commands and record them (accounts rule A4)."""
+        if not cmds:
+            return
+        rows, keys = self._load_devices(conn, {d for d, _, _ in cmds})
+        saved = []
+        for dev, ws, op in cmds:
+            if dev not in rows or dev not in keys:
+                continue
+            sess = self._session(rows[dev], keys[dev])
+            data = sess.command(P.OP_SUSPEND if op == "suspend" else P.OP_RESUME)
+            out.publish.append((P.topic(ws, dev, "down/cmd"), data))
+            out.commands[op] = out.commands.get(op, 0) + 1
+            saved.append({"b_id": dev, "b_s": json.dumps(sess.state(), sort_keys=True)})
+        if saved:
+            conn.execute(update(S.devices).where(S.devices.c.id == bindparam("b_id")).values(session=bindparam("b_s")),
+                         saved)
+        accounts.mark_commanded(conn, cmds)
+
+    # ------------------------------------------------------------------ acks and state (G6)
+    def _acks(self, conn: Connection, sessions: dict, new: dict, dups: dict, bookings: list, out: Outcome) -> None:
+        versions: dict[int, int] = {}
+        for _, _, b in bookings:
+            versions[b["dev"]] = min(versions.get(b["dev"], b["ver"]), b["ver"])
+        for dev in sorted(set(new) | set(dups)):
+            sess = sessions[dev]
+            known = {s for s, _ in new.get(dev, ())} | dups.get(dev, set())
+            verdicts = {s: v for s, v in new.get(dev, ()) if v != P.V_OK}
+
+            def booked(seq: int, dev: int = dev, known: set = known) -> bool:
+                if seq in known:
+                    return True
+                b = S.usage_batches
+                return bool(conn.execute(select(exists().where(and_(b.c.device_id == dev, b.c.seq == seq)))).scalar())
+
+            out.publish.append((P.topic(sess.ws, dev, "down/ack"), sess.ack(booked, verdicts or None)))
+            if versions.get(dev, self.latest["version"]) < self.latest["version"] and sess.s["bv"] < self.latest["version"]:
+                out.publish.append((P.topic(sess.ws, dev, "down/book"), sess.push_book(self.latest)))
+
+    def _save_sessions(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
+        if not sessions:
+            return
+        rows = [{"b_id": dev, "b_s": json.dumps(s.state(), sort_keys=True), "b_a": s.s["acked"], "b_seen": now_ms}
+                for dev, s in sessions.items()]
+        d = S.devices
+        conn.execute(update(d).where(d.c.id == bindparam("b_id")).values(
+            session=bindparam("b_s"), acked_seq=bindparam("b_a"), last_seen_ms=bindparam("b_seen")), rows)
+        if status_of:
+            conn.execute(update(d).where(d.c.id == bindparam("b_id")).values(last_status=bindparam("b_st")),
+                         [{"b_id": k, "b_st": v} for k, v in status_of.items()])
+
+
+class _Session(CS.CloudSession):
+    """The core's cloud session with its per-round rating (CloudSession.rate_round, the hook
+    the core offers for this) memoised by the Ingest (rule G8)."""
+    ingest: Ingest
+
+    def rate_round(self, book: dict, wire: list) -> int:
+        hit = self.ingest.rated(book, wire, (book["version"], repr(wire)))
+        if isinstance(hit, ValueError):
+            raise hit
+        return hit[1]
+
+
+def _wire(text: str) -> list:
+    return ast.literal_eval(text)
+
+
+def _never(_seq: int) -> bool:
+    """The session's booked() during receive: the database's unique key decides (rule G3)."""
+    return False

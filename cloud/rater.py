@@ -1,0 +1,330 @@
+"""`edgemeter rater`: the MQTT shell around cloud.ingest.
+
+    edgemeter rater --broker mqtt://HOST:PORT --db URL [--metrics-port P] [--client-id ID]
+                    [--username U --password P | env EDGEMETER_MQTT_USER/EDGEMETER_MQTT_PASSWORD]
+                    [--ca-file CA] [--group N] [--housekeeping S]
+
+Rules:
+ M1. One paho-mqtt 2.x client, MQTT 5, persistent session (clean_start false, session expiry a
+     day) under a stable client id, QoS 1 shared subscription $share/raters/em/+/+/up/#
+     (contracts 5): several raters split the devices' messages; a restarted rater gets the
+     messages it had not acknowledged.
+ M2. Manual acknowledgement: a message's PUBACK goes to the broker only after the transaction
+     that booked (or dead-lettered) it has committed and its downlink (device acks, grants,
+     commands, all signed, QoS 1) has been handed to the client. A rater killed at any
+     instant loses nothing: unacknowledged messages are redelivered (to it, or after session
+     expiry the device resends them) and (device, seq) is booked once (cloud.ingest G3).
+ M3. One thread drives the client (Client.loop) and the store, so no lock is shared with the
+     network: it reads every message already waiting, up to --group, then books them in one
+     transaction (group commit) and acknowledges them; the broker's in-flight window bounds
+     a group.
+ M4. Every --housekeeping seconds: expire ended licences, reclaim silent leases, push
+     suspend/resume commands that accounts now need (e.g. after a top-up), deliver new HMAC
+     keys (ROTATE), refresh the pool and lease gauges.
+ M5. SIGTERM/SIGINT: finish and commit the group in hand, publish and acknowledge it, then
+     disconnect (the session stays for the next start) and exit 0.
+ M6. Logs are JSON lines on stderr; metrics are Prometheus text at http://HOST:P/metrics.
+Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from sqlalchemy import func, select
+
+from cloud import accounts, db, ingest, pools
+from cloud import schema as S
+from firmware_py import proto as P
+
+SUBSCRIPTION = "$share/raters/em/+/+/up/#"
+SESSION_EXPIRY_S = 86400
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {"ts": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage(),
+             "logger": record.name}
+        d.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d, sort_keys=True, default=str)
+
+
+def json_logger(name: str = "edgemeter.rater") -> logging.Logger:
+    log = logging.getLogger(name)
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(JsonFormatter())
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+class Metrics:
+    """The rater's Prometheus metrics, in a registry of its own (rule M6)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages = Counter("edgemeter_messages_received", "MQTT messages received", registry=r)
+        self.batches = Counter("edgemeter_batches_booked", "usage batches booked (new)", registry=r)
+        self.rounds = Counter("edgemeter_rounds_booked", "interaction rounds booked", registry=r)
+        self.ucny = Counter("edgemeter_ucny_booked", "cloud-rated µCNY booked", registry=r)
+        self.duplicates = Counter("edgemeter_duplicates", "batches received again (acked, not booked)", registry=r)
+        self.mismatches = Counter("edgemeter_mismatches", "batches whose re-rating or lease disagreed", registry=r)
+        self.dead = Counter("edgemeter_dead_letters", "rejected messages", ["reason"], registry=r)
+        self.commands = Counter("edgemeter_commands", "commands sent to devices", ["op"], registry=r)
+        self.groups = Histogram("edgemeter_group_size", "messages per transaction", registry=r,
+                                buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+        self.lag = Histogram("edgemeter_ingest_lag_seconds", "receive to commit", registry=r,
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.pool = Gauge("edgemeter_pool_units", "License pool buckets (units = µCNY)", ["workspace", "bucket"],
+                          registry=r)
+        self.leases = Gauge("edgemeter_leases", "leases by state", ["workspace", "state"], registry=r)
+        self.lease_units = Gauge("edgemeter_lease_outstanding_units", "units reserved by live leases", ["workspace"],
+                                 registry=r)
+        self.suspended = Gauge("edgemeter_accounts_suspended", "postpaid accounts suspended", registry=r)
+        self.dead_total = Gauge("edgemeter_dead_letters_stored", "dead letters in the store (sum of counts)",
+                                registry=r)
+
+    def record(self, o: ingest.Outcome, n: int) -> None:
+        self.messages.inc(n)
+        self.groups.observe(n)
+        self.batches.inc(o.booked)
+        self.rounds.inc(o.rounds)
+        self.ucny.inc(o.ucny)
+        self.duplicates.inc(o.duplicates)
+        self.mismatches.inc(o.mismatches)
+        for k, v in o.dead.items():
+            self.dead.labels(k).inc(v)
+        for k, v in o.commands.items():
+            self.commands.labels(k).inc(v)
+        for ms in o.lag_ms:
+            self.lag.observe(ms / 1000)
+
+
+def housekeeping(ing: ingest.Ingest, metrics: Metrics | None = None) -> ingest.Outcome:
+    """Rule M4 in one transaction; returns the downlink to publish."""
+    out = ingest.Outcome()
+    now = ing.now_ms() // 1000
+    with db.write_connect(ing.engine) as conn, conn.begin():
+        hk = pools.housekeeping(conn, ing.latest, now)
+        out.events += [("expired", w, (a, u)) for w, a, u in hk["expired"]]
+        out.events += [("reclaimed", w, lid) for w, lid in hk["reclaimed"]]
+        ing.send_commands(conn, accounts.commands_due(conn), out)
+        _rotations(conn, ing, out)
+        if metrics is not None:
+            _gauges(conn, metrics)
+    return out
+
+
+def _rotations(conn: Any, ing: ingest.Ingest, out: ingest.Outcome) -> None:
+    d = S.devices
+    due = conn.execute(select(d.c.id, d.c.workspace_id, d.c.kid, d.c.kid_sent).where(d.c.kid > d.c.kid_sent)).all()
+    for dev, ws, kid, _sent in due:
+        rows, keys = ing._load_devices(conn, {dev})
+        new_key = conn.execute(select(S.device_keys.c.key).where(S.device_keys.c.device_id == dev,
+                                                                 S.device_keys.c.kid == kid)).scalar_one()
+        sess = ing._session(rows[dev], keys[dev])
+        data = sess.command(P.OP_ROTATE, kid, bytes(new_key))
+        out.publish.append((P.topic(ws, dev, "down/cmd"), data))
+        out.commands["rotate"] = out.commands.get("rotate", 0) + 1
+        conn.execute(d.update().where(d.c.id == dev).values(kid_sent=kid, session=json.dumps(sess.state(),
+                                                                                            sort_keys=True)))
+
+
+def _gauges(conn: Any, m: Metrics) -> None:
+    for r in conn.execute(select(S.pools)).mappings():
+        for b in S.POOL_BUCKETS:
+            m.pool.labels(str(r["workspace_id"]), b).set(r[b])
+    names = {1: "live", 2: "reclaimed", 3: "closed"}
+    L = S.leases
+    for ws, st, n, out_ in conn.execute(select(L.c.workspace_id, L.c.state, func.count(),
+                                               func.sum(L.c.total + L.c.allow + L.c.extra - L.c.used))
+                                        .group_by(L.c.workspace_id, L.c.state)):
+        m.leases.labels(str(ws), names.get(st, str(st))).set(n)
+        if st == 1:
+            m.lease_units.labels(str(ws)).set(int(out_ or 0))
+    m.suspended.set(conn.execute(select(func.count()).select_from(S.account_balances)
+                                 .where(S.account_balances.c.suspended == True)).scalar_one())  # noqa: E712
+    m.dead_total.set(int(conn.execute(select(func.coalesce(func.sum(S.dead_letters.c.count), 0))).scalar_one()))
+
+
+class Rater:
+    """The MQTT shell (rules M1-M5)."""
+
+    def __init__(self, broker_url: str, db_url: str, client_id: str, username: str | None = None,
+                 password: str | None = None, ca_file: str | None = None, group: int = 500,
+                 housekeeping_s: float = 5.0, metrics: Metrics | None = None, log: logging.Logger | None = None):
+        self.log = log or json_logger()
+        self.metrics = metrics or Metrics()
+        self.engine = db.open_store(db_url)
+        self.ing = ingest.Ingest(self.engine)
+        self.group = group
+        self.housekeeping_s = housekeeping_s
+        u = urlparse(broker_url)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {broker_url!r}")
+        self.host, self.port = u.hostname, u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+        self.client_id = client_id
+        c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                      manual_ack=True)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        if username or u.username:
+            c.username_pw_set(username or u.username, password or u.password)
+        if u.scheme in ("mqtts", "ssl"):
+            c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        self.inbox: list[ingest.Incoming] = []
+        self.stopping = False
+        self.connected = False
+
+    # ---- callbacks (run inside client.loop on our one thread) ----
+    def _on_connect(self, client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
+        if reason.is_failure:
+            self.log.error("connect refused", extra={"fields": {"reason": str(reason)}})
+            return
+        self.connected = True
+        client.subscribe(SUBSCRIPTION, qos=1)
+        self.log.info("connected", extra={"fields": {"broker": f"{self.host}:{self.port}", "client_id": self.client_id,
+                                                     "session_present": bool(flags.session_present)}})
+
+    def _on_subscribe(self, client, userdata, mid, reasons, props):  # type: ignore[no-untyped-def]
+        ok = all(not r.is_failure for r in reasons)
+        (self.log.info if ok else self.log.error)("subscribed" if ok else "subscribe refused", extra={
+            "fields": {"filter": SUBSCRIPTION, "reasons": [str(r) for r in reasons]}})
+
+    def _on_disconnect(self, client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
+        self.connected = False
+        if not self.stopping:
+            self.log.warning("disconnected", extra={"fields": {"reason": str(reason)}})
+
+    def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
+        self.inbox.append(ingest.Incoming(msg.topic, msg.payload, time.time_ns() // 1_000_000, msg.mid))
+
+    # ---- the loop ----
+    def connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+
+    def flush(self) -> int:
+        """Book what is in the inbox (one transaction), publish the downlink, ack (rule M2)."""
+        if not self.inbox:
+            return 0
+        msgs, self.inbox = self.inbox, []
+        out = self.ing.process(msgs)
+        self._send(out)
+        for m in msgs:
+            self.client.ack(m.mid, 1)
+        self.metrics.record(out, len(msgs))
+        for kind, dev, detail in out.events:
+            self.log.info(kind, extra={"fields": {"device": dev, "detail": detail}})
+        return len(msgs)
+
+    def _send(self, out: ingest.Outcome) -> None:
+        for topic, data in out.publish:
+            self.client.publish(topic, data, qos=1)
+
+    def run(self) -> int:
+        self.connect()
+        next_hk = time.monotonic()
+        c = self.client
+        while not self.stopping:
+            before = len(self.inbox)
+            rc = c.loop(timeout=0.0 if self.inbox else 0.2)
+            if rc != mqtt.MQTT_ERR_SUCCESS and not self.stopping:
+                self._reconnect()
+                continue
+            # rule M3: keep reading while messages are waiting; book when none arrived
+            if self.inbox and (len(self.inbox) >= self.group or len(self.inbox) == before):
+                self.flush()
+            if time.monotonic() >= next_hk:
+                next_hk = time.monotonic() + self.housekeeping_s
+                self._housekeeping()
+        self.flush()
+        for _ in range(50):          # let the last acks and downlink leave
+            c.loop(timeout=0.01)
+            if not c.want_write():
+                break
+        c.disconnect()
+        self.log.info("stopped", extra={"fields": {"client_id": self.client_id}})
+        return 0
+
+    def _housekeeping(self) -> None:
+        try:
+            out = housekeeping(self.ing, self.metrics)
+        except Exception:  # noqa: BLE001 - housekeeping must never stop ingest
+            self.log.exception("housekeeping failed")
+            return
+        self._send(out)
+        for kind, dev, detail in out.events:
+            self.log.info(kind, extra={"fields": {"subject": dev, "detail": detail}})
+
+    def _reconnect(self) -> None:
+        self.inbox.clear()   # unacknowledged: the broker delivers them again (rule M2)
+        delay = 0.2
+        while not self.stopping:
+            try:
+                self.client.reconnect()
+                return
+            except OSError as e:
+                self.log.warning("reconnect failed", extra={"fields": {"error": str(e), "retry_s": delay}})
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edgemeter rater", description=__doc__.split("\n")[0])
+    ap.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    ap.add_argument("--db", default=db.default_url(), required=db.default_url() is None, help="database URL")
+    ap.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    ap.add_argument("--metrics-host", default="127.0.0.1")
+    ap.add_argument("--client-id", default=f"rater-{socket.gethostname()}", help="stable MQTT client id")
+    ap.add_argument("--username", default=os.environ.get("EDGEMETER_MQTT_USER"))
+    ap.add_argument("--password", default=os.environ.get("EDGEMETER_MQTT_PASSWORD"))
+    ap.add_argument("--ca-file", help="CA certificate for mqtts://")
+    ap.add_argument("--group", type=int, default=500, help="most messages per transaction")
+    ap.add_argument("--housekeeping", type=float, default=5.0, help="seconds between housekeeping runs")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    log = json_logger()
+    try:
+        rater = Rater(args.broker, args.db, args.client_id, args.username, args.password, args.ca_file,
+                      args.group, args.housekeeping, log=log)
+    except ValueError as e:
+        print(f"edgemeter rater: {e}", file=sys.stderr)
+        return 2
+    if args.metrics_port:
+        start_http_server(args.metrics_port, args.metrics_host, registry=rater.metrics.registry)
+    signal.signal(signal.SIGTERM, rater.stop)
+    signal.signal(signal.SIGINT, rater.stop)
+    log.info("starting", extra={"fields": {"broker": args.broker, "db": _redact(args.db), "pid": os.getpid(),
+                                           "metrics_port": args.metrics_port}})
+    return rater.run()
+
+
+def _redact(url: str) -> str:
+    u = urlparse(url)
+    return url.replace(u.password, "***") if u.password else url
