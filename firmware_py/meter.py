@@ -82,17 +82,17 @@ class Meter(MeterBase):
                now=None):
         """Add components actually used to an open round: OK or UNKNOWN_ROUND (M5 for agents).
         item: a price-book item name or id; model: a model name or id (None: base)."""
-        book = self._check().book
         r = self.rounds.get(rid)
         if r is None:
+            self._check()
             return UNKNOWN_ROUND
-        if type(item) is int:
-            if item not in book["items"]:
+        book = self.s.book
+        row = book["items"].get(item) if type(item) is int else None
+        if row is None:
+            if type(item) is not str:
                 raise pb.PriceBookError("unknown item %r" % (item,))
-            iid = item
-        else:
-            iid = pb.item_id(book, item)
-        row = book["items"][iid]
+            row = book["items"][pb.item_id(book, item)]
+        iid = row[0]
         mid = 0
         if type(model) is int:
             mid = model
@@ -105,9 +105,15 @@ class Meter(MeterBase):
             r[0] = now
         if row[3] == pb.U_LAUNCH:
             count = 0 if iid in r[1] else self._launch(iid, launch, r[0])
-        elif row[4] == pb.G_LLM:
+        elif row[4] == pb.G_LLM and self.agents:
             self.agents = {}
-        rating.add(r[1], iid, count, mid, image, direct)
+        rnd = r[1]
+        e = rnd.get(iid)
+        if (e is None and image is None and not direct and type(count) is int and count >= 0
+                and mid >= 0):
+            rnd[iid] = [count, mid, 0, 0, 0]  # what rating.add does, on the per-round path
+        else:
+            rating.add(rnd, iid, count, mid, image, direct)
         if r[2] == L.DEGRADED and (iid not in LIGHT or mid) and row[2]:
             self._event("degrade_exceeded", (rid, row[1]))
         return OK
