@@ -310,9 +310,15 @@ unwrap_key = wrap_key
 def describe(obj, key=None):
     """Readable text of a decoded envelope (as cbor.loads returns it) or of a bare body;
     anything else in CBOR diagnostic notation. With key, says whether the tag verifies."""
-    if (type(obj) is list and len(obj) == 2 and type(obj[0]) is bytes
-            and type(obj[1]) is bytes and len(obj[1]) == mac.TAG_LEN):
+    if type(obj) is list and len(obj) == 2 and type(obj[0]) is bytes and type(obj[1]) is bytes:
         b, t = obj
+        if len(t) != mac.TAG_LEN:
+            try:
+                decode_body(b)
+            except ValueError:  # two byte strings, not ours: any CBOR item of the subset
+                return cbor.notation(obj)
+            raise ProtoError(len(cbor.dumps(obj)) - len(t) - 1,
+                             "tag is %d bytes, expected 16" % len(t))
         msg = decode_body(b, 1 + len(cbor.dumps(len(b))))
         if key is None:
             verdict = "not checked (give --key HEX)"

@@ -1,15 +1,17 @@
 """`edgemeter decode`: print a captured device/cloud payload readably.
 
-    edgemeter decode [FILE | -] [--hex STRING] [--raw]
+    edgemeter decode [FILE | -] [--hex STRING] [--raw | --key HEX]
 
 The payload comes from FILE, from `--hex` (whitespace and a leading 0x are ignored) or, with
 neither (or FILE "-"), from standard input read as binary. `--raw` prints the CBOR item in
 RFC 8949 section 8 diagnostic notation. Without `--raw`, a message-aware description is
 printed when firmware_py.proto provides `describe(obj)` (the protocol layer); until then, and
-for anything it does not claim, the diagnostic notation is printed.
+for anything it does not claim, the diagnostic notation is printed. `--key HEX` (the device's
+HMAC key) also checks a message's tag over the body bytes as received and says so.
 
 Exit status: 0 printed; 1 the payload is not valid (the byte offset and the reason are printed,
-never a traceback); 2 usage or input trouble (bad hex, unreadable file).
+never a traceback) or its MAC does not verify under --key; 2 usage or input trouble (bad hex,
+unreadable file).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--hex", metavar="STRING", help="the payload as hex instead of a file")
     ap.add_argument("--raw", action="store_true",
                     help="print any CBOR item of our subset in diagnostic notation (RFC 8949 s.8)")
+    ap.add_argument("--key", metavar="HEX",
+                    help="the device's HMAC key in hex: check the message's tag (not with --raw)")
     return ap
 
 
@@ -72,20 +76,45 @@ def describer() -> Callable[[Any], str] | None:
     return getattr(proto, "describe", None)
 
 
-def render(payload: bytes, raw: bool = False) -> str:
+def render(payload: bytes, raw: bool = False, key: bytes | None = None) -> str:
     """The text to print for payload; CBORError (or the protocol's ValueError) when invalid."""
     obj = cbor.loads(payload, max_bytes=MAX_BYTES)
     describe = None if raw else describer()
     if describe is not None:
-        return describe(obj)
+        return describe(obj, key) if key is not None else describe(obj)
     return cbor.notation(obj)
+
+
+def read_key(text: str) -> bytes:
+    try:
+        key = binascii.unhexlify("".join(text.split()))
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"--key is not an even-length hex string ({exc})") from None
+    if not key:
+        raise InputError("--key is empty")
+    return key
+
+
+def mac_fails(payload: bytes, key: bytes) -> bool:
+    """True when payload is a signed envelope whose tag does not verify under key."""
+    from firmware_py import proto
+    try:
+        _, body, tag = proto.unseal(payload)
+    except ValueError:
+        return False
+    return not proto.verify(key, body, tag)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    key = None
     try:
+        if args.key is not None:
+            if args.raw:
+                raise InputError("--key checks a message's MAC; it has no meaning with --raw")
+            key = read_key(args.key)
         payload = read_payload(args)
-        text = render(payload, raw=args.raw)
+        text = render(payload, raw=args.raw, key=key)
     except InputError as exc:
         print(f"edgemeter decode: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgemeter decode: invalid message: {exc}", file=sys.stderr)
         return 1
     print(text)
+    if key is not None and mac_fails(payload, key):
+        print("edgemeter decode: the MAC does not verify under the given key", file=sys.stderr)
+        return 1
     return 0
 
 
