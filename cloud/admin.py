@@ -193,6 +193,16 @@ def cmd_housekeeping(conn, args, now):
             "reclaimed": [{"workspace": w, "lease": lid} for w, lid in hk["reclaimed"]]}
 
 
+def cmd_create_token(conn, args, now):
+    from cloud import tokens   # HTTP API tokens (owner: the API/dashboard)
+    return tokens.create(conn, args.role, args.account, args.name or "", now)
+
+
+def cmd_revoke_token(conn, args, now):
+    from cloud import tokens
+    return tokens.revoke(conn, args.id, now)
+
+
 def _book(conn, now):
     return ledger.latest_book(ledger.ensure_books(conn, now))
 
@@ -309,6 +319,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add("dead-letters", cmd_dead_letters, "rejected messages by reason, most recent first", at=False)
     p.add_argument("--limit", type=int, default=20)
     add("housekeeping", cmd_housekeeping, "expire ended activations and reclaim silent leases now")
+    p = add("create-token", cmd_create_token, "create an HTTP API token (printed once; only its hash is kept)")
+    p.add_argument("--role", choices=("operator", "tenant"), required=True)
+    p.add_argument("--account", type=int, help="the one account a tenant token sees")
+    p.add_argument("--name", help="a note: who or what uses the token")
+    p = add("revoke-token", cmd_revoke_token, "revoke an HTTP API token by id")
+    p.add_argument("--id", type=int, required=True)
     return ap
 
 

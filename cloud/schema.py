@@ -321,3 +321,13 @@ meta = Table(   # small key/value state (e.g. the active price-book version)
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+api_tokens = Table(   # HTTP API bearer tokens (cloud/tokens.py): only their SHA-256 is kept
+    "api_tokens", metadata, _pk(),
+    Column("hash", LargeBinary(32), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),                 # operator | tenant
+    Column("account_id", ID, ForeignKey("accounts.id"), nullable=True, index=True),   # tenant's account
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("created_at", INT, nullable=False),
+    Column("revoked_at", INT, nullable=True),
+)
