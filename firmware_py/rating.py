@@ -102,8 +102,11 @@ def validate(book: dict, rnd: dict) -> None:
         raise RatingError("empty-round", "a round rates at least one item")
     seen: dict = {}
     has: dict = {}
+    for iid in rnd:
+        if not _int(iid):
+            raise RatingError("unknown-item", "item ids are integers, got %r" % (iid,))
     for iid in sorted(rnd):
-        row = book["items"].get(iid) if _int(iid) else None
+        row = book["items"].get(iid)
         if row is None:
             raise RatingError("unknown-item", "item %r is not in price book v%d" % (iid, book["version"]))
         count, model, w, h, direct = _entry(rnd, iid)
