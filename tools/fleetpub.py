@@ -88,24 +88,27 @@ class Fleet:
     """Many devices over one paho connection (anonymous or with given credentials)."""
 
     def __init__(self, host: str, port: int, devices: Iterable[tuple[int, int, bytes]], username: str | None = None,
-                 password: str | None = None, client_id: str = "fleet"):
+                 password: str | None = None, client_id: str = "fleet", ca_file: str | None = None):
         self.devices = {dev: Device(ws, dev, key) for ws, dev, key in devices}
         self.lock = threading.Lock()
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.max_inflight_messages_set(1000)
         if username:
             c.username_pw_set(username, password)
+        if ca_file:
+            c.tls_set(ca_certs=str(ca_file))
         c.on_message = self._on_message
         self.host, self.port = host, port
         self._subscribed = threading.Event()
         c.on_subscribe = lambda *a: self._subscribed.set()
         self.pending: list[Any] = []
 
-    def start(self) -> "Fleet":
+    def start(self, timeout: float = 10.0) -> "Fleet":
         self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         self.client.subscribe("em/+/+/down/#", qos=1)
-        if not self._subscribed.wait(10):
+        if not self._subscribed.wait(timeout):
+            self.client.loop_stop()
             raise RuntimeError("fleet: no SUBACK")
         return self
 

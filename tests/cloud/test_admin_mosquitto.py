@@ -1,0 +1,67 @@
+"""`edgemeter admin register-device --mosquitto-dir` against the shipped broker configuration:
+the issued credentials log in over TLS, the ACL confines the device to its own topics, and the
+rater (its own user on the private listener) books what the device sends."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rater_helpers import ROOT, RaterProc, ledger_summary
+from tools.broker import Broker
+from tools.fleetpub import Fleet
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _admin(*args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "tools.cli", "admin", *args, "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    acc = _admin("create-account", "--db", url, "--name", "acme")["account"]
+    ws = _admin("create-workspace", "--db", url, "--account", str(acc), "--name", "w", "--billing", "postpaid")["workspace"]
+    _admin("top-up", "--db", url, "--account", str(acc), "--cny", "100")
+    with Broker(auth=True, tls=True, workdir=tmp_path / "mq") as broker:
+        d1 = _admin("register-device", "--db", url, "--workspace", str(ws), "--mosquitto-dir", str(broker.workdir))
+        d2 = _admin("register-device", "--db", url, "--workspace", str(ws), "--mosquitto-dir", str(broker.workdir))
+        passwd = (broker.workdir / "passwd").read_text()
+        assert passwd.startswith("rater:") or "\nrater:" in passwd        # the roles' lines are kept
+        assert f"\n{d1['username']}:$7$101$" in passwd and d1["password"] not in passwd
+        assert f"user {d2['username']}\ntopic write em/{ws}/{d2['device']}/up/#" in (broker.workdir / "acl").read_text()
+        broker.reload()
+        rater = RaterProc(broker.url, url, "rater-tls", tmp_path, "--username", "rater",
+                          "--password", broker.users["rater"]).start()
+        fleets = []
+        try:
+            for d in (d1, d2):
+                f = Fleet(broker.host, broker.tls_port, [(ws, d["device"], bytes.fromhex(d["key"]))],
+                          username=d["username"], password=d["password"], client_id=d["username"],
+                          ca_file=broker.ca_file).start()
+                fleets.append(f)
+            f1, f2 = fleets
+            f1.send(d1["device"], rounds=10)
+            f2.send(d2["device"], rounds=10)
+            assert f1.wait_acked(20) and f2.wait_acked(20)
+            # d1 publishing into d2's tree is refused by the broker's ACL: the rater never sees it
+            topic, data = f1.devices[d1["device"]].usage([[2, 4, 5, 6]])
+            f1.publish(topic.replace(f"/{d1['device']}/", f"/{d2['device']}/"), data)
+            time.sleep(1.0)
+            s = ledger_summary(url)
+            assert s["batches"] == 2 and s["dead"] == {}
+            # a wrong password is refused at CONNECT
+            bad = Fleet(broker.host, broker.tls_port, [], username=d1["username"], password="nope",
+                        client_id="intruder", ca_file=broker.ca_file)
+            with pytest.raises(RuntimeError):
+                bad.start(timeout=2)
+        finally:
+            for f in fleets:
+                f.stop()
+            rater.kill9()
