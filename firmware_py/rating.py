@@ -132,7 +132,8 @@ def validate(book: dict, rnd: dict) -> None:
     flags = 0
     for row in has.values():
         flags |= row[6]
-    for iid, row in has.items():
+    for iid in sorted(has):          # MicroPython dicts are unordered: fix the check order
+        row = has[iid]
         f = row[6]
         if f & pb.F_INTENT and rnd[iid][0] and pb.INTENT not in has:
             raise RatingError("needs-intent", "%s needs intent recognition in the round" % row[1])

@@ -54,7 +54,7 @@ def quote_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _fail(cmd: str, exc: Exception) -> int:
+def _fail(cmd: str, exc: object) -> int:
     print("edgemeter %s: %s" % (cmd, exc), file=sys.stderr)
     return 1
 
