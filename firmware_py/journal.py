@@ -75,7 +75,11 @@ def cut(path: str, size: int, sync=_flush) -> None:
         with open(tmp, "wb") as g:
             g.write(data)
             sync(g)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # a file system whose rename does not replace (FAT): the complete
+            os.remove(path)  # copy is kept, and open() renames an orphaned .tmp into place
+            os.rename(tmp, path)
     except OSError:
         try:
             os.remove(tmp)
@@ -122,10 +126,15 @@ class Journal:
             pass
         bases = []
         qfiles = 0
-        for nm in os.listdir(self.dir):
-            if nm.endswith(".tmp"):
-                os.remove(self.dir + "/" + nm)
-            elif len(nm) == 13 and nm[0] == "j" and nm.endswith(".log"):
+        names = os.listdir(self.dir)
+        for nm in names:
+            if nm.endswith(".tmp"):  # an interrupted cut(): stale unless the original is gone
+                if nm[:-4] in names:
+                    os.remove(self.dir + "/" + nm)
+                    continue
+                os.rename(self.dir + "/" + nm, self.dir + "/" + nm[:-4])
+                nm = nm[:-4]
+            if len(nm) == 13 and nm[0] == "j" and nm.endswith(".log"):
                 bases.append(int(nm[1:9], 16))
             elif nm[0] == "q" and nm.endswith(".bad"):
                 qfiles += 1

@@ -215,10 +215,12 @@ while True:
 def test_kill_9_never_loses_an_acknowledged_append(tmp_path: Path) -> None:
     d = str(tmp_path / "j")
     acked: list[int] = []
-    for delay in (0.15, 0.3, 0.05, 0.2):
+    for target in (40, 150, 7, 90):  # kill once the writer has reported this many appends
         proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), d=d)],
                                 stdout=subprocess.PIPE, text=True)
-        time.sleep(delay)
+        assert proc.stdout is not None
+        for _ in range(target):
+            acked.append(int(proc.stdout.readline()))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         acked += [int(x) for x in out.split()]
@@ -230,7 +232,7 @@ def test_kill_9_never_loses_an_acknowledged_append(tmp_path: Path) -> None:
         assert [r for r, _ in got] == list(range(1, len(got) + 1))
         assert all(p == b"round-%08d" % r for r, p in got)
         assert set(acked) <= {r for r, _ in got} and len(got) <= max(acked) + 1
-    assert len(acked) > 100
+    assert len(acked) >= 287 and acked == sorted(set(acked))
 
 
 NOSPACE_SCRIPT = """

@@ -347,7 +347,7 @@ def test_caller_mistakes_raise():
         rmtree(d)
 
 
-def test_stale_tmp_is_removed():
+def test_interrupted_cut_copies_are_resolved():
     d = tmpdir()
     try:
         j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
@@ -357,6 +357,15 @@ def test_stale_tmp_is_removed():
         write(d + "/j/j00000001.log.tmp", b"half a copy")
         j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
         assert j.open()["records"] == 3
+        assert "j00000001.log.tmp" not in os.listdir(d + "/j")
+        j.close()
+        # cut on a file system whose rename does not replace: the original was removed and
+        # the cut came before the complete copy was renamed into place
+        data = read(d + "/j/j00000001.log")
+        os.remove(d + "/j/j00000001.log")
+        write(d + "/j/j00000001.log.tmp", data)
+        j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
+        assert j.open()["records"] == 3 and [r for r, _ in j.records()] == [1, 2, 3]
         assert "j00000001.log.tmp" not in os.listdir(d + "/j")
         j.close()
     finally:
