@@ -225,3 +225,32 @@ def test_control_messages_pass_a_sliding_anti_replay_window():
     d.start(T)  # a reboot: boot 2 opens a new window
     assert c.receive(_pub(d.status(T))[0], T, lambda s: False)[0][0] == "event"
     assert not ok(39)  # boot 1 is over
+
+
+def test_the_cloud_rerates_and_flags_what_the_device_claims():
+    book = pricebook.default()
+    c = CloudSession(7, DEV, {1: KEY}, books={1: book})
+    std = [2, 4, 5, 6]  # 5450 uCNY
+    base = {"type": P.USAGE, "kid": 1, "dev": DEV, "boot": 1, "ver": 1, "lease": 0, "t0": T,
+            "flags": 0}
+
+    def booking(seq, ucny, rounds, ver=1):
+        msg = dict(base, seq=seq, ucny=ucny, rounds=rounds, ver=ver)
+        acts = c.receive(P.seal(KEY, msg), T, lambda s: False)
+        assert acts[0][0] == "book"
+        return acts[0][1]
+    b = booking(1, 10900, [[0] + std, [30] + std])
+    assert (b["verdict"], b["ucny"], b["device_ucny"]) == (P.V_OK, 10900, 10900)
+    assert b["rounds"] == [(T, std, 5450), (T + 30, std, 5450)]
+    # a device (or a firmware bug) that under-reports: booked at the core's rating, flagged
+    b = booking(2, 100, [[0] + std])
+    assert (b["verdict"], b["ucny"], b["device_ucny"]) == (P.V_MISMATCH, 5450, 100)
+    # a round the core rejects (an agent without intent): booked at 0 for it, kept, flagged
+    b = booking(3, 5450 + 5700, [[0] + std, [5, 1, 3, 8]])
+    assert b["verdict"] == P.V_INVALID and b["ucny"] == 5450 and b["rounds"][1][2] is None
+    # a price book the cloud does not know: the device's claim, flagged
+    b = booking(4, 777, [[0] + std], ver=9)
+    assert (b["verdict"], b["ucny"]) == (P.V_UNKNOWN_BOOK, 777)
+    # the verdicts travel in the ack
+    ack = P.unseal(c.ack(lambda s: s <= 4, {2: P.V_MISMATCH, 3: P.V_INVALID}))[0]
+    assert ack["acked"] == 4 and ack["verdicts"] == {2: 1, 3: 2}

@@ -377,3 +377,32 @@ def test_postpaid_suspend_and_resume():
     net.deliver(devs, cloud, T0 + 2)
     assert d.s.allow(T0 + 2) == L.ALLOW
     assert not [a for a in net.up if a[1] == "up/lease"]  # postpaid: never asks for a lease
+
+
+def test_a_device_back_after_90_days_offline_is_booked_exactly():
+    rng = Rng(11)
+    net = Net(rng, 0, 0)
+    cloud = Cloud()
+    d = Device(1000002, 1, rng)
+    devs = {1000002: d}
+    now = T0
+    d.boot(now)
+    net.online = False
+    for i in range(120):  # a round every 18 hours for 90 days, a reboot every 10 days
+        now += 64800
+        d.step(now, net, True)
+        if i % 13 == 12:
+            d.boot(now)
+    assert len(d.served) > 70 and len(d.outbox) == 3 and len(d.journal) > 50  # window full
+    net.online = True
+    d.run(d.s.connected(now), net)
+    for _ in range(60):
+        now += 30
+        net.deliver(devs, cloud, now)
+        d.s.force = 1
+        d.step(now, net, False)
+        if not d.journal and not d.outbox:
+            break
+    _check(devs, cloud)
+    first = cloud.booked[1000002][1]
+    assert first["retx"] and first["rounds"][0][0] == T0 + 64800  # booked with its own time
