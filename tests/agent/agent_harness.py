@@ -98,7 +98,7 @@ class Responder:
 
     def counts(self, dev: int) -> list[int]:
         """The tour-guide-image count of each booked round (the tests' round identity)."""
-        return [w[0][1] for t, w, u in self.rounds(dev)]
+        return [1 if type(w[0]) is int else w[0][1] for t, w, u in self.rounds(dev)]
 
     def retx(self, dev: int) -> int:
         with self.lock:
@@ -143,6 +143,12 @@ def socket_path(config: Path) -> str:
     return tomllib.loads(config.read_text())["api"]["socket"]
 
 
+class AgentDied(RuntimeError):
+    def __init__(self, returncode: int, log: str) -> None:
+        super().__init__("agent exited %s:\n%s" % (returncode, log))
+        self.returncode = returncode
+
+
 class AgentProcess:
     """`edgemeter agent --config FILE` as a child process (stderr in a log file)."""
 
@@ -160,7 +166,7 @@ class AgentProcess:
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError("agent exited %s:\n%s" % (self.proc.returncode, self.log()))
+                raise AgentDied(self.proc.returncode, self.log())
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(self.sock)
