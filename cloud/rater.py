@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import select as iosel
 import signal
 import socket
 import ssl
@@ -246,27 +247,50 @@ class Rater:
             self.client.publish(topic, data, qos=1)
 
     def run(self) -> int:
+        """Rule M3 with paho's external-loop API: read every packet already waiting
+        (loop_read until nothing new), book them, then write all queued packets at once."""
+        c = self.client
+        c.on_socket_register_write = _no_write_wakeup   # writes happen once per turn, below
         self.connect()
         next_hk = time.monotonic()
-        c = self.client
         while not self.stopping:
-            before = len(self.inbox)
-            rc = c.loop(timeout=0.0 if self.inbox else 0.2)
+            sock = c.socket()
+            if sock is None:
+                self._reconnect()
+                continue
+            try:
+                readable, _, _ = iosel.select([sock], [sock] if c.want_write() else [], [],
+                                               0.0 if self.inbox else 0.2)[0:3]
+            except (OSError, ValueError):
+                readable = []
+            rc = mqtt.MQTT_ERR_SUCCESS
+            if readable:
+                while len(self.inbox) < self.group:
+                    before = len(self.inbox)
+                    rc = c.loop_read()
+                    if rc != mqtt.MQTT_ERR_SUCCESS or len(self.inbox) == before:
+                        break
             if rc != mqtt.MQTT_ERR_SUCCESS and not self.stopping:
                 self._reconnect()
                 continue
-            # rule M3: keep reading while messages are waiting; book when none arrived
-            if self.inbox and (len(self.inbox) >= self.group or len(self.inbox) == before):
+            if self.inbox:
                 self.flush()
+            if c.want_write():
+                c.loop_write()
+            c.loop_misc()
             if time.monotonic() >= next_hk:
                 next_hk = time.monotonic() + self.housekeeping_s
                 self._housekeeping()
+                if c.want_write():
+                    c.loop_write()
         self.flush()
-        for _ in range(50):          # let the last acks and downlink leave
-            c.loop(timeout=0.01)
+        for _ in range(100):          # let the last acks and downlink leave
             if not c.want_write():
                 break
+            c.loop_write()
+            time.sleep(0.01)
         c.disconnect()
+        c.loop_write()
         self.log.info("stopped", extra={"fields": {"client_id": self.client_id}})
         return 0
 
@@ -294,6 +318,11 @@ class Rater:
 
     def stop(self, *_: Any) -> None:
         self.stopping = True
+
+
+def _no_write_wakeup(client: Any, userdata: Any, sock: Any) -> None:
+    """Registered as on_socket_register_write so that paho queues outgoing packets instead of
+    writing each at once; Rater.run writes them all once per turn (paho's external-loop API)."""
 
 
 def main(argv: list[str] | None = None) -> int:

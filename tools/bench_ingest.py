@@ -1,0 +1,304 @@
+"""Ingest benchmark: publishers -> Mosquitto -> `edgemeter rater` -> SQLite, 10-round batches.
+
+    python -m tools.bench_ingest [--json] [--quick] [--devices N] [--batches N]
+
+`run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). One run:
+
+ 1. A Mosquitto from the shipped configuration (tools.broker; anonymous, plain listener, the
+    in-flight window of 100 and queue limits raised only so a whole run can be queued) and a
+    SQLite ledger with N postpaid devices (registered through cloud.devices).
+ 2. Every device's batches are signed in advance (firmware_py.proto, the standard voice chat
+    round, 10 rounds per batch).
+ 3. Drain: the rater's persistent session (shared subscription $share/raters/...) and a
+    receive-only paho subscriber's persistent session ($share/baseline/..., same messages)
+    are created, the publishers publish everything (QoS 1) while both are offline, then the
+    receive-only subscriber drains its queue, then the rater process is started and drains
+    its own. Rates: messages / (last - first receive) for the subscriber; batches /
+    (last booking - first receive) for the rater, both from the receivers' own clocks (the
+    rater's are usage_batches.received_ms/booked_ms). The ratio is rater / subscriber.
+ 4. Concurrent: a fresh rater and subscriber online while the publishers publish a second
+    set of batches as fast as they can; same measures. On a small machine the publishers
+    share the CPU with both, so this row is bounded by the publishers.
+Every booking is checked afterwards (count, rounds, µCNY), so a fast wrong run cannot pass.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 10
+QUEUE_LINES = ["max_queued_messages 0", "max_queued_bytes 0"]
+
+
+def _props() -> Properties:
+    p = Properties(PacketTypes.CONNECT)
+    p.SessionExpiryInterval = 3600
+    return p
+
+
+class Receiver:
+    """A receive-only paho subscriber (QoS 1, persistent session, auto-ack)."""
+
+    def __init__(self, host: str, port: int, client_id: str, topic: str):
+        self.host, self.port, self.topic = host, port, topic
+        self.n = 0
+        self.first = self.last = 0.0
+        self.target = 0
+        self.done = threading.Event()
+        c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.on_message = self._on_message
+        self._sub = threading.Event()
+        c.on_subscribe = lambda *a: self._sub.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        now = time.perf_counter()
+        if not self.n:
+            self.first = now
+        self.n += 1
+        self.last = now
+        if self.n >= self.target:
+            self.done.set()
+
+    def subscribe_offline(self) -> None:
+        """Create the persistent session with its subscription, then leave."""
+        c = self.client
+        c.connect(self.host, self.port, clean_start=False, properties=_props())
+        c.loop_start()
+        c.subscribe(self.topic, qos=1)
+        self._sub.wait(10)
+        c.disconnect()
+        c.loop_stop()
+
+    def drain(self, target: int, timeout: float) -> float:
+        self.target, self.n = target, 0
+        self.done.clear()
+        c = self.client
+        c.connect(self.host, self.port, clean_start=False, properties=_props())
+        c.loop_start()
+        self.done.wait(timeout)
+        c.disconnect()
+        c.loop_stop()
+        return self.n / (self.last - self.first) if self.n > 1 and self.last > self.first else 0.0
+
+
+def _publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int = 2) -> float:
+    """Publish msgs over `clients` connections (QoS 1, all PUBACKed); messages per second."""
+    parts = [msgs[i::clients] for i in range(clients)]
+    t0 = time.perf_counter()
+
+    def one(i: int, part: list[tuple[str, bytes]]) -> None:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{i}", protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(1000)
+        c.connect(host, port)
+        c.loop_start()
+        infos = []
+        for topic, data in part:
+            infos.append(c.publish(topic, data, qos=1))
+            if len(infos) >= 20000:
+                for x in infos:
+                    x.wait_for_publish(60)
+                infos = []
+        for x in infos:
+            x.wait_for_publish(60)
+        c.disconnect()
+        c.loop_stop()
+
+    ts = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(parts)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(msgs) / (time.perf_counter() - t0)
+
+
+def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
+    from cloud import accounts, db
+    from cloud import devices as reg
+
+    engine = db.open_store(url)
+    now = int(time.time())
+    with db.write_connect(engine) as conn, conn.begin():
+        acc = accounts.create_account(conn, "bench", now)
+        ws = accounts.create_workspace(conn, acc, "bench", "postpaid", now)
+        accounts.top_up(conn, acc, 10**15, now)
+        out = [(ws, r["id"], r["key"]) for r in (reg.register(conn, ws, now) for _ in range(devices))]
+    engine.dispose()
+    return out
+
+
+def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) -> list[tuple[str, bytes]]:
+    from firmware_py import proto as P
+    from tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, T0
+
+    rounds = [[i] + STANDARD_CHAT for i in range(ROUNDS)]
+    out = []
+    for seq in range(first_seq, first_seq + batches):
+        for ws, dev, key in devs:
+            m = {"type": P.USAGE, "kid": 1, "dev": dev, "boot": 1, "seq": seq, "ver": 1, "lease": 0,
+                 "t0": T0 + seq, "flags": 0, "ucny": ROUNDS * STANDARD_CHAT_UCNY, "rounds": rounds}
+            out.append((P.topic(ws, dev, "up/usage"), P.seal(key, m)))
+    return out
+
+
+def _ledger(url: str, since_id: int = 0) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from cloud import db
+    from cloud import schema as S
+
+    engine = db.make_engine(url)
+    b = S.usage_batches
+    with engine.connect() as conn:
+        r = conn.execute(select(func.count(), func.coalesce(func.sum(b.c.rounds), 0),
+                                func.coalesce(func.sum(b.c.rated_ucny), 0), func.min(b.c.received_ms),
+                                func.max(b.c.booked_ms), func.max(b.c.id)).where(b.c.id > since_id)).one()
+    engine.dispose()
+    return {"batches": r[0], "rounds": int(r[1]), "ucny": int(r[2]), "first_ms": r[3] or 0, "last_ms": r[4] or 0,
+            "max_id": r[5] or since_id}
+
+
+class _Rater:
+    def __init__(self, broker_url: str, url: str, workdir: Path):
+        self.log = workdir / "rater.log"
+        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker_url, "--db", url,
+                     "--client-id", "bench-rater", "--housekeeping", "60"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+
+    def wait_subscribed(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if '"subscribed"' in self.log.read_text():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("rater did not subscribe: " + self.log.read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _wait_booked(url: str, target: int, since_id: int, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        led = _ledger(url, since_id)
+        if led["batches"] >= target or time.monotonic() > deadline:
+            return led
+        time.sleep(0.2)
+
+
+def run(quick: bool = False, devices: int = 100, batches: int | None = None) -> list[dict[str, Any]]:
+    """Every ingest figure as rows {name, value, unit, how}."""
+    from tools.broker import Broker
+    from tools.fleetpub import STANDARD_CHAT_UCNY
+
+    batches = batches or (30 if quick else 200)
+    work = Path(tempfile.mkdtemp(prefix="edgemeter-bench-ingest-"))
+    url = f"sqlite:///{work / 'ledger.db'}"
+    rows: list[dict[str, Any]] = []
+    broker = Broker(extra=QUEUE_LINES, workdir=work / "mq").start()
+    rater = _Rater(broker.url, url, work)
+    try:
+        devs = _make_store(url, devices)
+        n = devices * batches
+        # ---- drain: everything queued while the receivers are offline
+        base = Receiver(broker.host, broker.port, "bench-baseline", "$share/baseline/em/+/+/up/#")
+        base.subscribe_offline()
+        pre = Receiver(broker.host, broker.port, "bench-rater", "$share/raters/em/+/+/up/#")
+        pre.subscribe_offline()          # the rater's own session, created under its client id
+        msgs = _messages(devs, batches, 1)
+        pub_rate = _publish(broker.host, broker.port, msgs)
+        base_rate = base.drain(n, 300)
+        rater.start()
+        led = _wait_booked(url, n, 0, 600)
+        rater.stop()
+        ok = led["batches"] == n and led["rounds"] == n * ROUNDS and led["ucny"] == n * ROUNDS * STANDARD_CHAT_UCNY
+        span = max(led["last_ms"] - led["first_ms"], 1) / 1000
+        rater_rate = led["batches"] / span
+        how = (f"{n} batches x {ROUNDS} rounds from {devices} devices queued in Mosquitto, then drained; "
+               f"rater = batches / (last booking - first receive) by the rater's clock; ledger exact: {ok}")
+        rows += [
+            {"name": "ingest drain: rounds booked per second (one rater, SQLite)", "value": round(rater_rate * ROUNDS),
+             "unit": "rnd/s", "how": how},
+            {"name": "ingest drain: receive-only paho subscriber, rounds per second", "value": round(base_rate * ROUNDS),
+             "unit": "rnd/s", "how": "the same messages through a QoS 1 shared subscription, receive only, same run"},
+            {"name": "ingest drain: rater / receive-only ratio", "value": round(rater_rate / base_rate, 2) if base_rate else 0,
+             "unit": "x", "how": "target >= 0.7"},
+            {"name": "ingest: publishers' rate (2 paho clients, QoS 1)", "value": round(pub_rate * ROUNDS),
+             "unit": "rnd/s", "how": f"{n} messages, all PUBACKed"},
+        ]
+        if not ok:
+            raise RuntimeError(f"ledger not exact after the drain: {led}")
+        # ---- concurrent: receivers online while the publishers publish
+        since = led["max_id"]
+        msgs2 = _messages(devs, batches, batches + 1)
+        base2 = Receiver(broker.host, broker.port, "bench-baseline", "$share/baseline/em/+/+/up/#")
+        base2.target = n
+        base2.client.connect(broker.host, broker.port, clean_start=False, properties=_props())
+        base2.client.loop_start()
+        rater.start()
+        rater.wait_subscribed()
+        _publish(broker.host, broker.port, msgs2)
+        base2.done.wait(300)
+        led2 = _wait_booked(url, n, since, 600)
+        base2.client.disconnect()
+        base2.client.loop_stop()
+        rater.stop()
+        b2 = base2.n / (base2.last - base2.first) if base2.last > base2.first else 0
+        r2 = led2["batches"] / (max(led2["last_ms"] - led2["first_ms"], 1) / 1000)
+        ok2 = led2["batches"] == n and led2["ucny"] == n * ROUNDS * STANDARD_CHAT_UCNY
+        rows += [
+            {"name": "ingest concurrent: rounds booked per second while publishing", "value": round(r2 * ROUNDS),
+             "unit": "rnd/s", "how": f"rater, subscriber and 2 publishers online together on {os.cpu_count()} CPUs; "
+                                     f"ledger exact: {ok2}"},
+            {"name": "ingest concurrent: rater / receive-only ratio", "value": round(r2 / b2, 2) if b2 else 0, "unit": "x",
+             "how": "both bounded by the publishers when they are the slowest part"},
+        ]
+    finally:
+        rater.stop()
+        broker.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_ingest", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--devices", type=int, default=100)
+    ap.add_argument("--batches", type=int)
+    args = ap.parse_args(argv)
+    rows = run(args.quick, args.devices, args.batches)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
