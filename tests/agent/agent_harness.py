@@ -101,8 +101,9 @@ class Responder:
         return [1 if type(w[0]) is int else w[0][1] for t, w, u in self.rounds(dev)]
 
     def retx(self, dev: int) -> int:
+        """Usage batches received for dev flagged as retransmissions (booked or duplicates)."""
         with self.lock:
-            return sum(1 for b in self.booked.get(dev, {}).values() if b["retx"])
+            return sum(1 for d, t, r in self.seen if d == dev and t == P.USAGE and r)
 
     def lease_returns(self, dev: int) -> int:
         with self.lock:

@@ -1,0 +1,135 @@
+"""The agent process through a network drop (Mosquitto stopped and restarted on the same port),
+a clean SIGTERM shutdown, TLS, and the in-process Python API from many threads."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from agent_harness import (SDK, AgentProcess, Responder, key_of, start_allowed, wait_for,
+                           write_config)
+from agent.api import Agent, RoundRefused
+
+
+def serve(sdk, counts):
+    for c in counts:
+        r = start_allowed(sdk)
+        sdk.call(op="record", round=r["round"], item="tour-guide-image", count=c)
+        assert sdk.call(op="end", round=r["round"])["code"] == 0
+
+
+def test_network_drop_and_broker_restart_resend(make_broker, tmp_path):
+    broker = make_broker(auth=True)
+    dev = 4301
+    _, pw = broker.add_device(7, dev)
+    resp = Responder(broker)
+    proc = AgentProcess(write_config(tmp_path, broker, dev, pw))
+    sdk = SDK(proc.sock)
+    serve(sdk, [1, 2, 3])
+    wait_for(lambda: resp.counts(dev) == [1, 2, 3], what="first rounds booked")
+    broker.stop()  # the network is gone: the device keeps serving from its lease
+    serve(sdk, [4, 5, 6, 7, 8])
+    time.sleep(1.5)  # aged: sealed and "published" into the void
+    st = sdk.call(op="status")["status"]
+    assert st["unacked"] >= 1 and st["acked"] == 1
+    broker.start()  # same port; the agent reconnects with backoff and re-sends
+    wait_for(lambda: sorted(resp.counts(dev)) == [1, 2, 3, 4, 5, 6, 7, 8], timeout=20,
+             what="rounds served offline booked")
+    assert resp.retx(dev) >= 1  # at least one batch arrived as a retransmission
+    wait_for(lambda: sdk.call(op="status")["status"]["unacked"] == 0, what="acks")
+    assert sorted(resp.counts(dev)) == [1, 2, 3, 4, 5, 6, 7, 8]  # and nothing twice
+    sdk.close()
+    assert proc.terminate() == 0
+    assert "connected to" in proc.log()
+    resp.close()
+
+
+def test_sigterm_clean_shutdown(make_broker, tmp_path):
+    broker = make_broker(auth=True)
+    dev = 4302
+    _, pw = broker.add_device(7, dev)
+    resp = Responder(broker)
+    cfg = write_config(tmp_path, broker, dev, pw, **{"meter.age": 600})
+    proc = AgentProcess(cfg)
+    sdk = SDK(proc.sock)
+    serve(sdk, [1, 2])  # not yet due (age 600 s, batch 3): sealed by the shutdown
+    r = start_allowed(sdk)  # left open: settled by the shutdown (meter rule M6)
+    sdk.call(op="record", round=r["round"], item="tour-guide-image", count=3)
+    t0 = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    assert sorted(resp.counts(dev)) == [1, 2, 3]
+    assert resp.lease_returns(dev) >= 1  # the lease went back to the pool (lease rule L8)
+    log = proc.log()
+    assert "stopping" in log and "stopped: 3 rounds this run, 0 batches unacked" in log
+    assert not os.path.exists(proc.sock)
+    # the journal is clean: a new start has nothing to resend and nothing unsealed
+    a = Agent(str(tmp_path / "journal"), 7, dev, 1, key_of(dev), cfg={"postpaid": 0})
+    assert a.report["resend"] == 0 and a.report["unsealed"] == 0
+    st = a.status()
+    assert st["lease"] == 0 and st["lease_state"] == "requested" and st["served"] == 3
+    a.close()
+    resp.close()
+
+
+def test_tls_connection(make_broker, tmp_path):
+    broker = make_broker(auth=True, tls=True)
+    dev = 4303
+    _, pw = broker.add_device(7, dev)
+    resp = Responder(broker)
+    cfg = write_config(tmp_path, broker, dev, pw, **{
+        "mqtt.url": "mqtts://127.0.0.1:%d" % broker.tls_port, "mqtt.ca_file": str(broker.ca_file)})
+    proc = AgentProcess(cfg)
+    sdk = SDK(proc.sock)
+    serve(sdk, [5])
+    wait_for(lambda: resp.counts(dev) == [5], what="booked over TLS")
+    sdk.close()
+    assert proc.terminate() == 0
+    resp.close()
+
+
+def test_in_process_api_threads(tmp_path):
+    a = Agent(str(tmp_path / "j"), 7, 4304, 1, key_of(4304),
+              cfg={"postpaid": 1, "batch": 10, "window": 1000, "max_open": 16}, fsync=True)
+    errors = []
+    totals = []
+
+    def worker(k):
+        try:
+            for i in range(25):
+                with a.round() as r:
+                    r.record("asr-lite")
+                    r.record("tts-lite")
+                    r.record("chat")
+                totals.append(r.end.ucny)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and totals == [2340] * 200
+    st = a.status()
+    assert st["rounds"] == 200 and st["ucny"] == 200 * 2340 and st["served"] == 200
+    a.close()
+    b = Agent(str(tmp_path / "j"), 7, 4304, 1, key_of(4304), cfg={"postpaid": 1})
+    assert b.status()["served"] == 200 and b.report["resend"] == 20  # all kept, to resend
+    s = b.start_round()
+    b.drain(release=False)
+    assert b.start_round().reason == "meter closed" and s.allowed
+    b.close()
+
+
+def test_round_refused_context(tmp_path):
+    a = Agent(str(tmp_path / "j"), 7, 4305, 1, key_of(4305))  # prepaid, no lease yet
+    try:
+        with a.round() as r:
+            r.record("chat")
+        raise AssertionError("allowed without a lease")
+    except RoundRefused as exc:
+        assert exc.start.reason == "no lease" and not exc.start.allowed
+    assert [p[0] for p in a.publishes()] == ["up/lease"]  # the request went out at once
+    a.close()
