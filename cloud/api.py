@@ -397,6 +397,17 @@ class Overview(Model):
     online_s: int
 
 
+class Problem(Model):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no token, or an unknown or revoked one (H1)"},
+    403: {"model": Problem, "description": "an operator token is required (H1)"},
+    404: {"model": Problem, "description": "no such object, or not the tenant's (H2)"},
+}
+
+
 # ------------------------------------------------------------------------------ helpers
 def _page(items: list, total: int, limit: int, offset: int) -> dict[str, Any]:
     return {"items": items, "total": total, "limit": limit, "offset": offset,
@@ -475,7 +486,7 @@ def create_app(db_url: str | None = None, tokens: Mapping[str, int | None] | Non
 
     app = FastAPI(
         title="edgemeter API", version="1.0.0", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
-        description=(__doc__ or "").split("\n\n", 2)[-1],
+        description=(__doc__ or "").split("\n\n", 2)[-1], responses=ERRORS,
     )
     app.state.engine = eng
 
@@ -513,10 +524,6 @@ def create_app(db_url: str | None = None, tokens: Mapping[str, int | None] | Non
     @app.exception_handler(NotFound)
     async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(invoices.InvoiceError)
-    async def _bad_invoice(_request: Request, exc: invoices.InvoiceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Response:

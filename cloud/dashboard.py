@@ -13,6 +13,7 @@ Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 on a bad argument or d
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 
@@ -73,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"edgemeter dashboard: serving http://{host}:{port}/ over {_safe(args.db)}", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3, access_log=False)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler
+    # it found installed: these make that re-raise end main() normally, so the exit status is 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.Server(config).run(sockets=[sock])   # handles SIGINT/SIGTERM: graceful shutdown
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         sock.close()
         app.state.engine.dispose()

@@ -233,6 +233,7 @@ views.workspace = async ({ arg }) => {
 
 function burnChart(el, p, now, width = 640) {
   const pts = p.series.map((s) => [s.at, s.remaining]);
+  if (pts.length && pts[pts.length - 1][0] < now) pts.push([now, p.levels.remaining]);   // level held until now
   const series = [{ name: "remaining units", color: PALETTE[0], points: pts }];
   const markers = [];
   const f = p.forecast;
