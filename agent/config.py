@@ -157,22 +157,20 @@ def validate(site: dict[str, Any], base_dir: str = ".") -> dict[str, dict[str, A
         if bool(d["key"]) == bool(d["key_file"]):
             problems.append("device.key: give exactly one of device.key and device.key_file")
         elif d["key_file"] and os.path.isfile(d["key_file"]):
-            raw = open(d["key_file"], "rb").read().strip()
-            if len(raw) == 64:
-                raw = raw.decode("ascii", "replace")
-                why = _key(raw)
-                if why:
-                    problems.append("device.key_file: %s" % why)
-                else:
-                    d["key"] = raw
-            elif len(raw) == 32:
+            with open(d["key_file"], "rb") as f:
+                raw = f.read()
+            text = raw.strip().decode("ascii", "replace")
+            if len(raw) == 32:  # raw bytes: never strip them (a key may end in 0x0a)
                 d["key"] = raw.hex()
+            elif len(text) == 64 and not _key(text):
+                d["key"] = text
             else:
                 problems.append("device.key_file: expected 32 raw bytes or 64 hex digits")
     if m["password"] and m["password_file"]:
         problems.append("mqtt.password: give at most one of mqtt.password and mqtt.password_file")
     elif m["password_file"] and os.path.isfile(m["password_file"]):
-        m["password"] = open(m["password_file"]).read().strip()
+        with open(m["password_file"], encoding="utf-8") as f:
+            m["password"] = f.read().strip()
     if type(d["dev"]) is int and not m["username"]:
         m["username"] = "d%d" % d["dev"]
     j = cfg["journal"]

@@ -81,7 +81,7 @@ def handle(agent: Agent, req: Any) -> dict:
         if k not in _RECORD_ARGS:
             raise BadRequest("%s: unknown argument of record" % k)
     item = req.get("item")
-    if type(item) not in (str, int) or type(item) is bool:
+    if not isinstance(item, (str, int)) or type(item) is bool:
         raise BadRequest("item: expected a price-book item name or id, got %s" % json.dumps(item))
     model = req.get("model")
     if model is not None and (type(model) not in (str, int) or type(model) is bool):

@@ -45,6 +45,8 @@ class Responder:
         self.pool = PL.Pool(terms=dict(TERMS, **(terms or {})))
         self.pool.add(units)
         self.states: dict[int, dict] = {}
+        self.keys: dict[int, dict[int, bytes]] = {}
+        self.books: dict[int, dict] = {1: BOOK}
         self.booked: dict[int, dict[int, dict]] = {}
         self.seen: list[tuple[int, int, bool]] = []  # (dev, message type, retx)
         self.lock = threading.Lock()
@@ -66,7 +68,7 @@ class Responder:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         ws, dev, suffix = P.parse_topic(msg.topic)
         with self.lock:
-            cs = CloudSession(ws, dev, {1: key_of(dev)}, self.states.get(dev), {1: BOOK})
+            cs = self._session(ws, dev)
             mine = self.booked.setdefault(dev, {})
 
             def pred(seq: int) -> bool:
@@ -89,6 +91,25 @@ class Responder:
             self.states[dev] = cs.state()
         for s, data in out:
             client.publish(P.topic(ws, dev, s), data, qos=1)
+
+    def _session(self, ws: int, dev: int) -> CloudSession:
+        keys = self.keys.setdefault(dev, {1: key_of(dev)})
+        return CloudSession(ws, dev, keys, self.states.get(dev), self.books)
+
+    def command(self, dev: int, op: int, arg: Any = None, key: bytes | None = None) -> None:
+        """Sign and publish a command (suspend, resume, report, rotate) to dev."""
+        with self.lock:
+            cs = self._session(WS, dev)
+            data = cs.command(op, arg, key)
+            self.states[dev] = cs.state()
+        self.client.publish(P.topic(WS, dev, "down/cmd"), data, qos=1)
+
+    def push_book(self, dev: int, book: dict) -> None:
+        with self.lock:
+            cs = self._session(WS, dev)
+            data = cs.push_book(book)
+            self.states[dev] = cs.state()
+        self.client.publish(P.topic(WS, dev, "down/book"), data, qos=1)
 
     def rounds(self, dev: int) -> list[tuple[int, list, int]]:
         """[(t, wire, ucny)] booked for dev, in seq order."""

@@ -133,3 +133,39 @@ def test_round_refused_context(tmp_path):
         assert exc.start.reason == "no lease" and not exc.start.allowed
     assert [p[0] for p in a.publishes()] == ["up/lease"]  # the request went out at once
     a.close()
+
+
+def test_commands_and_price_book_over_mqtt(make_broker, tmp_path):
+    from firmware_py import pricebook, proto as P
+    broker = make_broker(auth=True)
+    dev = 4306
+    _, pw = broker.add_device(7, dev)
+    resp = Responder(broker)
+    proc = AgentProcess(write_config(tmp_path, broker, dev, pw,
+                                     **{"meter.age": 600, "meter.batch": 50}))
+    sdk = SDK(proc.sock)
+    serve(sdk, [1])
+    time.sleep(0.3)
+    assert resp.counts(dev) == []  # neither full nor aged
+    resp.command(dev, P.OP_REPORT)  # force a report
+    wait_for(lambda: resp.counts(dev) == [1], what="forced report")
+    resp.command(dev, P.OP_SUSPEND)
+    wait_for(lambda: sdk.call(op="start")["reason"] == "suspended", what="suspension")
+    resp.command(dev, P.OP_RESUME)
+    wait_for(lambda: sdk.call(op="start")["allowed"], what="resumption")
+    resp.command(dev, P.OP_ROTATE, 2, bytes(range(100, 132)))  # a new HMAC key, kid 2
+    items = [list(r) for r in pricebook.ITEMS]
+    items[pricebook.TOUR_IMAGE - 1][2] = 1500  # v2: tour-guide image analysis at CNY 1.50
+    resp.push_book(dev, pricebook.make(version=2, items=[tuple(r) for r in items]))
+    wait_for(lambda: sdk.call(op="status")["status"]["book"] == 2, what="price book v2")
+    r = start_allowed(sdk)
+    sdk.call(op="record", round=r["round"], item="tour-guide-image", count=2)
+    assert sdk.call(op="end", round=r["round"])["ucny"] == 3000
+    resp.command(dev, P.OP_REPORT)
+    wait_for(lambda: sorted(resp.counts(dev)) == [1, 2], what="rounds under the new key")
+    assert resp.states[dev]["kid"] == 2  # the cloud saw the device use the rotated key
+    b = [x for x in resp.booked[dev].values() if x["ver"] == 2]
+    assert b and b[0]["ucny"] == 3000 and b[0]["verdict"] == P.V_OK
+    sdk.close()
+    assert proc.terminate() == 0
+    resp.close()
