@@ -52,6 +52,7 @@ from firmware_py import rating
 REASONS = (("malformed", "malformed"), ("unknown key id", "unknown_kid"), ("bad MAC", "bad_mac"),
            ("wrong device", "wrong_device"), ("replay", "replay"), ("return of lease", "foreign_lease"))
 MEMO_MAX = 100_000
+LINE_COLS = ("batch_id", "item", "multiplier", "calls", "ucny")
 
 
 def reason_code(text: str) -> str:
@@ -119,7 +120,8 @@ class Ingest:
     def batch_lines(self, keys: list[tuple[int, str]]) -> dict[tuple[int, int], list[int]]:
         """{(item, multiplier): [calls, µCNY]} of a batch's valid rounds (their memo keys)."""
         agg: dict[tuple[int, int], list[int]] = {}
-        for key, n in Counter(keys).items():
+        counts = {keys[0]: len(keys)} if keys and keys.count(keys[0]) == len(keys) else Counter(keys)
+        for key, n in counts.items():
             hit = self._memo.get(key)
             if hit is None or isinstance(hit, ValueError):   # evicted meanwhile: rate it again
                 hit = self.rated(self.books[key[0]], _wire(key[1]), key)
@@ -211,10 +213,12 @@ class Ingest:
             pool = None
             if suffix != "up/usage" and wss[ws]["billing"] == "license":
                 pool = self._pool_for(conn, pools_, ws, wss[ws], m.payload, sess, now)
+            sess.rated_keys = []
             acts = sess.receive(m.payload, now, _never, pool=pool, suffix=suffix)
             for a in acts:
                 kind = a[0]
                 if kind == "book":
+                    a[1]["_keys"] = sess.rated_keys
                     bookings.append((m, wss[ws], a[1]))
                 elif kind == "duplicate":
                     dups.setdefault(dev, set()).add(a[1])
@@ -285,7 +289,7 @@ class Ingest:
                          "account_id": ws["account_id"], "received_ms": m.received_ms, "booked_ms": now_ms})
         ids = ledger.insert_batches(conn, rows)
         new: dict[int, list] = {}
-        lines: list[dict] = []
+        lines: list[tuple] = []
         mism: dict[int, dict] = {}
         by_id: dict[int, dict] = {}
         reports: dict[int, list] = {}
@@ -309,10 +313,12 @@ class Ingest:
             out.booked += 1
             out.rounds += len(b["rounds"])
             out.ucny += b["ucny"]
-            ver = b["ver"]
-            agg = self.batch_lines([(ver, repr(wire)) for _t, wire, u in b["rounds"] if u is not None])
+            keys = b["_keys"]
+            if len(keys) != sum(1 for r in b["rounds"] if r[2] is not None):   # the core rated without the hook
+                keys = [(b["ver"], repr(r[1])) for r in b["rounds"] if r[2] is not None]
+            agg = self.batch_lines(keys)
             for (item, mult), (calls, ucny) in agg.items():
-                lines.append({"batch_id": bid, "item": item, "multiplier": mult, "calls": calls, "ucny": ucny})
+                lines.append((bid, item, mult, calls, ucny))
             if b["verdict"] != P.V_OK:
                 mismatch(bid, b, P.VERDICTS[b["verdict"]])
             if ws["billing"] == "license":
@@ -322,7 +328,7 @@ class Ingest:
                     mismatch(bid, b, "no lease")
             elif b["ucny"]:
                 charges.append((ws["account_id"], bid, b["ucny"]))
-        ledger.insert_rows(conn, S.usage_lines, lines)
+        ledger.insert_tuples(conn, S.usage_lines, LINE_COLS, lines)
         for ws_id, items in reports.items():
             for bid, problem in pools.report_booked(conn, ws_id, items, now).items():
                 mismatch(bid, by_id[bid], problem.replace("-", " "))
@@ -401,10 +407,14 @@ class _Session(CS.CloudSession):
     the core offers for this) memoised by the Ingest (rule G8)."""
     ingest: Ingest
 
+    rated_keys: list
+
     def rate_round(self, book: dict, wire: list) -> int:
-        hit = self.ingest.rated(book, wire, (book["version"], repr(wire)))
+        key = (book["version"], repr(wire))
+        hit = self.ingest.rated(book, wire, key)
         if isinstance(hit, ValueError):
             raise hit
+        self.rated_keys.append(key)
         return hit[1]
 
 

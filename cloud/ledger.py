@@ -44,6 +44,16 @@ def insert_rows(conn: Connection, table, rows: Sequence[Mapping]) -> None:  # ty
         conn.execute(insert(table), list(rows))
 
 
+def insert_tuples(conn: Connection, table, cols: Sequence[str], rows: Sequence[tuple]) -> None:  # type: ignore[no-untyped-def]
+    """INSERT many rows given as tuples in `cols` order, straight through the driver's
+    executemany (no per-row parameter processing: for the rater's hot path)."""
+    if not rows:
+        return
+    ph = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"
+    conn.exec_driver_sql(sql, list(rows))
+
+
 def ensure_pool(conn: Connection, ws: int) -> None:
     """Create the workspace's pools row (all zeros) if it does not exist yet."""
     conn.execute(_insert(conn, S.pools).values(workspace_id=ws).on_conflict_do_nothing(
