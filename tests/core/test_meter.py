@@ -498,3 +498,31 @@ def test_round_records_decode():
         _raises(ML.MeterLogError, ML.decode, bad)
     j = Journal  # referenced so the import documents where records live
     assert j is not None
+
+
+def test_clock_rollback_and_lease_across_reboot():
+    d = tmpdir()
+    cloud = Cloud(terms={"grant": 60000, "max": 60000, "validity": 900, "allowance": 0,
+                         "low": 0, "policy": L.STOP})
+    m = up(d, cloud, T0)
+    one(m, T0 + 100)
+    assert one(m, T0 + 50) == STD  # the wall clock went back 50 s: the high-water mark holds
+    assert ("clock_rollback", 50) in m.events()
+    remaining = m.status()["remaining"]
+    m = None  # power cut; the clock is still behind at the next boot
+    m = meter(d)
+    m.open(T0 + 60)
+    assert m.status()["remaining"] == remaining  # the lease survived, deductions exact
+    one(m, T0 + 70)
+    m.connected(T0 + 70)
+    m.tick(T0 + 200)
+    pump(m, cloud, T0 + 200)
+    ts = [t for t, w in cloud.rounds()]
+    assert ts == [T0 + 100, T0 + 100, T0 + 100]  # never before the high-water mark
+    assert m.status()["remaining"] == remaining - STD
+    # validity counts on effective time: a clock set back cannot stretch the lease
+    cloud.online = False
+    assert m.start_round(T0 + 100 + 900)[1] == L.DENY_LAPSED
+    assert m.start_round(T0 + 500)[1] == L.DENY_LAPSED
+    m.close()
+    rmtree(d)
