@@ -10,11 +10,20 @@ verified, re-rated and booked exactly as in production.
     d = fleet.device(ws)                      # registered with cloud.devices.register
     fleet.serve(d, 20, "standard")            # 20 rounds of standard voice chat, sealed and booked
     fleet.status(d)
+
+The same fleet can then go on over a real broker to a real `edgemeter rater` process
+(fleet.attach_mqtt(host, port)): the devices publish their batches, lease and status messages
+to Mosquitto and act on the acks and grants the rater publishes back, on the real clock.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud import accounts, db, devices, ingest, ledger, pools
 from firmware_py import pricebook, proto as P, rating
@@ -67,12 +76,38 @@ class Fleet:
         self.ingest = ingest.Ingest(self.engine, now_ms=lambda: int(self.clock() * 1000))
         self.devices: dict[int, SimDevice] = {}
         self.outcomes: list[ingest.Outcome] = []
+        self.link: MqttLink | None = None
 
     def now(self) -> int:
         return int(self.clock())
 
     def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self.engine.dispose()
+
+    def attach_mqtt(self, host: str, port: int) -> None:
+        """From now on, uplink goes to the broker (a rater books it) and time is the real clock."""
+        self.link = MqttLink(host, port, "dash-fleet-%d" % id(self))
+        self.clock = time.time
+
+    def pump(self, until: Any, timeout: float) -> bool:
+        """Act on the downlink the rater publishes until `until()` holds (MQTT mode)."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            if self.link is None or time.monotonic() >= deadline:
+                return bool(until())
+            got = self.link.get(0.05)
+            if got is not None:
+                self._downlink(*got)
+        return True
+
+    def _downlink(self, topic: str, data: bytes) -> None:
+        _, dev, suffix = P.parse_topic(topic)
+        d = self.devices.get(dev)
+        if d is not None:
+            d.run(d.s.receive(data, self.now(), suffix))
 
     # ------------------------------------------------------------------ set-up (admin's services)
     def tx(self):  # type: ignore[no-untyped-def]
@@ -113,25 +148,28 @@ class Fleet:
 
     # ------------------------------------------------------------------ traffic
     def deliver(self, msgs: list[tuple[str, bytes]]) -> None:
-        """Uplink through the rater's booking step, then its downlink back to the devices."""
+        """Uplink through the rater's booking step, then its downlink back to the devices (or,
+        in MQTT mode, to the broker; the downlink comes back through pump())."""
+        if self.link is not None:
+            for topic, data in msgs:
+                self.link.publish(topic, data)
+            return
         now_ms = int(self.clock() * 1000)
         out = self.ingest.process([ingest.Incoming(t, p, now_ms) for t, p in msgs])
         self.outcomes.append(out)
         for topic, data in out.publish:
-            _, dev, suffix = P.parse_topic(topic)
-            d = self.devices.get(dev)
-            if d is not None:
-                d.run(d.s.receive(data, self.now(), suffix))
+            self._downlink(topic, data)
 
     def serve(self, d: SimDevice, n: int, kind: str = "standard") -> int:
         """Serve up to n rounds on d (as its lease allows), seal and book them; rounds served."""
         served = 0
         rnd = rating.from_flags(d.s.book, **ROUNDS[kind])
+        ok = (L.ALLOW, L.DEGRADED)
         for _ in range(n):
-            v = d.s.allow(self.now())
-            if v not in (L.ALLOW, L.DEGRADED, ):
+            if d.s.allow(self.now()) not in ok:
                 d.run(d.s.tick(self.now()))
-                if d.s.allow(self.now()) not in (L.ALLOW, L.DEGRADED):
+                self.pump(lambda: d.s.allow(self.now()) in ok, 10)
+                if d.s.allow(self.now()) not in ok:
                     break
             rec, acts = d.s.serve(rnd, self.now())
             d.journal.append(rec)
@@ -148,12 +186,44 @@ class Fleet:
                 break
             del d.journal[:n]
             d.run(acts)
+        if not self.pump(lambda: d.s.acked >= d.s.next_seq - 1, 30):
+            raise TimeoutError(f"device {d.dev}: batches up to {d.s.next_seq - 1} not acked (acked {d.s.acked})")
 
     def status(self, d: SimDevice) -> None:
         d.run(d.s.status(self.now()))
 
     def send_raw(self, topic: str, payload: bytes) -> None:
         self.deliver([(topic, payload)])
+
+
+class MqttLink:
+    """One MQTT 5 connection for the whole fleet: publishes QoS 1, queues the downlink."""
+
+    def __init__(self, host: str, port: int, client_id: str):
+        self.q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.on_message = lambda _c, _u, m: self.q.put((m.topic, bytes(m.payload)))
+        c.connect(host, port, keepalive=30)
+        c.loop_start()
+        c.subscribe("em/+/+/down/#", qos=1)
+        if not subscribed.wait(10):
+            self.close()
+            raise RuntimeError("no SUBACK from the broker")
+
+    def publish(self, topic: str, data: bytes) -> None:
+        self.client.publish(topic, data, qos=1).wait_for_publish(10)
+
+    def get(self, timeout: float) -> tuple[str, bytes] | None:
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 class Clock:

@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium (Debian's /usr/bin/chromium driven by Playwright) against
 `edgemeter dashboard` running as a real subprocess over a SQLite ledger that real device
-sessions filled through the rater's booking step; this process books more usage while the
-page is open.
+sessions filled through the rater's booking step (on a simulated clock: three days of history);
+then those devices publish through a real Mosquitto to a real `edgemeter rater` process while
+the page is open, and the page follows.
 
 Skipped with the reason when Chromium is missing, except under CI=true, where that fails.
 EDGEMETER_UPDATE_SCREENSHOT=1 also writes docs/dashboard.png (the README's screenshot).
@@ -73,6 +74,36 @@ def server(sqlite_ledger: dict[str, Any]) -> Iterator[dict[str, Any]]:
             proc.kill()
             proc.wait(5)
     assert proc.returncode == 0, f"dashboard exited with {proc.returncode}"
+
+
+@pytest.fixture
+def rater(server: dict[str, Any], mosquitto: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`edgemeter rater` as a subprocess on a real Mosquitto over the same ledger, and the
+    populated fleet switched to publishing through that broker on the real clock."""
+    led = server["ledger"]
+    exe = Path(sys.executable).with_name("edgemeter")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.cli"]
+    log_path = tmp_path / "rater.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd + ["rater", "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}", "--db",
+                                       led["url"], "--client-id", "dash-rater", "--housekeeping", "1"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 30
+        while '"subscribed"' not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        led["fleet"].attach_mqtt(mosquitto.host, mosquitto.port)
+        yield {"proc": proc, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +248,15 @@ def test_csv_export_is_what_the_table_shows(operator: Page):
     assert operator.errors == []
 
 
-def test_live_update_and_a_low_pool_alert_without_reloading(operator: Page, server):
+def test_live_update_and_a_low_pool_alert_without_reloading(operator: Page, server, rater):
+    """Devices publish through Mosquitto, the rater process books, the open page follows."""
     led = server["ledger"]
     fleet = led["fleet"]
-    fleet.clock.t = time.time()
     page = operator.page
     page.evaluate("window.__same_document = 1")
     operator.wait("document.querySelector('#live').dataset.state === 'sse'")
     before = operator.value("ov-rounds")
+    in_process = len(fleet.outcomes)      # bookings made by this process's own booking step
     d = fleet.devices[led["shop_devs"][1]]
     assert fleet.serve(d, 7, "lite") == 7
     with read(server) as conn:
@@ -238,14 +270,20 @@ def test_live_update_and_a_low_pool_alert_without_reloading(operator: Page, serv
                          low=1_000_000)
     dev = fleet.device(ws)
     assert "pilot" not in page.inner_text("[data-testid=alerts]")
-    fleet.serve(dev, 100, "standard")
-    with read(server) as conn:
-        free = pools.levels(conn, ws)["free"]
+    assert fleet.serve(dev, 100, "standard") == 100
+    deadline = time.monotonic() + 30
+    while True:   # the renewal that takes the pool below 1,000,000 free units is the rater's to grant
+        with read(server) as conn:
+            free = pools.levels(conn, ws)["free"]
+        if free < 1_000_000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert free < 1_000_000
     row = page.locator("[data-testid=alerts] tbody tr", has_text="pilot")
     row.wait_for()
     assert "pool_low" in row.inner_text() and f"has {free} free units" in row.inner_text()
     assert page.evaluate("window.__same_document") == 1     # updated in place: no reload
+    assert len(fleet.outcomes) == in_process                 # all of it booked by the rater process
     assert operator.errors == []
 
 
