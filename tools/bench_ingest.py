@@ -59,6 +59,7 @@ class Receiver:
         self.host, self.port, self.topic = host, port, topic
         self.n = 0
         self.first = self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
         self.target = 0
         self.done = threading.Event()
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -70,8 +71,10 @@ class Receiver:
         now = time.perf_counter()
         if not self.n:
             self.first = now
+            self.cpu_first = time.thread_time()
         self.n += 1
         self.last = now
+        self.cpu_last = time.thread_time()
         if self.n >= self.target:
             self.done.set()
 
@@ -179,18 +182,28 @@ class _Rater:
         self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker_url, "--db", url,
                      "--client-id", "bench-rater", "--housekeeping", "60"]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.offset = 0
 
     def start(self) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
-    def wait_subscribed(self, timeout: float = 30) -> None:
+    def wait_for(self, word: str, timeout: float = 30) -> None:
+        start = self.offset
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if '"subscribed"' in self.log.read_text():
+            if f'"{word}"' in self.log.read_text()[start:]:
                 return
             time.sleep(0.05)
-        raise RuntimeError("rater did not subscribe: " + self.log.read_text()[-2000:])
+        raise RuntimeError(f"rater did not log {word!r}: " + self.log.read_text()[-2000:])
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the rater process has used so far (Linux /proc)."""
+        if self.proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -232,8 +245,13 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None) -> 
         msgs = _messages(devs, batches, 1)
         pub_rate = _publish(broker.host, broker.port, msgs)
         base_rate = base.drain(n, 300)
+        base_cpu = (base.cpu_last - base.cpu_first) / max(base.n - 1, 1)
+        load = os.getloadavg()[0]
         rater.start()
+        rater.wait_for("connected")
+        cpu0 = rater.cpu_s()
         led = _wait_booked(url, n, 0, 600)
+        rater_cpu = (rater.cpu_s() - cpu0) / max(led["batches"], 1)
         rater.stop()
         ok = led["batches"] == n and led["rounds"] == n * ROUNDS and led["ucny"] == n * ROUNDS * STANDARD_CHAT_UCNY
         span = max(led["last_ms"] - led["first_ms"], 1) / 1000
@@ -246,7 +264,13 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None) -> 
             {"name": "ingest drain: receive-only paho subscriber, rounds per second", "value": round(base_rate * ROUNDS),
              "unit": "rnd/s", "how": "the same messages through a QoS 1 shared subscription, receive only, same run"},
             {"name": "ingest drain: rater / receive-only ratio", "value": round(rater_rate / base_rate, 2) if base_rate else 0,
-             "unit": "x", "how": "target >= 0.7"},
+             "unit": "x", "how": f"target >= 0.7; load average {load:.1f} on {os.cpu_count()} CPUs at the start"},
+            {"name": "ingest drain: rater CPU per batch", "value": round(rater_cpu * 1e6), "unit": "us",
+             "how": "user+system CPU of the rater process while draining / batches booked (load-independent)"},
+            {"name": "ingest drain: receive-only subscriber CPU per message", "value": round(base_cpu * 1e6),
+             "unit": "us", "how": "CPU time of its network thread between the first and the last message"},
+            {"name": "ingest drain: rounds per rater CPU-second", "value": round(ROUNDS / rater_cpu) if rater_cpu else 0,
+             "unit": "rnd/s", "how": "what one rater process books with a whole CPU to itself"},
             {"name": "ingest: publishers' rate (2 paho clients, QoS 1)", "value": round(pub_rate * ROUNDS),
              "unit": "rnd/s", "how": f"{n} messages, all PUBACKed"},
         ]
@@ -260,7 +284,7 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None) -> 
         base2.client.connect(broker.host, broker.port, clean_start=False, properties=_props())
         base2.client.loop_start()
         rater.start()
-        rater.wait_subscribed()
+        rater.wait_for("subscribed")
         _publish(broker.host, broker.port, msgs2)
         base2.done.wait(300)
         led2 = _wait_booked(url, n, since, 600)
