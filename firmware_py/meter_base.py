@@ -18,8 +18,10 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       checkpoint (every cfg["checkpoint"] rounds, when room runs low, at close): a lost ack
       only makes batches be resent, and the cloud books (dev, seq) once. Every other persist
       is written at once, before anything published after it. The journal is compacted up to
-      the round before the oldest unacked one, never past jp - 1, every cfg["ack_every"]
-      records (or at once when room runs low).
+      the round before the oldest unacked one, never past the jp of the state written before
+      the current one, every cfg["ack_every"] records (or at once when room runs low): if the
+      newest state slot is found damaged (state rule S4), the older one with its jp still
+      finds every round and seal record after it, and the boot counter skips one ahead.
   M7. open() recovers: the journal's own recovery (report["journal"]), the state, the price
       book last pushed, rounds after jp re-deducted (D6), unacked batches rebuilt from seal
       records and resent as retransmissions (G1-G2), then DeviceSession.start (a boot
@@ -89,6 +91,7 @@ class MeterBase:
         self.npend = 0
         self.rd = 0
         self.jp = 0
+        self.jp_prev = 0  # jp of the state written before the current one (M4)
         self.dirty = False
         self.since_cp = 0
         self.nrid = 0
@@ -104,6 +107,8 @@ class MeterBase:
         """Recover and start (M7): a report dict."""
         jrep = self.j.open()
         st = self.st.load() or {}
+        srep = dict(self.st.report)
+        self.jp = self.jp_prev = st.get(1, 0)
         book = self.book
         try:
             b = self.bs.load()
@@ -143,12 +148,15 @@ class MeterBase:
             if rs:
                 self.batches[seq] = rs[0][0]
         s.next_seq = max(s.next_seq, info["top"] + 1)
+        if st and (srep.get("a") not in ("ok", "empty") or srep.get("b") not in ("ok", "empty")):
+            s.boot += 1  # S4: the newest state may be lost; never reuse its boot number
+            self._event("state_fallback", srep)
         self.pend, self.npend, self.rd = info["pend"], info["npend"], info["rd"]
         self._run(s.start(now))
         if self.dirty or self.jp != self.j.next:
             self._write_state()
         self.last_round = now
-        return {"journal": jrep, "state": self.st.report, "rededucted": rededucted[0],
+        return {"journal": jrep, "state": srep, "rededucted": rededucted[0],
                 "resend": len(s.outbox), "unsealed": self.npend, "bad_records": info["bad"],
                 "orphans": info["orphans"], "boot": s.boot}
 
@@ -169,6 +177,7 @@ class MeterBase:
     # ------------------------------------------------------------------ executing actions
     def _write_state(self):
         self.st.save({0: self.s.state(), 1: self.j.next})
+        self.jp_prev = self.jp
         self.jp = self.j.next
         self.dirty = False
         self.since_cp = 0
@@ -217,9 +226,11 @@ class MeterBase:
         else:
             first = j.next
         low = not self._room(len(self.rounds) + 1)
-        if first - 1 > self.jp - 1 and (low or force):
+        if first - 1 > self.jp_prev - 1 and (low or force):
             self._write_state()
-        lim = min(first - 1, self.jp - 1)
+            if first - 1 > self.jp_prev - 1:
+                self._write_state()  # twice: compaction may go as far as the older slot's jp
+        lim = min(first - 1, self.jp_prev - 1)
         if lim > j.acked and (force or low or lim - j.acked >= self.cfg["ack_every"]):
             j.ack_through(lim)
 

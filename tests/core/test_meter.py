@@ -526,3 +526,43 @@ def test_clock_rollback_and_lease_across_reboot():
     assert m.start_round(T0 + 500)[1] == L.DENY_LAPSED
     m.close()
     rmtree(d)
+
+
+def test_newest_state_slot_damaged_no_seq_reused():
+    d = tmpdir()
+    cloud = Cloud()
+    m = up(d, cloud, T0, {"checkpoint": 3, "ack_every": 1, "segment_bytes": 128})
+    now = T0
+    served = []
+    for i in range(14):
+        now += 11
+        one(m, now)
+        served.append(now)
+        m.tick(now + 40)
+        pump(m, cloud, now + 40)
+        now += 40
+    slot = m.st._slot
+    m = None  # power cut, then a bit flip at rest in the newest state slot
+    path = d + "/meter." + "ab"[slot]
+    with open(path, "rb") as f:
+        b = bytearray(f.read())
+    b[len(b) // 2] ^= 0x10
+    with open(path, "wb") as f:
+        f.write(b)
+    m = meter(d, {"checkpoint": 3, "ack_every": 1, "segment_bytes": 128})
+    rep = m.open(now)
+    assert rep["state"]["ab"[slot]] == "crc" and rep["boot"] == 3  # boot skipped ahead
+    assert m.status()["used"] == len(served) * STD  # every round since the older slot re-deducted
+    m.connected(now)
+    pump(m, cloud, now)
+    for i in range(6):
+        now += 11
+        one(m, now)
+        served.append(now)
+        m.tick(now + 40)
+        pump(m, cloud, now + 40)
+        now += 40
+    booked = [t for t, w in cloud.rounds()]
+    assert sorted(booked) == served, (len(booked), len(served))
+    m.close()
+    rmtree(d)
