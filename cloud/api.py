@@ -494,16 +494,19 @@ def create_app(db_url: str | None = None, tokens: Mapping[str, int | None] | Non
         return int(clock())
 
     # -------------------------------------------------------------- dependencies
+    snapshot = {} if db.is_sqlite(eng) else {"isolation_level": "REPEATABLE READ"}   # rule H4 on PostgreSQL
+
     def get_conn() -> Iterator[Connection]:
         with eng.connect() as conn:
+            if snapshot:
+                conn = conn.execution_options(**snapshot)
             tx = conn.begin()
             try:
                 yield conn
             finally:
                 tx.rollback()   # rule H4: read-only
 
-    def principal(conn: Annotated[Connection, Depends(get_conn)],
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> tokmod.Principal:
+    def _authenticate(conn: Connection, creds: HTTPAuthorizationCredentials | None) -> tokmod.Principal:
         if creds is None or not creds.credentials:
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         tok = creds.credentials
@@ -513,6 +516,15 @@ def create_app(db_url: str | None = None, tokens: Mapping[str, int | None] | Non
         if who is None:
             raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
         return who
+
+    def principal(conn: Annotated[Connection, Depends(get_conn)],
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> tokmod.Principal:
+        return _authenticate(conn, creds)
+
+    def principal_brief(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> tokmod.Principal:
+        """For long responses (the event stream): no connection is held while it lasts."""
+        with eng.connect() as conn:
+            return _authenticate(conn, creds)
 
     Conn = Annotated[Connection, Depends(get_conn)]
     Who = Annotated[tokmod.Principal, Depends(principal)]
@@ -741,7 +753,8 @@ def create_app(db_url: str | None = None, tokens: Mapping[str, int | None] | Non
         return fp
 
     @app.get(API + "/events", include_in_schema=False)
-    async def events(request: Request, who: Who) -> StreamingResponse:
+    async def events(request: Request,
+                     who: Annotated[tokmod.Principal, Depends(principal_brief)]) -> StreamingResponse:
         scope = who.scope
 
         async def stream() -> Any:
