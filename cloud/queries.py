@@ -126,7 +126,7 @@ def _ws_select() -> Select:
             .outerjoin(p, p.c.workspace_id == w.c.id))
 
 
-def _ws_row(r: Mapping[str, Any]) -> dict[str, Any]:
+def _ws_row(r: Any) -> dict[str, Any]:
     out = {k: r[k] for k in ("id", "account_id", "name", "billing", "created_at", "devices")}
     out["terms"] = {"grant": r["grant_units"], "max": r["max_units"], "validity_s": r["validity_s"],
                     "offline_policy": ("stop", "continue", "degrade")[r["offline_policy"]]
@@ -210,12 +210,12 @@ def _fleet_rows(conn: Connection, rows: list[dict], cutoff_ms: int) -> list[dict
         select(b.c.device_id, func.count(), func.coalesce(func.sum(b.c.rounds), 0),
                func.coalesce(func.sum(b.c.rated_ucny), 0), func.max(b.c.seq))
         .where(b.c.device_id.in_(ids)).group_by(b.c.device_id))}
-    mis = dict(conn.execute(select(m.c.device_id, func.count()).where(m.c.device_id.in_(ids))
+    mis: dict[int, int] = dict(conn.execute(select(m.c.device_id, func.count()).where(m.c.device_id.in_(ids))
                             .group_by(m.c.device_id)).all())
     leases: dict[int, dict] = {}
-    for r in conn.execute(select(ls).where(ls.c.device_id.in_(ids), ls.c.state != PL.CLOSED)
-                          .order_by(ls.c.id)).mappings():
-        leases[r["device_id"]] = lease_row(r)   # the newest open lease of the device
+    for lr in conn.execute(select(ls).where(ls.c.device_id.in_(ids), ls.c.state != PL.CLOSED)
+                           .order_by(ls.c.id)).mappings():
+        leases[lr["device_id"]] = lease_row(lr)   # the newest open lease of the device
     out = []
     for r in rows:
         st = _status(r["last_status"])
@@ -251,7 +251,7 @@ def device_detail(conn: Connection, dev: int, account: int | None, now_ms: int, 
 
 
 # ------------------------------------------------------------------------------ leases
-def lease_row(r: Mapping[str, Any]) -> dict[str, Any]:
+def lease_row(r: Any) -> dict[str, Any]:
     remaining = r["total"] - r["used"]
     return {"workspace_id": r["workspace_id"], "id": r["id"], "device_id": r["device_id"],
             "state": LEASE_STATES.get(r["state"], str(r["state"])), "total": r["total"], "allow": r["allow"],
@@ -446,7 +446,7 @@ def invoice_months(conn: Connection, account_id: int, now: int) -> list[str]:
     first = conn.execute(select(func.min(e.c.at)).where(e.c.account_id == account_id)).scalar()
     start = bucket_start(int(first) if first is not None else now, "month")
     end = max(now, start)
-    months = []
+    months: list[str] = []
     t = start
     while t <= end and len(months) < 240:
         y, m = civil.from_unix(t)[:2]

@@ -71,7 +71,7 @@ def create(conn: Connection, role: str, account_id: int | None, name: str, now: 
         raise TokenError(f"no account {account_id}")
     token = PREFIX + secrets.token_urlsafe(32)
     tid = conn.execute(insert(S.api_tokens).values(hash=digest(token), role=role, account_id=account_id,
-                                                   name=name[:200], created_at=now)).inserted_primary_key[0]
+                                                   name=name[:200], created_at=now)).inserted_primary_key[0]  # type: ignore[index]
     return {"id": tid, "token": token, "role": role, "account_id": account_id, "name": name[:200]}
 
 
