@@ -163,6 +163,17 @@ class Ingest:
             out.lag_ms.append(self.now_ms() - m.received_ms)
         return out
 
+    def dead_letter(self, m: Incoming, reason: str, detail: str) -> Outcome:
+        """Record one message as a dead letter in its own transaction (nothing else changes)."""
+        now_ms = self.now_ms()
+        with db.write_connect(self.engine) as conn, conn.begin():
+            ledger.record_dead_letter(conn, reason, m.topic, m.payload, detail, now_ms)
+        return Outcome(dead={reason: 1}, lag_ms=[now_ms - m.received_ms])
+
+    def forget_workspaces(self) -> None:
+        """Drop the cached workspace rows (their lease terms may have changed)."""
+        self._ws_cache.clear()
+
     def _workspaces(self, conn: Connection, ids: set[int]) -> dict[int, Any]:
         missing = ids - set(self._ws_cache)
         if missing:

@@ -24,6 +24,8 @@ Rules:
  M5. SIGTERM/SIGINT: finish and commit the group in hand, publish and acknowledge it, then
      disconnect (the session stays for the next start) and exit 0.
  M6. Logs are JSON lines on stderr; metrics are Prometheus text at http://HOST:P/metrics.
+ M7. A failing group never blocks the stream: the store is retried while it is unavailable; a
+     message that fails on its own is dead-lettered as `internal` and acknowledged.
 Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
 """
 from __future__ import annotations
@@ -47,6 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from cloud import accounts, db, ingest, pools
 from cloud import schema as S
@@ -233,14 +236,44 @@ class Rater:
         if not self.inbox:
             return 0
         msgs, self.inbox = self.inbox, []
-        out = self.ing.process(msgs)
-        self._send(out)
-        for m in msgs:
-            self.client.ack(m.mid, 1)
-        self.metrics.record(out, len(msgs))
-        for kind, dev, detail in out.events:
-            self.log.info(kind, extra={"fields": {"device": dev, "detail": detail}})
+        for out, done in self._book(msgs):
+            self._send(out)
+            for m in done:
+                self.client.ack(m.mid, 1)
+            self.metrics.record(out, len(done))
+            for kind, dev, detail in out.events:
+                self.log.info(kind, extra={"fields": {"device": dev, "detail": detail}})
         return len(msgs)
+
+    def _book(self, msgs: list[ingest.Incoming]) -> list[tuple[ingest.Outcome, list[ingest.Incoming]]]:
+        """Rule M7: the group in one transaction; when that fails, the store is retried with
+        backoff (OperationalError: busy, connection lost), and any other failure is isolated
+        message by message, a message that fails on its own being dead-lettered as `internal`
+        (with the error) so that it cannot block the stream. Raises only when not even the
+        dead letter can be written (the process exits; the broker redelivers)."""
+        delay = 0.1
+        for attempt in range(6):
+            try:
+                return [(self.ing.process(msgs), msgs)]
+            except OperationalError as e:
+                self.log.warning("store unavailable, retrying", extra={"fields": {"error": str(e)[:300],
+                                                                                   "retry_s": delay}})
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # noqa: BLE001 - isolate below
+                self.log.exception("group failed; booking its messages one by one",
+                                   extra={"fields": {"messages": len(msgs)}})
+                break
+        else:
+            raise RuntimeError("the store stayed unavailable")
+        results = []
+        for m in msgs:
+            try:
+                results.append((self.ing.process([m]), [m]))
+            except Exception as e:  # noqa: BLE001 - a poison message: dead-letter it and go on
+                self.log.error("message failed; dead-lettered", extra={"fields": {"topic": m.topic, "error": repr(e)}})
+                results.append((self.ing.dead_letter(m, "internal", repr(e)[:2000]), [m]))
+        return results
 
     def _send(self, out: ingest.Outcome) -> None:
         for topic, data in out.publish:
@@ -295,6 +328,7 @@ class Rater:
         return 0
 
     def _housekeeping(self) -> None:
+        self.ing.forget_workspaces()
         try:
             out = housekeeping(self.ing, self.metrics)
         except Exception:  # noqa: BLE001 - housekeeping must never stop ingest

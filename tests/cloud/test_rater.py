@@ -200,3 +200,19 @@ def test_metrics_and_graceful_shutdown(broker, store, tmp_path):
     finally:
         f.stop()
         r.kill9()
+
+
+def test_a_message_that_cannot_be_booked_is_isolated_and_dead_lettered(rater, fleet, store):
+    url, reg = store
+    bad, good = reg["postpaid"][0]["id"], reg["postpaid"][1]["id"]
+    engine = db.make_engine(url)
+    with engine.begin() as conn:      # a device whose stored session state is corrupt
+        conn.execute(S.devices.update().where(S.devices.c.id == bad).values(session="{not json"))
+    engine.dispose()
+    fleet.send(bad)
+    fleet.send(good)
+    assert wait_for(lambda: fleet.devices[good].acked == 1, 20)
+    assert wait_for(lambda: ledger_summary(url)["dead"] == {"internal": 1}, 20)
+    s = ledger_summary(url)
+    assert s["per_device"] == {good: 1}
+    assert '"message failed; dead-lettered"' in rater.log()
