@@ -1,4 +1,5 @@
-"""Running the firmware for the tests: the `tools.build_firmware` image plus the test driver
+"""Running the firmware for the tests: the `tools.build_firmware --image` image (firmware_py.main
+and only the modules it imports) plus the test driver
 compiled beside it, executed as `micropython -m firmware_py.main CONFIG` (the documented entry
 point) with MICROPYPATH=<image>:.frozen and the image directory as the working directory, so
 only .mpy files are imported. Every stdout line is kept; with lockstep (FW_LOCKSTEP=1, see
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.broker import Broker
-from tools.build_firmware import build, mpy_cross
+from tools.build_firmware import build_image, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "fw_driver.py"
@@ -36,8 +37,8 @@ def micropython() -> str:
 
 
 def make_image(out: Path) -> Path:
-    """The firmware image (python -m tools.build_firmware) with fw_driver.mpy beside it."""
-    build(out)
+    """The device image (python -m tools.build_firmware --image) with fw_driver.mpy beside it."""
+    build_image(out)
     subprocess.run([mpy_cross(), "-o", str(out / "fw_driver.mpy"), "-s", "fw_driver.py",
                     str(DRIVER)], check=True)
     return out
