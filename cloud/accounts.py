@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from cloud import ledger
 from cloud import schema as S
 from firmware_py import billing
 from firmware_py import lease as L
@@ -45,14 +46,14 @@ def create_account(conn: Connection, name: str, now: int) -> int:
         raise AccountError("an account name is 1..200 characters")
     try:
         with conn.begin_nested():
-            aid = conn.execute(insert(S.accounts).values(name=name, created_at=now)).inserted_primary_key[0]
+            aid = ledger.new_id(conn.execute(insert(S.accounts).values(name=name, created_at=now)))
     except IntegrityError:
         raise AccountError(f"an account named {name!r} exists") from None
     conn.execute(insert(S.account_balances).values(account_id=aid))
     return aid
 
 
-def account(conn: Connection, account_id: int) -> Mapping[str, Any]:
+def account(conn: Connection, account_id: int) -> Any:
     row = conn.execute(select(S.accounts).where(S.accounts.c.id == account_id)).mappings().first()
     if row is None:
         raise AccountError(f"no account {account_id}")
@@ -84,11 +85,11 @@ def create_workspace(conn: Connection, account_id: int, name: str, billing_metho
         raise AccountError("validity must be >= 1 s and the policy stop/continue/degrade")
     try:
         with conn.begin_nested():
-            return conn.execute(insert(S.workspaces).values(
+            return ledger.new_id(conn.execute(insert(S.workspaces).values(
                 account_id=account_id, name=name, billing=billing_method, created_at=now,
                 grant_units=t["grant"], max_units=t["max"], validity_s=t["validity"],
                 offline_policy=t["policy"], offline_units=t["allowance"], low_units=t["low"],
-                renew_pct=t["renew_pct"])).inserted_primary_key[0]
+                renew_pct=t["renew_pct"])))
     except IntegrityError:
         raise AccountError(f"account {account_id} has a workspace named {name!r}") from None
 
@@ -140,9 +141,9 @@ def buy_plan(conn: Connection, book: dict, account_id: int, commit_ucny: int, no
     st = state(conn, account_id)
     next_id = conn.execute(select(func.coalesce(func.max(S.savings_plans.c.id), 0))).scalar_one() + 1
     plan = billing.buy_plan(book, st, next_id, commit_ucny, now)["plans"][-1]
-    pid = conn.execute(insert(S.savings_plans).values(
+    pid = ledger.new_id(conn.execute(insert(S.savings_plans).values(
         account_id=account_id, commit_ucny=plan["commit"], bp=plan["bp"], cap_ucny=plan["cap"],
-        bought_at=plan["bought"], ends_at=plan["end"])).inserted_primary_key[0]
+        bought_at=plan["bought"], ends_at=plan["end"])))
     conn.execute(insert(S.plan_balances).values(plan_id=pid))
     return pid
 

@@ -195,7 +195,7 @@ class Ingest:
                 keys.setdefault(d, {})[kid] = bytes(key)
         return rows, keys
 
-    def _session(self, row: Any, keys: dict[int, bytes]) -> CS.CloudSession:
+    def _session(self, row: Any, keys: dict[int, bytes]) -> "_Session":
         state = json.loads(row["session"]) if row["session"] else None
         sess = _Session(row["workspace_id"], row["id"], keys, state or None, self.books)
         sess.ingest = self
@@ -204,9 +204,9 @@ class Ingest:
     def _group(self, conn: Connection, screened: list, dead: list, out: Outcome, now: int, now_ms: int) -> None:
         rows, keys = self._load_devices(conn, {dev for _, _, dev, _ in screened})
         wss = self._workspaces(conn, {r["workspace_id"] for r in rows.values()})
-        sessions: dict[int, CS.CloudSession] = {}
+        sessions: dict[int, _Session] = {}
         status_of: dict[int, str] = {}
-        bookings: list[tuple[Incoming, dict]] = []
+        bookings: list[tuple[Incoming, Any, dict]] = []
         dups: dict[int, set[int]] = {}
         pools_: dict[int, Any] = {}
         pool_entries: dict[int, list] = {}

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
+from cloud import ledger
 from cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pricebook as pb
@@ -137,8 +138,8 @@ def generate(conn: Connection, account_id: int, month: str, now: int, book: dict
     if old is not None:
         conn.execute(delete(S.invoice_lines).where(S.invoice_lines.c.invoice_id == old))
         conn.execute(delete(S.invoices).where(S.invoices.c.id == old))
-    iid = conn.execute(insert(S.invoices).values(account_id=account_id, month=month, created_at=now,
-                                                 list_fen=inv["list_fen"], due_fen=inv["due_fen"])).inserted_primary_key[0]
+    iid = ledger.new_id(conn.execute(insert(S.invoices).values(
+        account_id=account_id, month=month, created_at=now, list_fen=inv["list_fen"], due_fen=inv["due_fen"])))
     if inv["lines"]:
         conn.execute(insert(S.invoice_lines), [{"invoice_id": iid, **ln} for ln in inv["lines"]])
     inv["id"] = iid

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,6 +28,14 @@ DEAD_PAYLOAD_MAX = 65536
 
 def _insert(conn: Connection, table):  # type: ignore[no-untyped-def]
     return (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(table)
+
+
+def new_id(result: Any) -> int:
+    """The primary key of the row an INSERT .. VALUES just created."""
+    pk = result.inserted_primary_key
+    if pk is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(pk[0])
 
 
 def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int, int], int]:

@@ -30,7 +30,7 @@ window, an empty pool) are returned values.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
@@ -50,21 +50,21 @@ class PoolError(ValueError):
 POLICIES = {"stop": LS.STOP, "continue": LS.CONTINUE, "degrade": LS.DEGRADE}
 
 
-def workspace(conn: Connection, ws_id: int) -> Mapping[str, Any]:
+def workspace(conn: Connection, ws_id: int) -> Any:
     row = conn.execute(select(S.workspaces).where(S.workspaces.c.id == ws_id)).mappings().first()
     if row is None:
         raise PoolError(f"no workspace {ws_id}")
     return row
 
 
-def _license_ws(conn: Connection, ws_id: int) -> Mapping[str, Any]:
+def _license_ws(conn: Connection, ws_id: int) -> Any:
     ws = workspace(conn, ws_id)
     if ws["billing"] != "license":
         raise PoolError(f"workspace {ws_id} is billed postpaid, not from a License pool")
     return ws
 
 
-def terms(ws: Mapping[str, Any]) -> dict[str, int]:
+def terms(ws: Any) -> dict[str, int]:
     """The workspace's lease terms in pool.TERMS form."""
     return {"grant": ws["grant_units"], "max": ws["max_units"], "validity": ws["validity_s"],
             "policy": ws["offline_policy"], "allowance": ws["offline_units"], "low": ws["low_units"],
@@ -77,7 +77,7 @@ def terms(ws: Mapping[str, Any]) -> dict[str, int]:
 LEASE_FIELDS = ("device_id", "state", "total", "allow", "used", "validity", "seen", "extra")
 
 
-def _lease_row(r: Mapping[str, Any]) -> list[int]:
+def _lease_row(r: Any) -> list[int]:
     return [r[f] for f in LEASE_FIELDS]
 
 
@@ -101,7 +101,7 @@ def load(conn: Connection, ws_id: int, lease_ids: Iterable[int] = (), ws: Mappin
 
 
 def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
-          activation_id: int | None = None, batch_ids: list[int | None] | None = None) -> None:
+          activation_id: int | None = None, batch_ids: Sequence[int | None] | None = None) -> None:
     """Insert the entries (rule S2) and write the pool's buckets and leases back."""
     ws_id = pool.em_ws  # type: ignore[attr-defined]
     if entries:
@@ -111,12 +111,13 @@ def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
                          "entry": ",".join(str(v) for v in e), "activation_id": activation_id,
                          "batch_id": batch_ids[i] if batch_ids else None})
         conn.execute(insert(S.pool_entries), rows)
-    vals: dict[str, int] = {b: getattr(pool, b) for b in S.POOL_BUCKETS}
+    vals: dict[str, Any] = {b: getattr(pool, b) for b in S.POOL_BUCKETS}
     vals["next_lease"] = pool.next_lease
     vals["entries"] = S.pools.c.entries + len(entries)
     conn.execute(update(S.pools).where(S.pools.c.workspace_id == ws_id).values(**vals))
     loaded = pool.em_loaded  # type: ignore[attr-defined]
-    new, old = [], []
+    new: list[dict[str, Any]] = []
+    old: list[dict[str, Any]] = []
     for lid, r in pool.leases.items():
         row = {"b_ws": ws_id, "b_id": lid, **dict(zip(LEASE_FIELDS, r))}
         (old if lid in loaded else new).append(row)
@@ -152,12 +153,12 @@ def buy_license(conn: Connection, book: dict, ws_id: int, tier: str | int, devic
     order = billing.purchase(book, tier, devices, now)
     addon = conn.execute(select(func.count()).select_from(S.license_purchases)
                          .where(S.license_purchases.c.workspace_id == ws_id)).scalar_one() > 0
-    return conn.execute(insert(S.license_purchases).values(
+    return ledger.new_id(conn.execute(insert(S.license_purchases).values(
         workspace_id=ws_id, tier=order["tier"], devices=order["devices"], price_ucny=order["price_ucny"],
-        purchased_at=order["bought"], activate_by=order["activate_by"], addon=addon)).inserted_primary_key[0]
+        purchased_at=order["bought"], activate_by=order["activate_by"], addon=addon)))
 
 
-def _order(conn: Connection, purchase_id: int) -> tuple[Mapping[str, Any], dict[str, Any]]:
+def _order(conn: Connection, purchase_id: int) -> tuple[Any, dict[str, Any]]:
     p = conn.execute(select(S.license_purchases).where(S.license_purchases.c.id == purchase_id)
                      .with_for_update()).mappings().first()
     if p is None:
@@ -176,9 +177,9 @@ def activate(conn: Connection, book: dict, purchase_id: int, count: int, now: in
     _, grant, reason = billing.activate(book, order, count, now)
     if reason is not None:
         return None, reason
-    aid = conn.execute(insert(S.license_activations).values(
+    aid = ledger.new_id(conn.execute(insert(S.license_activations).values(
         purchase_id=purchase_id, workspace_id=p["workspace_id"], device_id=device_id, count=count,
-        activated_at=grant["start"], period_end=grant["end"], units=grant["units"])).inserted_primary_key[0]
+        activated_at=grant["start"], period_end=grant["end"], units=grant["units"])))
     pool = load(conn, p["workspace_id"])
     store(conn, pool, [pool.add(grant["units"])], now, activation_id=aid)
     return aid, None
