@@ -133,13 +133,10 @@ class Sync:
             self._publish()
             for _ in range(10):
                 c.loop(timeout=0.02)
+        if self.sock:
             c.disconnect()
             c.loop(timeout=0.05)
         self.up = False
-        try:
-            c.socket() and c.disconnect()
-        except OSError:
-            pass
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish what is queued, disconnect and end the thread."""

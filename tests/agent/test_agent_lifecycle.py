@@ -169,3 +169,20 @@ def test_commands_and_price_book_over_mqtt(make_broker, tmp_path):
     sdk.close()
     assert proc.terminate() == 0
     resp.close()
+
+
+def test_refused_credentials_retry_with_backoff(make_broker, tmp_path):
+    broker = make_broker(auth=True)
+    dev = 4307
+    broker.add_device(7, dev, password="the-right-one")
+    resp = Responder(broker)
+    proc = AgentProcess(write_config(tmp_path, broker, dev, "not-yet-valid"))
+    wait_for(lambda: proc.log().count("broker refused the connection") >= 2, what="retries")
+    sdk = SDK(proc.sock)
+    assert sdk.call(op="start")["reason"] == "no lease"  # still answering, from the journal
+    broker.add_device(7, dev, password="not-yet-valid")  # the operator fixes the credentials
+    serve(sdk, [9])
+    wait_for(lambda: resp.counts(dev) == [9], what="booked after the fix")
+    sdk.close()
+    assert proc.terminate() == 0
+    resp.close()
