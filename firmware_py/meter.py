@@ -62,6 +62,9 @@ class Meter(MeterBase):
         if len(self.rounds) >= self.cfg["max_open"]:
             return False, TOO_MANY_OPEN, 0
         if not self._room(len(self.rounds) + 1):
+            if self.npend:  # seal what waits (its age may never come: a clock set back)
+                s.force = 1
+                self._seal(now)
             self._compact(True)
             if not self._room(len(self.rounds) + 1):
                 return False, JOURNAL_FULL, 0
