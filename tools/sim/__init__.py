@@ -1,0 +1,132 @@
+"""`edgemeter sim`: a simulated fleet on real parts, with faults, and an exact audit.
+
+    edgemeter sim [--devices N] [--rounds M | --duration S] [--rate R] [--micropython K]
+                  [--mp-heap SIZE] [--raters R] [--faults LIST|all] [--seed S] [--db URL]
+                  [--broker URL] [--report FILE] [--workdir DIR]
+
+What runs (see tools/sim/README.md for the design and each fault):
+  * Mosquitto from the shipped configuration with passwords and ACL (tools.broker), unless
+    --broker points at a running one; R `edgemeter rater` processes sharing the subscription
+    on --db (SQLite in the work directory by default; a PostgreSQL URL for scale-out).
+  * One account with the postpaid trial, a savings plan and a balance, a License workspace
+    (a pool of activated licences) and a postpaid workspace: devices alternate between them,
+    so every run exercises both billing methods. Devices are registered by the registry that
+    `edgemeter admin register-device` uses; the broker's passwd/ACL come from it.
+  * N devices: the real device meter (firmware_py.meter) on its own journal directory, each
+    with its own MQTT connection, client id and password, multiplexed in this process
+    (tools.sim.net); plus K real MicroPython firmware processes (firmware_py.main in
+    `micropython -X heapsize=SIZE`, tools.sim.mp).
+  * A workload drawn from billing.txt's scenarios (tools.sim.workload), M rounds in total
+    (or for S seconds), R rounds/s per device (default: as fast as acks allow).
+  * Faults (tools.sim.faults), then drain: every device seals, publishes and waits for its
+    acks; then the audit (tools.sim.audit): ground truth vs ledger per device and in total,
+    pool, leases and postpaid charges, `admin rebuild --check`.
+Exit status 0 when the audit finds no difference, 1 otherwise, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full")
+
+
+def _parse_size(text: str) -> str:
+    t = text.strip().lower()
+    if not t.rstrip("km").isdigit():
+        raise argparse.ArgumentTypeError(f"heap size like 32k or 1m, not {text!r}")
+    return t
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgemeter sim", description=__doc__.split("\n")[0])
+    ap.add_argument("--devices", type=int, default=50, help="simulated meter devices in this process")
+    ap.add_argument("--rounds", type=int, default=5000, help="rounds to serve in total (all devices)")
+    ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
+    ap.add_argument("--rate", type=float, help="rounds per second per device (default: as fast as acks allow)")
+    ap.add_argument("--micropython", type=int, default=0, metavar="K", help="real MicroPython firmware processes")
+    ap.add_argument("--mp-heap", type=_parse_size, default="32k", help="their heap (micropython -X heapsize=)")
+    ap.add_argument("--mp-rounds", type=int, default=200, help="rounds per MicroPython device")
+    ap.add_argument("--raters", type=int, default=1, help="rater processes sharing the subscription")
+    ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--db", help="store URL (default: SQLite in the work directory)")
+    ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker with these devices' "
+                                     "credentials (default: start Mosquitto)")
+    ap.add_argument("--report", help="write the JSON report here")
+    ap.add_argument("--workdir", help="keep journals, logs and the store here (default: a temp dir, removed)")
+    ap.add_argument("--lease-validity", type=int, default=20, help="License lease validity, seconds")
+    ap.add_argument("--drain-timeout", type=float, default=180.0)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def raise_nofile(want: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards want (capped by the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, want), hard) if hard != resource.RLIM_INFINITY else max(soft, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    faults = set(FAULTS) if args.faults.strip() == "all" else {f for f in args.faults.split(",") if f.strip()}
+    bad = faults - set(FAULTS)
+    if bad or args.devices < 2 or args.raters < 1 or args.rounds < 1:
+        print(f"edgemeter sim: unknown faults {sorted(bad)}" if bad else
+              "edgemeter sim: need --devices >= 2, --raters >= 1, --rounds >= 1", file=sys.stderr)
+        return 2
+    from tools.sim.run import Simulation
+    own = args.workdir is None
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgemeter-sim-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sim = Simulation(args, faults, work)
+    try:
+        report = sim.run()
+    finally:
+        sim.close()
+        if own and not os.environ.get("EDGEMETER_SIM_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
+    print(summary(report))
+    return 0 if report["audit"]["ok"] else 1
+
+
+def summary(r: dict[str, Any]) -> str:
+    a = r["audit"]
+    lines = [
+        "",
+        "edgemeter sim: %d devices (%d meter + %d MicroPython), %d rater(s), seed %d, %.1f s"
+        % (r["devices"], r["meter_devices"], r["mp_devices"], r["raters"], r["seed"], r["seconds"]),
+        "  served  %d rounds, %d uCNY (ground truth, recorded by the simulator)" % (a["served"]["rounds"], a["served"]["ucny"]),
+        "  ledger  %d rounds, %d uCNY in %d batches" % (a["ledger"]["rounds"], a["ledger"]["ucny"], a["ledger"]["batches"]),
+        "  lost %d, duplicated %d, devices differing %d, rating mismatches %d"
+        % (a["lost_rounds"], a["duplicated_rounds"], a["devices_differing"], a["mismatches"]),
+        "  License pool %s; leases booked %d = License bookings on leases %d"
+        % (", ".join(f"{k} {v}" for k, v in a["license"]["pool"].items()), a["license"]["leases_booked"],
+           a["license"]["on_leases_ucny"]),
+        "  postpaid: booked %d uCNY, charged %d (%s)" % (a["postpaid"]["booked_ucny"], a["postpaid"]["charged_list_ucny"],
+                                                      ", ".join(f"{k} {v}" for k, v in a["postpaid"]["entries"].items())),
+        "  rebuild --check: %d difference(s) over %d rounds in %.2f s" % (a["rebuild"]["differences"],
+                                                                       a["rebuild"]["rounds"], a["rebuild"]["seconds"]),
+        "  refused rounds (never lost): %s" % (", ".join(f"{k} {v}" for k, v in sorted(r["refused"].items())) or "none"),
+        "  dead letters: %s" % (", ".join(f"{k} {v}" for k, v in a["dead_letters"].items()) or "none"),
+        "  faults: %s" % (", ".join(f"{k} x{v}" for k, v in sorted(r["faults"].items())) or "none"),
+        "  throughput: %.0f rounds/s booked end to end" % r["rounds_per_s"],
+    ]
+    for p in a["problems"]:
+        lines.append("  DIFFERENCE: " + p)
+    lines.append("AUDIT " + ("PASSED: zero lost, zero duplicated, every balance equal" if a["ok"] else "FAILED"))
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""The cloud side of a simulation: the store with a License workspace and a postpaid account
+set up through the admin CLI's own code, the devices registered by cloud.devices (what `edgemeter
+admin register-device` runs) with their Mosquitto password and ACL files written by the
+registry (cloud.devices.write_mosquitto_files) into the broker's directory, Mosquitto with auth
+(tools.broker), and R `edgemeter rater` processes sharing the subscription.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from cloud import accounts, db, devices, ledger, pools
+from cloud import schema as S
+from firmware_py import billing, civil, pricebook
+from tools.broker import Broker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, grant: int,
+                units: int = 0, now: int | None = None) -> dict[str, Any]:
+    """Account "sim" with the postpaid trial, a savings plan and a large top-up (never
+    suspended), a License workspace with a pool (standard licences, activated a month ago)
+    and a postpaid workspace; n_license + n_postpaid devices registered. The pool holds at
+    least `units` (pool units = µCNY of list-price use)."""
+    now = now or int(time.time())
+    engine = db.open_store(url)
+    out: dict[str, Any] = {"license": [], "postpaid": []}
+    with db.write_connect(engine) as conn, conn.begin():
+        book = ledger.latest_book(ledger.ensure_books(conn, now))
+        acc = accounts.create_account(conn, "sim-%d" % now, now)
+        accounts.claim_trial(conn, book, acc, now)
+        accounts.buy_plan(conn, book, acc, 1_000_000_000, now)          # CNY 1,000 commitment
+        accounts.top_up(conn, acc, 10**13, now, "sim")
+        lic = accounts.create_workspace(conn, acc, "sim-license", "license", now, policy="continue",
+                                        grant=grant, max=grant * 10, validity=validity)
+        pp = accounts.create_workspace(conn, acc, "sim-postpaid", "postpaid", now)
+        per = billing.allowance(book, "standard")
+        n_lic_buy = max(100, n_license, -(-units // per))   # enough for `units` of use
+        back = civil.add_months(now, -1)
+        p = pools.buy_license(conn, book, lic, "standard", n_lic_buy, back)
+        _, why = pools.activate(conn, book, p, n_lic_buy, back)
+        if why:
+            raise RuntimeError("activation refused: %s" % why)
+        for _ in range(n_license):
+            out["license"].append(devices.register(conn, lic, now))
+        for _ in range(n_postpaid):
+            out["postpaid"].append(devices.register(conn, pp, now))
+    engine.dispose()
+    out.update(account=acc, license_ws=lic, postpaid_ws=pp)
+    return out
+
+
+def write_broker_files(url: str, broker: Broker) -> dict[str, Any]:
+    """The registry's passwd and ACL into the broker's directory, then SIGHUP (rule D4)."""
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        r = devices.write_mosquitto_files(conn, broker.workdir)
+    engine.dispose()
+    if broker.running:
+        broker.reload()
+    return r
+
+
+def new_price_book(url: str, now: int | None = None) -> int:
+    """Store the next price-book version (chat 2.20 -> 2.30 per 1,000 calls); raters load
+    it at their next start and push it to every device that reports an older version."""
+    now = now or int(time.time())
+    engine = db.open_store(url)
+    with db.write_connect(engine) as conn, conn.begin():
+        books = ledger.ensure_books(conn, now)
+        ver = max(books) + 1
+        items = [list(r) for r in pricebook.ITEMS]
+        items[pricebook.CHAT - 1][2] = 2300
+        book = pricebook.make(version=ver, items=[tuple(r) for r in items])
+        conn.execute(insert(S.price_books).values(version=ver, hash=book["hash"],
+                                                  cbor=pricebook.to_cbor(book), created_at=now))
+    engine.dispose()
+    return ver
+
+
+def book_versions(url: str) -> list[int]:
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        v = [r[0] for r in conn.execute(select(S.price_books.c.version))]
+    engine.dispose()
+    return sorted(v)
+
+
+class Rater:
+    """One `edgemeter rater` process (kill -9 able)."""
+
+    def __init__(self, broker: Broker, url: str, name: str, workdir: Path) -> None:
+        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker.url, "--db", url,
+                     "--client-id", name, "--housekeeping", "1"]
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", EDGEMETER_MQTT_USER="rater",
+                        EDGEMETER_MQTT_PASSWORD=broker.users.get("rater", ""))
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self, wait: float = 30.0) -> "Rater":
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if '"subscribed"' in self.log_path.read_text(errors="replace")[offset:]:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rater {self.name} exited:\n" + self.log_path.read_text()[-3000:])
+            time.sleep(0.05)
+        raise RuntimeError(f"rater {self.name} did not subscribe:\n" + self.log_path.read_text()[-3000:])
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.kills += 1
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.proc = None
+        return p.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
