@@ -1,0 +1,67 @@
+# Boot shim: the MicroPython unix port playing a board whose firmware sits in flash.
+#
+#   micropython -X heapsize=H romboot.py IMAGE -m MODULE [ARG...]
+#   micropython -X heapsize=H romboot.py IMAGE SCRIPT [ARG...]
+#
+# A board keeps its firmware's bytecode in flash: frozen into the MicroPython build, or in a
+# ROMFS partition that `vfs.VfsRom` mounts and imports .mpy files from in place. The unix port
+# has no flash, so this shim stands in for it: it reads IMAGE (tools/romfs.py; by default
+# build/firmware/romfs.img) into ONE bytearray, the first allocation of the run, mounts it
+# with vfs.mount(vfs.VfsRom(buf), "/rom") and puts /rom first on sys.path, so every
+# firmware_py import executes its bytecode from the image. The image then lives in the GC
+# heap, which a board's flash does not: give the process H = the board's heap + what the
+# buffer takes (tests/firmware/romfs_run.py: heapsize()), and count the firmware's heap as
+# gc.mem_alloc() minus the buffer. The first line printed says what to subtract:
+#   rom image=<image bytes> buf=<heap bytes the buffer takes> base=<gc.mem_alloc() after the
+#   mount, buffer included> heap=<gc.mem_alloc() + gc.mem_free()>
+# What the emulation does not remove: the qstrs of an image are interned into the heap at
+# import (a frozen build has them in flash), and so are each function's small raw-code record.
+#
+# Without a MODULE or SCRIPT it stops after that line (a probe). -m MODULE: imports it, then calls MODULE.main(ARGS) when it has one (firmware_py.main does:
+# `romboot.py IMAGE -m firmware_py.main CONFIG` is the board's `micropython -m
+# firmware_py.main CONFIG`) and exits with its status. SCRIPT: runs the file as __main__-like
+# code (compiled into the heap: keep test scripts small, or put them in the image or in a
+# directory on MICROPYPATH as .mpy and use -m).
+import gc
+import os
+import sys
+import vfs
+
+gc.collect()
+_a0 = gc.mem_alloc()
+_buf = bytearray(os.stat(sys.argv[1])[6])
+_a1 = gc.mem_alloc()
+_f = open(sys.argv[1], "rb")
+_f.readinto(_buf)
+_f.close()
+_f = None
+vfs.mount(vfs.VfsRom(_buf), "/rom")
+sys.path.insert(0, "/rom")
+gc.collect()
+print("rom image=%d buf=%d base=%d heap=%d"
+      % (len(_buf), _a1 - _a0, gc.mem_alloc(), gc.mem_alloc() + gc.mem_free()))
+
+
+def _boot(argv):
+    if not argv:
+        return 0
+    if len(argv) >= 2 and argv[0] == "-m":
+        name = argv[1]
+        sys.argv[:] = argv[1:]
+        __import__(name)
+        mod = sys.modules[name]
+        entry = getattr(mod, "main", None)
+        if entry is not None:
+            return entry(argv[2:])
+        return 0
+    sys.argv[:] = argv
+    g = {"__name__": "__main__", "__file__": argv[0]}
+    with open(argv[0]) as f:
+        src = f.read()
+    code = compile(src, argv[0], "exec")
+    src = None
+    exec(code, g)
+    return 0
+
+
+sys.exit(_boot(sys.argv[2:]))
