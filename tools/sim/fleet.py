@@ -7,7 +7,8 @@ rounds and µCNY are the rounds whose end_round() returned OK, with the amount i
 
 Power cut (in-process; the documented stand-in for kill -9 of a device process): when armed,
 the journal's sync hook tears the round record being appended at a random byte between its
-first byte and its end inclusive (ftruncate of the segment), then raises PowerCut out of
+first byte and its end (a third of them just after its last byte; ftruncate of the
+segment), then raises PowerCut out of
 end_round(); the device's objects are dropped without any further write and a new Meter is
 opened on the same directory (recovery, rule M7). The simulator chose the byte, so it knows
 independently whether the record is complete (the round was served: the SDK just never heard
@@ -68,7 +69,8 @@ class SimDevice:
             self.cut_armed = False
             start = self.meter.j._segs[-1][1]   # the segment's good size before this record
             end = f.tell()
-            at = self.rng.randint(start, end)
+            # a third of the cuts land just after the record's last byte (complete: served)
+            at = end if self.rng.random() < 0.33 else self.rng.randrange(start, end)
             f.truncate(at)
             f.flush()
             raise PowerCut(at == end)
