@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 import dashfleet
-from cloud import db, tokens
+from dashfleet import make_tokens
 from tools import pgcheck
 
 
@@ -38,19 +38,6 @@ def _drop_pg(name: str) -> None:
 
     with psycopg.connect(pgcheck.pg_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def make_tokens(engine: Any, ids: dict[str, Any]) -> dict[str, str]:
-    """An operator token and one tenant token per account, stored as create-token stores them."""
-    out = {}
-    with db.write_connect(engine) as conn, conn.begin():
-        out["operator"] = tokens.create(conn, "operator", None, "ops", ids["end"])["token"]
-        for name in ("acme", "globex", "initech"):
-            out[name] = tokens.create(conn, "tenant", ids[name], name, ids["end"])["token"]
-        revoked = tokens.create(conn, "operator", None, "old", ids["end"])
-        tokens.revoke(conn, revoked["id"], ids["end"])
-        out["revoked"] = revoked["token"]
-    return out
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud import accounts, db, devices, ingest, ledger, pools
+from cloud import accounts, db, devices, ingest, ledger, pools, tokens
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import lease as L
 from firmware_py.device_session import DeviceSession
@@ -310,3 +310,16 @@ def populate(url: str, days: int = 3, end: float | None = None) -> dict[str, Any
     except BaseException:
         fleet.close()
         raise
+
+
+def make_tokens(engine: Any, ids: dict[str, Any]) -> dict[str, str]:
+    """An operator token and one tenant token per account, stored as create-token stores them."""
+    out = {}
+    with db.write_connect(engine) as conn, conn.begin():
+        out["operator"] = tokens.create(conn, "operator", None, "ops", ids["end"])["token"]
+        for name in ("acme", "globex", "initech"):
+            out[name] = tokens.create(conn, "tenant", ids[name], name, ids["end"])["token"]
+        revoked = tokens.create(conn, "operator", None, "old", ids["end"])
+        tokens.revoke(conn, revoked["id"], ids["end"])
+        out["revoked"] = revoked["token"]
+    return out

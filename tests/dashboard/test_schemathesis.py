@@ -22,7 +22,7 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 import dashfleet
 from cloud import db
 from cloud.api import create_app
-from conftest import make_tokens
+from dashfleet import make_tokens
 
 _DIR = Path(tempfile.mkdtemp(prefix="em-schemathesis-"))
 _URL = f"sqlite:///{_DIR / 'ledger.db'}"
