@@ -91,12 +91,14 @@ class Simulation:
         if a.micropython:
             from tools.sim.mp import MicroFleet
             self.mp = MicroFleet(self.work / "mp", host, port, self.mp_regs, a.mp_heap, a.mp_rounds, a.seed,
-                                 "power" in self.faults)
+                                 "power" in self.faults, self.note)
 
     # ------------------------------------------------------------------ faults
     def note(self, kind: str, **detail: Any) -> None:
         self.counts[kind] += 1
         self.log.append({"t": round(time.monotonic() - self.t0, 2), "fault": kind, **detail})
+        if kind == "mp-power":
+            self.counts["power"] += 0  # (counted under its own name)
 
     def fire(self, kind: str) -> None:
         f, rng = self.fleet, self.rng
@@ -256,6 +258,15 @@ class Simulation:
         if self.stalled:
             au["ok"] = False
             au["problems"].append("the run stalled: no round served for 120 s")
+        if self.mp:
+            bad = [d.dev for d in self.mp.devices if not d.done or d.rc != 0]
+            if bad:
+                au["ok"] = False
+                au["problems"].append(f"MicroPython firmware process(es) {bad} did not finish with status 0")
+            short = [d.dev for d in self.mp.devices if d.rounds != a.mp_rounds]
+            if short:
+                au["ok"] = False
+                au["problems"].append(f"MicroPython device(s) {short} served fewer than {a.mp_rounds} rounds")
         if drained["not_acked"]:
             au["problems"].append(f"{drained['not_acked']} device(s) still had unacked batches after the drain")
         refused: Counter[str] = Counter()
