@@ -268,6 +268,7 @@ class Simulation:
                 au["ok"] = False
                 au["problems"].append(f"MicroPython device(s) {short} served fewer than {a.mp_rounds} rounds")
         if drained["not_acked"]:
+            au["ok"] = False
             au["problems"].append(f"{drained['not_acked']} device(s) still had unacked batches after the drain")
         refused: Counter[str] = Counter()
         events: Counter[str] = Counter()

@@ -1,0 +1,155 @@
+"""`edgemeter bench [--json FILE] [--quick] [--only NAME,...]`: every benchmark of the project.
+
+Runs each benchmark module's run(quick) -> [{name, value, unit, how}] and prints one table of
+figures and ratios, each with how it was measured. Ratios are measured within one run (both
+sides timed back to back on this machine), never asserted in tests. Modules:
+
+  rating     core rating speed (rating.rate of the typical-scenario mix) on CPython and on
+             MicroPython, rounds/s, and the ratio between the two runtimes (this module)
+  codec      firmware_py.cbor vs cbor2 (tools/bench_codec.py)
+  wire       bytes on the wire per round (tools/bench_wire.py)
+  journal    journal bytes per round, append ratio (tools/bench_journal.py)
+  firmware   metering cost per round vs a bare append on MicroPython (device overhead
+             ratio), heap high-water mark, image size (tools/bench_firmware.py)
+  ingest     rounds booked per second end to end, ratio to a receive-only subscriber
+             (tools/bench_ingest.py)
+  rebuild    seconds per million rounds to rebuild and check every projection
+             (tools/bench_rebuild.py)
+A module that is missing or fails is reported as such in the table (exit status 1).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = [("rating", "tools.bench"), ("codec", "tools.bench_codec"), ("wire", "tools.bench_wire"),
+           ("journal", "tools.bench_journal"), ("firmware", "tools.bench_firmware"),
+           ("ingest", "tools.bench_ingest"), ("rebuild", "tools.bench_rebuild")]
+
+# the MicroPython half of the rating benchmark: the same mix, the same loop
+_MP_RATING = """
+import time
+from firmware_py import pricebook, rating, billing
+book = pricebook.default()
+mix = [billing.scenario(book, n) for n, _ in billing.SCENARIOS]
+n = %d
+t0 = time.ticks_us()
+for i in range(n):
+    rating.rate(book, mix[i %% len(mix)])
+dt = time.ticks_diff(time.ticks_us(), t0)
+print(n, dt)
+"""
+
+
+def _cpython_rating(n: int) -> float:
+    from firmware_py import billing, pricebook, rating
+    book = pricebook.default()
+    mix = [billing.scenario(book, name) for name, _ in billing.SCENARIOS]
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for i in range(n):
+            rating.rate(book, mix[i % len(mix)])
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def _micropython_rating(n: int) -> float | None:
+    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+    if not Path(exe).exists():
+        return None
+    best = 0.0
+    for _ in range(3):
+        out = subprocess.run([exe, "-X", "heapsize=4m", "-c", _MP_RATING % n], capture_output=True, text=True,
+                             env=dict(os.environ, MICROPYPATH=str(ROOT)), cwd=ROOT, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError("micropython: " + out.stderr.strip()[-500:])
+        k, us = map(int, out.stdout.split())
+        best = max(best, k * 1e6 / us)
+    return best
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Core rating speed on both runtimes (the 7 typical scenarios in turn)."""
+    n = 5000 if quick else 30000
+    cp = _cpython_rating(n)
+    mp = _micropython_rating(n)
+    how = f"rating.rate(book, round) over billing.SCENARIOS in turn, {n} rounds, best of 3"
+    rows = [{"name": "rating speed, CPython", "value": round(cp), "unit": "rounds/s",
+             "how": how + f" (CPython {platform.python_version()})"}]
+    if mp is not None:
+        rows.append({"name": "rating speed, MicroPython", "value": round(mp), "unit": "rounds/s",
+                     "how": how + " (micropython unix port, -X heapsize=4m, sources from firmware_py/)"})
+        rows.append({"name": "rating speed ratio CPython / MicroPython", "value": round(cp / mp, 2), "unit": "x",
+                     "how": "the two figures above, measured back to back in this run"})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for res in results:
+        lines.append(f"\n## {res['module']} ({res['source']}, {res['seconds']:.1f} s)")
+        if res.get("error"):
+            lines.append(f"  FAILED: {res['error']}")
+            continue
+        w = max((len(r["name"]) for r in res["rows"]), default=10)
+        for r in res["rows"]:
+            lines.append(f"  {r['name']:<{w}}  {_fmt(r['value']):>14} {r['unit']:<12}  {r['how']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edgemeter bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="FILE", help="also write every row as JSON")
+    ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test; figures are noisier)")
+    ap.add_argument("--only", help="comma list of modules: " + ",".join(m for m, _ in MODULES))
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - {m for m, _ in MODULES}:
+        ap.error(f"unknown modules {sorted(only - {m for m, _ in MODULES})}")
+    results = []
+    status = 0
+    print(f"edgemeter bench: {platform.node()} {platform.machine()}, {os.cpu_count()} CPU(s), "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+          + (" (--quick)" if args.quick else ""))
+    for name, modname in MODULES:
+        if only and name not in only:
+            continue
+        t0 = time.monotonic()
+        res: dict[str, Any] = {"module": name, "source": modname.replace(".", "/") + ".py", "rows": []}
+        try:
+            mod = sys.modules[__name__] if modname == "tools.bench" else importlib.import_module(modname)
+            res["rows"] = mod.run(quick=args.quick)
+        except Exception as exc:   # noqa: BLE001 - one failing benchmark must not hide the others
+            res["error"] = f"{type(exc).__name__}: {exc}"
+            res["trace"] = traceback.format_exc()[-2000:]
+            status = 1
+        res["seconds"] = time.monotonic() - t0
+        results.append(res)
+        print(table([res]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"quick": args.quick, "results": results}, indent=1, default=str))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
