@@ -1,5 +1,5 @@
-"""Fixtures for the cloud tests: real SQLite files, a fresh PostgreSQL database per test, and
-(until tests/conftest.py provides one) a real Mosquitto on a free port.
+"""Fixtures for the cloud tests: real SQLite files and a fresh PostgreSQL database per test
+(brokers come from tests/conftest.py: make_broker, secure_broker).
 
 PostgreSQL tests skip with tools.pgcheck's reason when no server answers, except under CI=true,
 where they fail instead (CI starts a server).
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -78,55 +75,3 @@ def store_url(request, tmp_path: Path):
         yield url
     finally:
         _drop_pg_database(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PlainBroker:
-    """A real /usr/sbin/mosquitto on a free port, anonymous, no persistence (cloud tests only)."""
-
-    def __init__(self, tmp: Path):
-        self.port = free_port()
-        self.host = "127.0.0.1"
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
-        )
-        self.log = open(tmp / "mosquitto.log", "w")
-        self.proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("mosquitto did not start")
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-@pytest.fixture
-def plain_broker(tmp_path: Path):
-    b = PlainBroker(tmp_path)
-    try:
-        yield b
-    finally:
-        b.stop()
