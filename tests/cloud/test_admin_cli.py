@@ -1,0 +1,61 @@
+"""`edgemeter admin` end to end on a SQLite file: exit codes, --json, invoices with CSV, checks."""
+from __future__ import annotations
+
+import json
+
+from cloud import admin, db
+from cloud import schema as S
+
+
+def _run(capsys, *args):
+    rc = admin.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_admin_flow_exit_codes_and_outputs(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    assert _run(capsys, "migrate", "--db", url)[0] == 0
+    rc, out, _ = _run(capsys, "create-account", "--db", url, "--name", "acme", "--trial", "--at", "2026-07-01", "--json")
+    acc = json.loads(out)["account"]
+    rc, out, _ = _run(capsys, "create-workspace", "--db", url, "--account", str(acc), "--name", "shops",
+                      "--billing", "postpaid", "--json")
+    ws = json.loads(out)["workspace"]
+    rc, out, _ = _run(capsys, "create-workspace", "--db", url, "--account", str(acc), "--name", "fleet",
+                      "--billing", "license", "--policy", "degrade", "--json")
+    lic = json.loads(out)["workspace"]
+    assert _run(capsys, "buy-license", "--db", url, "--workspace", str(lic), "--tier", "basic",
+                "--devices", "99")[0] == 2                                      # below the minimum: a caller mistake
+    rc, out, _ = _run(capsys, "buy-license", "--db", url, "--workspace", str(lic), "--tier", "basic",
+                      "--devices", "100", "--at", "2026-07-01", "--json")
+    purchase = json.loads(out)["purchase"]
+    assert _run(capsys, "activate", "--db", url, "--purchase", str(purchase), "--count", "10",
+                "--at", "2027-07-01")[0] == 1                                   # window closed: refused
+    rc, out, _ = _run(capsys, "activate", "--db", url, "--purchase", str(purchase), "--count", "10",
+                      "--at", "2026-10-01", "--json")
+    assert rc == 0 and json.loads(out)["pool"]["free"] == 10 * 5_000_000
+    rc, out, _ = _run(capsys, "buy-savings-plan", "--db", url, "--account", str(acc), "--cny", "100", "--json")
+    assert rc == 0 and json.loads(out)["discount_bp"] == 9000
+    assert _run(capsys, "buy-savings-plan", "--db", url, "--account", str(acc), "--cny", "10")[0] == 2
+    assert _run(capsys, "top-up", "--db", url, "--account", str(acc), "--cny", "0.5x")[0] == 2
+    rc, out, _ = _run(capsys, "top-up", "--db", url, "--account", str(acc), "--cny", "12.34", "--json")
+    assert json.loads(out)["balance_cny"] == "12.34"
+    rc, out, _ = _run(capsys, "register-device", "--db", url, "--workspace", str(ws), "--json")
+    dev = json.loads(out)
+    assert dev["username"] == f"d{dev['device']}" and len(bytes.fromhex(dev["key"])) == 32
+    rc, out, _ = _run(capsys, "show", "--db", url)
+    assert "account 1 acme: balance 12.34 CNY" in out and "pool: added 50000000" in out
+    rc, out, _ = _run(capsys, "invoice", "--db", url, "--account", str(acc), "--month", "2026-07",
+                      "--csv", str(tmp_path / "inv.csv"))
+    assert rc == 0 and "TOTAL (CNY)" in out and (tmp_path / "inv.csv").read_text().startswith("item,name")
+    assert _run(capsys, "invoice", "--db", url, "--account", str(acc), "--month", "July")[0] == 2
+    assert _run(capsys, "rebuild", "--db", url, "--check")[0] == 0
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(S.account_balances.update().values(paid_ucny=1))
+    engine.dispose()
+    rc, out, _ = _run(capsys, "rebuild", "--db", url, "--check")
+    assert rc == 1 and "paid_ucny: stored 1 rebuilt 12340000" in out
+    assert _run(capsys, "rebuild", "--db", url)[0] == 0
+    assert _run(capsys, "rebuild", "--db", url, "--check")[0] == 0
+    assert _run(capsys, "show", "--db", "mysql://x/y")[0] == 2
