@@ -170,3 +170,25 @@ def run_loop(img: Path, heap: int, journal_dir: Path, rounds: int,
                                   (kv.split("=") for kv in ln.split()[1:])}
     res["served"] = [int(ln.split()[1]) for ln in lines if ln.startswith("served ")]
     return res
+
+
+def min_budget(img: Path, work: Path, rounds: int, lo: int = 32768, hi: int = 262144,
+               step: int = 1024) -> int:
+    """The smallest board heap (a multiple of step) in which run_loop serves every round and
+    exits 0: a bisection over budgets, each run through heapsize()."""
+    def fits(b: int) -> bool:
+        d = work / f"j{b}"
+        r = run_loop(img, heapsize(img, b), d, rounds)
+        shutil.rmtree(d, ignore_errors=True)
+        return r["rc"] == 0 and len(r["served"]) == rounds
+    if not fits(hi):
+        raise RuntimeError(f"the loop does not run in {hi} B")
+    lo -= lo % step
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        mid -= mid % step
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
