@@ -38,6 +38,8 @@ class Simulation:
         self.later: list[tuple[float, str, Any]] = []   # (monotonic time, action, arg)
         self.cut_next: set[int] = set()
         self.stalled: list = []
+        self.stop = False          # set from a signal handler: end the serving loop, drain, audit
+        self.on_ready: Any = None  # called once every link is up, before serving
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -180,14 +182,17 @@ class Simulation:
             d.quota = total // n + (1 if i < total % n else 0)
         target = sum(d.quota for d in devs)
         plan = sorted((p, k) for k in self.faults for p in PLAN[k])
-        heap = [(0.0, i) for i in range(n)]
         interval = 1.0 / a.rate if a.rate else 0.0
+        heap = [(time.monotonic() + self.rng.random() * interval, i) for i in range(n)]
+        heapq.heapify(heap)
         t_serve = time.monotonic()
         last_scan = last_prog = last_tick = 0.0
         tick_i = 0
         progress_at, last_served = t_serve, 0
         window = METER_CFG.get("window", 4)
         self.connect_s = self.connect_all()
+        if self.on_ready is not None:
+            self.on_ready(self)
         if self.mp:
             self.mp.start()
         t_serve = time.monotonic()
@@ -198,7 +203,7 @@ class Simulation:
                 self.fire(plan.pop(0)[1])
             if self.later:
                 self._later()
-            if a.duration is not None and now - t_serve >= a.duration:
+            if self.stop or (a.duration is not None and now - t_serve >= a.duration):
                 break
             if a.duration is None and f.served_rounds >= target:
                 break
@@ -243,7 +248,8 @@ class Simulation:
                 self.progress(frac, target, now - t_serve)
                 last_prog = now
         for _, kind in plan:     # a run that ended early still fires what was planned
-            self.fire(kind)
+            if not self.stop:
+                self.fire(kind)
         serve_s = time.monotonic() - t_serve
         drained = self.drain()
         if not a.quiet:
@@ -318,7 +324,7 @@ class Simulation:
         assert f is not None
         w = 30
         fill = int(w * min(1.0, frac))
-        rate = f.served_rounds / max(secs, 1e-6)
+        rate = f.served_rounds / max(secs, 1.0)
         faults = " ".join(f"{k}:{v}" for k, v in sorted(self.counts.items()))
         sys.stderr.write(("\r" if sys.stderr.isatty() else "") + "[%s%s] %3d%% %d rounds %5.0f/s up %d/%d %s   " % (
             "#" * fill, "." * (w - fill), int(100 * min(1.0, frac)), f.served_rounds, rate, f.net.up(),
