@@ -191,10 +191,11 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
     img = fw_proc.make_image(d / "img")
     runs: dict[int, dict[str, Any]] = {}
     with Broker(auth=True) as b:
-        cloud = fw_cloud.Cloud(b, 77, {7701: fw_proc.KEY})
+        # a device (and a fresh journal) per attempt: a journal is never reused with another
+        cloud = fw_cloud.Cloud(b, 77, {7000 + kib: fw_proc.KEY for kib in range(32, 513)})
         try:
             def attempt(kib: int) -> bool:
-                cfg = fw_proc.config(b, 77, 7701, d / f"j{kib}", max_inflight=2,
+                cfg = fw_proc.config(b, 77, 7000 + kib, d / f"j{kib}", max_inflight=2,
                                      workload_args={"rounds": rounds},
                                      meter={"rto": 2, "rto_max": 4, "retry": 2, "age": 1,
                                             "ram_rounds": 10})
