@@ -75,6 +75,7 @@ def terms(ws: Any) -> dict[str, int]:
 # pool.Pool's lease row, field by field (lease id -> [dev, state, total, allow, used, validity,
 # seen, extra]) and the leases columns that hold them
 LEASE_FIELDS = ("device_id", "state", "total", "allow", "used", "validity", "seen", "extra")
+ENTRY_COLS = ("workspace_id", "at", "op", "lease_id", "entry", "activation_id", "batch_id")
 
 
 def _lease_row(r: Any) -> list[int]:
@@ -105,12 +106,9 @@ def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
     """Insert the entries (rule S2) and write the pool's buckets and leases back."""
     ws_id = pool.em_ws  # type: ignore[attr-defined]
     if entries:
-        rows = []
-        for i, e in enumerate(entries):
-            rows.append({"workspace_id": ws_id, "at": at, "op": e[0], "lease_id": _entry_lease(e),
-                         "entry": ",".join(str(v) for v in e), "activation_id": activation_id,
-                         "batch_id": batch_ids[i] if batch_ids else None})
-        conn.execute(insert(S.pool_entries), rows)
+        rows = [(ws_id, at, e[0], _entry_lease(e), ",".join(map(str, e)), activation_id,
+                 batch_ids[i] if batch_ids else None) for i, e in enumerate(entries)]
+        ledger.insert_tuples(conn, S.pool_entries, ENTRY_COLS, rows)
     vals: dict[str, Any] = {b: getattr(pool, b) for b in S.POOL_BUCKETS}
     vals["next_lease"] = pool.next_lease
     vals["entries"] = S.pools.c.entries + len(entries)
