@@ -1,7 +1,7 @@
 # Boot shim: the MicroPython unix port playing a board whose firmware sits in flash.
 #
-#   micropython -X heapsize=H romboot.py IMAGE -m MODULE [ARG...]
-#   micropython -X heapsize=H romboot.py IMAGE SCRIPT [ARG...]
+#   micropython -X heapsize=H romboot.py IMAGE [--no-preload] -m MODULE [ARG...]
+#   micropython -X heapsize=H romboot.py IMAGE [--no-preload] SCRIPT [ARG...]
 #
 # A board keeps its firmware's bytecode in flash: frozen into the MicroPython build, or in a
 # ROMFS partition that `vfs.VfsRom` mounts and imports .mpy files from in place. The unix port
@@ -17,9 +17,14 @@
 # What the emulation does not remove: the qstrs of an image are interned into the heap at
 # import (a frozen build has them in flash), and so are each function's small raw-code record.
 #
-# Without a MODULE or SCRIPT it stops after that line (a probe). -m MODULE: imports it, then calls MODULE.main(ARGS) when it has one (firmware_py.main does:
-# `romboot.py IMAGE -m firmware_py.main CONFIG` is the board's `micropython -m
-# firmware_py.main CONFIG`) and exits with its status. SCRIPT: runs the file as __main__-like
+# Then, unless --no-preload comes after IMAGE, it imports the modules the image's `preload`
+# file lists, leaf first, with gc.collect() after each, as a board's boot.py would (the
+# import garbage is collected before the next import instead of fragmenting the heap), and
+# prints `rom preload modules=<n> live=<gc.mem_alloc()>`.
+# Without a MODULE or SCRIPT it stops there (a probe). -m MODULE: imports it, then calls
+# MODULE.main(ARGS) when it has one (firmware_py.main does: `romboot.py IMAGE -m
+# firmware_py.main CONFIG` is the board's `micropython -m firmware_py.main CONFIG`) and exits
+# with its status. SCRIPT: runs the file as __main__-like
 # code (compiled into the heap: keep test scripts small, or put them in the image or in a
 # directory on MICROPYPATH as .mpy and use -m).
 import gc
@@ -42,7 +47,33 @@ print("rom image=%d buf=%d base=%d heap=%d"
       % (len(_buf), _a1 - _a0, gc.mem_alloc(), gc.mem_alloc() + gc.mem_free()))
 
 
+def _preload():
+    # A board's boot.py: the image's modules one by one, leaf first, gc.collect() after each
+    # (and the calls listed, "module:function"), so what each import keeps is packed low in
+    # the heap before the firmware's own allocations start (tools/romfs.py, preload_text).
+    try:
+        f = open("/rom/preload")
+    except OSError:
+        return
+    names = f.read().split()
+    f.close()
+    n = 0
+    for ln in names:
+        mod, _, fn = ln.partition(":")
+        if mod not in sys.modules:
+            __import__(mod)
+            n += 1
+        if fn:
+            getattr(sys.modules[mod], fn)()
+        gc.collect()
+    print("rom preload modules=%d live=%d" % (n, gc.mem_alloc()))
+
+
 def _boot(argv):
+    if argv and argv[0] == "--no-preload":
+        argv = argv[1:]
+    else:
+        _preload()
     if not argv:
         return 0
     if len(argv) >= 2 and argv[0] == "-m":

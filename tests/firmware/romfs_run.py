@@ -35,16 +35,17 @@ def micropython() -> str:
     return exe
 
 
-def image(out: Path, with_loop: bool = True) -> Path:
+def image(out: Path, with_loop: bool = True, loop: Path = LOOP) -> Path:
     """Build the device ROMFS image into out/romfs.img; with_loop adds romfs_loop.mpy at its
     root (the test's stand-in for the SDK's code, which a board keeps in flash too)."""
     from tools import romfs
     files = romfs.compile_modules(romfs.device_modules())
+    files["preload"] = romfs.preload_text()
     if with_loop:
         mpy = out / "romfs_loop.mpy"
         out.mkdir(parents=True, exist_ok=True)
         from tools.build_firmware import mpy_cross
-        subprocess.run([mpy_cross(), "-o", str(mpy), "-s", "romfs_loop.py", str(LOOP)],
+        subprocess.run([mpy_cross(), "-o", str(mpy), "-s", "romfs_loop.py", str(loop)],
                        check=True)
         files["romfs_loop.mpy"] = mpy.read_bytes()
     path = out / "romfs.img"
@@ -80,7 +81,7 @@ def usable(heap: int) -> int:
 
 def probe(img: Path, heap: int) -> dict[str, int]:
     """romboot's first line for this image and heap: image, buf, base, heap (usable)."""
-    p = subprocess.run(shim_argv(img, heap), capture_output=True, text=True,
+    p = subprocess.run(shim_argv(img, heap, "--no-preload"), capture_output=True, text=True,
                        env=shim_env(), cwd="/")
     m = ROM_LINE.search(p.stdout)
     if not m:
@@ -111,9 +112,10 @@ def heapsize(img: Path, budget: int = 32768) -> int:
 
 
 def run_loop(img: Path, heap: int, journal_dir: Path, rounds: int,
-             timeout: float = 120.0) -> dict[str, Any]:
+             timeout: float = 120.0, preload: bool = True) -> dict[str, Any]:
     """Run romfs_loop through the shim with the cloud (CloudSession + Pool) in this process.
-    Returns {"rc", "lines", "rom", "mods", "client", "done", "served", "stderr"}."""
+    Returns {"rc", "lines", "rom", "preload", "mods", "client", "done", "served", "stderr",
+    "booked"}: the shim's and the loop's lines parsed (romfs_loop.py), the cloud's bookings."""
     from firmware_py import pool as PL
     from firmware_py import pricebook
     from firmware_py.cloud_session import CloudSession
@@ -126,8 +128,9 @@ def run_loop(img: Path, heap: int, journal_dir: Path, rounds: int,
     cstate: dict | None = None
     booked: dict[int, Any] = {}
     journal_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(shim_argv(img, heap, "-m", "romfs_loop", str(journal_dir.resolve()),
-                                      str(rounds)),
+    pre = () if preload else ("--no-preload",)
+    proc = subprocess.Popen(shim_argv(img, heap, *pre, "-m", "romfs_loop",
+                                      str(journal_dir.resolve()), str(rounds)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=shim_env(), cwd="/")
     assert proc.stdin is not None and proc.stdout is not None
@@ -165,20 +168,21 @@ def run_loop(img: Path, heap: int, journal_dir: Path, rounds: int,
         m = ROM_LINE.match(ln)
         if m:
             res["rom"] = dict(zip(("image", "buf", "base", "heap"), map(int, m.groups())))
-        elif ln.startswith(("mods ", "client ", "done ")):
-            res[ln.split()[0]] = {k: int(v) for k, v in
-                                  (kv.split("=") for kv in ln.split()[1:])}
+        elif ln.startswith(("mods ", "client ", "done ", "rom preload ")):
+            w = ln.split()
+            w = w[1:] if w[0] == "rom" else w
+            res[w[0]] = {k: int(v) for k, v in (kv.split("=") for kv in w[1:])}
     res["served"] = [int(ln.split()[1]) for ln in lines if ln.startswith("served ")]
     return res
 
 
 def min_budget(img: Path, work: Path, rounds: int, lo: int = 32768, hi: int = 262144,
-               step: int = 1024) -> int:
+               step: int = 1024, preload: bool = True) -> int:
     """The smallest board heap (a multiple of step) in which run_loop serves every round and
     exits 0: a bisection over budgets, each run through heapsize()."""
     def fits(b: int) -> bool:
         d = work / f"j{b}"
-        r = run_loop(img, heapsize(img, b), d, rounds)
+        r = run_loop(img, heapsize(img, b), d, rounds, preload=preload)
         shutil.rmtree(d, ignore_errors=True)
         return r["rc"] == 0 and len(r["served"]) == rounds
     if not fits(hi):
