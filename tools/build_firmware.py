@@ -14,6 +14,10 @@ is imported only when a CA is configured) and, transitively, what those import a
 cbor.diag or proto_text for proto.describe, is a debugging aid the firmware never calls), as
 .mpy plus a manifest.py that freezes exactly those (`module()` lines), and reports the total:
 the size an SDK adds to its board.
+
+Both also write romfs.img beside (build/firmware/romfs.img): the device image as a ROMFS
+filesystem that a board mounts with vfs.VfsRom and imports from in place (tools/romfs.py;
+the format `mpremote romfs build` writes), and report its size.
 """
 from __future__ import annotations
 
@@ -142,12 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes = build(args.out)
     total = sum(sizes.values())
+    from tools import romfs
+    rom = romfs.build_romfs(args.out / "romfs.img")["romfs.img"]
     if args.json:
-        print(json.dumps({"modules": sizes, "total_bytes": total}, indent=2))
+        print(json.dumps({"modules": sizes, "total_bytes": total, "romfs_bytes": rom}, indent=2))
     else:
         for name, size in sizes.items():
             print(f"{size:8d}  {name}")
         print(f"{total:8d}  total ({len(sizes)} modules) -> {args.out}")
+        print(f"{rom:8d}  ROMFS image of the device modules -> {args.out / 'romfs.img'}")
     return 0
 
 
