@@ -54,9 +54,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
     ap.add_argument("--rate", type=float, help="rounds per second per device (default: as fast as acks allow)")
     ap.add_argument("--micropython", type=int, default=0, metavar="K", help="real MicroPython firmware processes")
-    ap.add_argument("--mp-heap", type=_parse_size, default="128k",
-                    help="their board heap (the firmware's bytecode in ROMFS, as in flash); the "
-                         "full firmware loop does not fit 32k yet")
+    ap.add_argument("--mp-heap", type=_parse_size, default="256k",
+                    help="their board heap, the firmware's bytecode in ROMFS as in flash (the full "
+                         "loop does not fit 32k yet; 128k fails recovery after kill -9)")
     ap.add_argument("--mp-rounds", type=int, default=200, help="rounds per MicroPython device")
     ap.add_argument("--raters", type=int, default=1, help="rater processes sharing the subscription")
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
