@@ -11,6 +11,8 @@ sides timed back to back on this machine), never asserted in tests. Modules:
   journal    journal bytes per round, append ratio (tools/bench_journal.py)
   firmware   metering cost per round vs a bare append on MicroPython (device overhead
              ratio), heap high-water mark, image size (tools/bench_firmware.py)
+  firmware_heap  heap beyond a ROMFS image (bytecode in flash), high-water mark, smallest
+             heap the device loop runs in (tools/bench_firmware_heap.py)
   ingest     rounds booked per second end to end, ratio to a receive-only subscriber
              (tools/bench_ingest.py)
   rebuild    seconds per million rounds to rebuild and check every projection
@@ -35,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [("rating", "tools.bench"), ("codec", "tools.bench_codec"), ("wire", "tools.bench_wire"),
            ("journal", "tools.bench_journal"), ("firmware", "tools.bench_firmware"),
+           ("firmware_heap", "tools.bench_firmware_heap"),
            ("ingest", "tools.bench_ingest"), ("rebuild", "tools.bench_rebuild")]
 
 # the MicroPython half of the rating benchmark: the same mix, the same loop
