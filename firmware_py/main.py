@@ -1,8 +1,6 @@
-"""The MicroPython firmware: its configuration file and the one loop that drives the device
-meter (firmware_py.meter) over the device's own MQTT client (firmware_py.mqtt). Runs unchanged
-on CPython (for tools), but it is the board's shell: it owns the socket, the clock and the heap.
-
-Entry points (CONFIG is a JSON file, keys below):
+"""The MicroPython firmware (the board's shell: socket, clock, heap; runs on CPython too): its
+configuration file and the one loop that drives the device meter (firmware_py.meter) over the
+device's own MQTT client (firmware_py.mqtt). Entry points (the configuration is a JSON file):
     import firmware_py.main; firmware_py.main.run("/flash/em.json")     # returns exit status
     micropython -m firmware_py.main /flash/em.json
 
@@ -13,22 +11,8 @@ loop may wait on the network before the next call (0: at once), or -1 when the S
 optional sync(f) replaces the journal's flush (fault-injection hook for tests). Or the SDK
 builds Firmware(cfg) itself, calls open() and then step(wait_ms) from its own loop.
 
-Configuration (every key; DEFAULTS holds the optional ones, REQUIRED the others):
-  dev, ws, kid        device id, workspace id, key id (uints, from the cloud's registration)
-  key                 the device's 32-byte HMAC key as 64 hex digits
-  host, port          the broker; user (default "d<dev>"), password
-  ca, sni             CA certificate file (PEM or DER) to use TLS, or null for plain TCP;
-                      the name the broker's certificate must carry (default: host)
-  journal             journal directory (created; its parent must exist)
-  journal_max_bytes, segment_bytes   the journal's bound and segment size (journal J1, J5)
-  keepalive, timeout_ms, max_packet, rx_size, max_inflight   MQTTClient's (mqtt.py)
-  backoff_base_ms, backoff_cap_ms    reconnect delays (backoff.py B1-B3)
-  poll_ms             the longest wait on the socket in one pass
-  drain_s             how long to wait for the cloud's acks once the workload is done
-  workload, workload_args   the SDK module (or null) and its arguments (an object)
-  meter               overrides of Meter's cfg (meter_base.CFG, device_session.CFG), ints
-  gc                  true: gc.collect() at the named points (F6)
-Rules:
+Configuration: REQUIRED lists the keys without a default, DEFAULTS the others, KINDS every
+key's type; firmware_py/README.md (Firmware) says what each means. Rules:
   F1. check() validates the whole configuration once, before flash or network are touched,
       and names every problem with its key; run() raises ConfigError(ValueError) with all.
   F2. One pass, in order: connect when due (F3); meter.tick(now) when the second changed;
