@@ -7,6 +7,7 @@ from firmware_py import jframe
 from firmware_py.jframe import BAD, REC, TORN, encode, scan
 from firmware_py.journal import FULL, Journal, cut
 from firmware_py.state import State
+import vec
 
 SIZES = (10, 0, 1, 12, 70, 9, 11)
 
@@ -29,27 +30,6 @@ def build(base, count):
 
 def got(events, buf):
     return [(e[3], buf[e[4]:e[2] - 4]) for e in events if e[0] == REC]
-
-
-def tmpdir():
-    for p in ("build", "build/tmp"):
-        try:
-            os.mkdir(p)
-        except OSError:
-            pass
-    d = "build/tmp/tj" + binascii.hexlify(os.urandom(5)).decode()
-    os.mkdir(d)
-    return d
-
-
-def rmtree(d):
-    for n in os.listdir(d):
-        p = d + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            rmtree(p)
-    os.rmdir(d)
 
 
 def clear(d):
@@ -137,7 +117,7 @@ def test_encode_refuses_oversize():
 
 
 def test_cut_shortens_files():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         p = d + "/f"
         write(p, b"0123456789")
@@ -146,7 +126,7 @@ def test_cut_shortens_files():
         cut(p, 0)
         assert read(p) == b"" and sorted(os.listdir(d)) == ["f"]
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def fill(j, count, start=0):
@@ -159,7 +139,7 @@ def fill(j, count, start=0):
 
 
 def test_append_records_reopen():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         j = Journal(d + "/j", max_bytes=2048, segment_bytes=128)
         rep = j.open()
@@ -179,7 +159,7 @@ def test_append_records_reopen():
         assert list(j.records()) == want and j.append(b"z") == 41
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def snapshot(d):
@@ -193,7 +173,7 @@ def restore(d, files):
 
 
 def test_cut_newest_segment_at_every_offset():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         jd = d + "/j"
         j = Journal(jd, max_bytes=4096, segment_bytes=160)
@@ -223,11 +203,11 @@ def test_cut_newest_segment_at_every_offset():
             assert rep["torn"] == [] and rep["records"] == len(keep) + 1
         files[newest] = data
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_bit_flips_are_quarantined_once():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         jd = d + "/j"
         j = Journal(jd, max_bytes=4096, segment_bytes=160)
@@ -276,11 +256,11 @@ def test_bit_flips_are_quarantined_once():
         assert list(j.records()) == want[:29] + [(30 + skip, b"after")]
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_full_refuses_then_compaction_frees():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
         j.open()
@@ -297,11 +277,11 @@ def test_full_refuses_then_compaction_frees():
         assert [x[0] for x in j.records()] == got_[-3:] + [got_[-1] + 1]
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_ack_persists_and_interrupted_compaction_finishes():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         jd = d + "/j"
         j = Journal(jd, max_bytes=4096, segment_bytes=100)
@@ -328,11 +308,11 @@ def test_ack_persists_and_interrupted_compaction_finishes():
         assert j.open()["next"] == 27 and list(j.records()) == [(26, b"n")]
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_caller_mistakes_raise():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
         for fn in (lambda: j.append(b"x"), lambda: j.open() and j.append(bytes(91)),
@@ -344,11 +324,11 @@ def test_caller_mistakes_raise():
                 pass
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_interrupted_cut_copies_are_resolved():
-    d = tmpdir()
+    d = vec.tmpdir('tj')
     try:
         j = Journal(d + "/j", max_bytes=400, segment_bytes=100)
         j.open()
@@ -369,4 +349,4 @@ def test_interrupted_cut_copies_are_resolved():
         assert "j00000001.log.tmp" not in os.listdir(d + "/j")
         j.close()
     finally:
-        rmtree(d)
+        vec.rmtree(d)

@@ -2,7 +2,6 @@
 # cloud's session and pool in memory (no broker): the round API, lease and account refusals,
 # offline policies, agent sessions, unended rounds, a full journal, reboots and power cuts at
 # every durable write. Runs on CPython (pytest) and on the MicroPython unix port.
-import binascii
 import os
 
 from firmware_py import lease as L
@@ -12,6 +11,7 @@ from firmware_py import pool as PL
 from firmware_py import pricebook, proto as P, rating
 from firmware_py.cloud_session import CloudSession
 from firmware_py.journal import Journal
+import vec
 
 WS = 7
 DEV = 1042
@@ -21,23 +21,6 @@ BOOK = pricebook.default()
 TERMS = {"grant": 60000, "max": 200000, "validity": 900, "allowance": 20000, "low": 30000}
 STD = 5450
 LITE = 2340
-
-
-def tmpdir():
-    for p in ("build", "build/tmp"):
-        try:
-            os.mkdir(p)
-        except OSError:
-            pass
-    d = "build/tmp/tm" + binascii.hexlify(os.urandom(5)).decode()
-    os.mkdir(d)
-    return d
-
-
-def rmtree(d):
-    for nm in os.listdir(d):
-        os.remove(d + "/" + nm)
-    os.rmdir(d)
 
 
 class Cloud:
@@ -139,7 +122,7 @@ def one(m, now, std=True):
 
 
 def test_round_lifecycle():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     m = meter(d)
     rep = m.open(T0)
@@ -172,7 +155,7 @@ def test_round_lifecycle():
     e = _raises(rating.RatingError, m.end_round, rid, T0 + 42)
     assert e.rule == "one-asr" and m.status()["open"] == 1  # the round stays open
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def _raises(exc, fn, *args):
@@ -184,7 +167,7 @@ def _raises(exc, fn, *args):
 
 
 def test_denials_exhausted_suspended_and_stop_policy():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud(terms={"grant": 12000, "max": 12000, "validity": 900, "allowance": 0,
                          "low": 30000, "policy": L.STOP}, units=12000)
     m = up(d, cloud, T0)
@@ -197,7 +180,7 @@ def test_denials_exhausted_suspended_and_stop_policy():
     pump(m, cloud, T0 + 3)
     # suspend / resume commands from the cloud
     cloud2 = Cloud()
-    d2 = tmpdir()
+    d2 = vec.tmpdir('tm')
     m2 = up(d2, cloud2, T0)
     s, b = cloud2.command(P.OP_SUSPEND)
     m2.receive(s, b, T0 + 5)
@@ -209,18 +192,18 @@ def test_denials_exhausted_suspended_and_stop_policy():
     # policy stop: an expired lease refuses while offline
     cloud3 = Cloud(terms={"grant": 60000, "max": 60000, "validity": 100, "allowance": 0,
                           "low": 0, "policy": L.STOP})
-    d3 = tmpdir()
+    d3 = vec.tmpdir('tm')
     m3 = up(d3, cloud3, T0)
     assert one(m3, T0 + 1) == STD
     cloud3.online = False
     assert m3.start_round(T0 + 200)[:2] == (False, L.DENY_LAPSED)
     for mm, dd in ((m, d), (m2, d2), (m3, d3)):
         mm.close()
-        rmtree(dd)
+        vec.rmtree(dd)
 
 
 def test_degrade_policy_and_offline_allowance():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud(terms={"grant": 60000, "max": 60000, "validity": 100, "allowance": 5000,
                          "low": 0, "policy": L.DEGRADE})
     m = up(d, cloud, T0)
@@ -237,11 +220,11 @@ def test_degrade_policy_and_offline_allowance():
     assert [e for e in m.events() if e[0] == "degrade_exceeded"]
     assert m.start_round(T0 + 202)[:2] == (False, L.DENY_OFFLINE)  # allowance used
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_agent_sessions():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     m = up(d, cloud, T0)
 
@@ -291,11 +274,11 @@ def test_agent_sessions():
     pump(m, cloud, T0 + 800)
     assert cloud.ucny() == served and m.status()["unacked"] == 0
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_unended_round_settled_by_timeout():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     m = up(d, cloud, T0, {"round_timeout": 60})
     ok, code, rid = m.start_round(T0 + 1)
@@ -321,11 +304,11 @@ def test_unended_round_settled_by_timeout():
     pump(m, cloud, T0 + 301)
     assert cloud.ucny() == STD + 3000
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_journal_full_refuses_and_recovers():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud(postpaid=True)
     cfg = {"max_bytes": 1024, "segment_bytes": 256, "headroom": 128, "reserve": 40,
            "ack_every": 1, "checkpoint": 4}
@@ -353,7 +336,7 @@ def test_journal_full_refuses_and_recovers():
     assert len(cloud.rounds()) == served
     assert m.start_round(now + 1)[0]
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 class Cut(Exception):
@@ -411,21 +394,21 @@ def _scenario(d, cloud, power, log):
 
 
 def test_power_cut_at_every_write_served_equals_booked():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     _scenario(d, cloud, Power(0), {})
     writes = 0
     # count the durable writes of an uncut run, then cut after each of them in turn
     p = Power(0)
-    d2 = tmpdir()
+    d2 = vec.tmpdir('tm')
     _scenario(d2, Cloud(), p, {})
     writes = p.count
-    rmtree(d)
-    rmtree(d2)
+    vec.rmtree(d)
+    vec.rmtree(d2)
     assert writes > 20
     step = 1 if writes < 80 else 3
     for n in range(1, writes + 1, step):
-        d = tmpdir()
+        d = vec.tmpdir('tm')
         cloud = Cloud()
         log = {}
         _scenario(d, cloud, Power(n), log)
@@ -434,11 +417,11 @@ def test_power_cut_at_every_write_served_equals_booked():
         acc = sorted(t for t in log if log[t] == "accepted")
         assert [t for t in acc if t not in booked] == [], "an accepted round lost (cut %d)" % n
         assert [t for t in booked if t not in log] == [], "a round invented (cut %d)" % n
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_reboot_recovery_nothing_lost_or_doubled():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     m = up(d, cloud, T0)
     total = 0
@@ -465,11 +448,11 @@ def test_reboot_recovery_nothing_lost_or_doubled():
     rep = m.open(T0 + 40)
     assert rep["resend"] == 0 and rep["unsealed"] == 0 and m.status()["used"] == used
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_journal_bytes_per_round():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud(terms={"grant": 2000000, "max": 2000000, "validity": 86400,
                          "allowance": 0, "low": 0})
     m = up(d, cloud, T0, {"batch": 10, "checkpoint": 64, "ack_every": 32, "window": 4})
@@ -485,7 +468,7 @@ def test_journal_bytes_per_round():
     assert (m.st.bytes_written - s0) // n <= 8
     assert len(cloud.rounds()) >= n - 10
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_round_records_decode():
@@ -501,7 +484,7 @@ def test_round_records_decode():
 
 
 def test_clock_rollback_and_lease_across_reboot():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud(terms={"grant": 60000, "max": 60000, "validity": 900, "allowance": 0,
                          "low": 0, "policy": L.STOP})
     m = up(d, cloud, T0)
@@ -525,11 +508,11 @@ def test_clock_rollback_and_lease_across_reboot():
     assert m.start_round(T0 + 100 + 900)[1] == L.DENY_LAPSED
     assert m.start_round(T0 + 500)[1] == L.DENY_LAPSED
     m.close()
-    rmtree(d)
+    vec.rmtree(d)
 
 
 def test_newest_state_slot_damaged_no_seq_reused():
-    d = tmpdir()
+    d = vec.tmpdir('tm')
     cloud = Cloud()
     m = up(d, cloud, T0, {"checkpoint": 3, "ack_every": 1, "segment_bytes": 128})
     now = T0
@@ -565,4 +548,4 @@ def test_newest_state_slot_damaged_no_seq_reused():
     booked = [t for t, w in cloud.rounds()]
     assert sorted(booked) == served, (len(booked), len(served))
     m.close()
-    rmtree(d)
+    vec.rmtree(d)

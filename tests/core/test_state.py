@@ -4,27 +4,11 @@ import os
 
 from firmware_py import state
 from firmware_py.state import State
+import vec
 
 S1 = {0: 17, 1: b"\x01\x02"}
 S2 = {0: 18, 1: b"\x01\x02", 2: 2 ** 40}
 S3 = {0: 19, 1: b"", 3: -5}
-
-
-def tmpdir():
-    for p in ("build", "build/tmp"):
-        try:
-            os.mkdir(p)
-        except OSError:
-            pass
-    d = "build/tmp/ts" + binascii.hexlify(os.urandom(5)).decode()
-    os.mkdir(d)
-    return d
-
-
-def rmtree(d):
-    for n in os.listdir(d):
-        os.remove(d + "/" + n)
-    os.rmdir(d)
 
 
 def read(path):
@@ -56,7 +40,7 @@ def test_pack_layout_and_reasons():
 
 
 def test_fresh_save_load_alternates():
-    d = tmpdir()
+    d = vec.tmpdir('ts')
     try:
         s = State(d + "/st")
         assert s.load() is None and s.report == {"a": "empty", "b": "empty", "gen": 0}
@@ -69,11 +53,11 @@ def test_fresh_save_load_alternates():
         assert t.load() == S3 and t.report["gen"] == 3
         assert s.bytes_written == sum(len(state.pack(1, x)) for x in (S1, S2, S3))
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_cut_or_flip_anywhere_in_a_write_keeps_previous_state():
-    d = tmpdir()
+    d = vec.tmpdir('ts')
     try:
         p = d + "/st"
         s = State(p)
@@ -100,11 +84,11 @@ def test_cut_or_flip_anywhere_in_a_write_keeps_previous_state():
         t.save({0: 20})
         assert read(p + ".b") == state.pack(2, S2) and State(p).load() == {0: 20}
     finally:
-        rmtree(d)
+        vec.rmtree(d)
 
 
 def test_flip_at_rest_in_newest_falls_back_and_reports():
-    d = tmpdir()
+    d = vec.tmpdir('ts')
     try:
         p = d + "/st"
         s = State(p)
@@ -121,4 +105,4 @@ def test_flip_at_rest_in_newest_falls_back_and_reports():
             assert State(p).load() == S3 and read(p + ".a") == state.pack(1, S1)
             write(p + ".b", good)
     finally:
-        rmtree(d)
+        vec.rmtree(d)

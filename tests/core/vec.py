@@ -26,3 +26,29 @@ def raises(exc_type, fn, *args):
     except exc_type as exc:
         return exc
     raise AssertionError("expected %s from %r" % (exc_type.__name__, fn))
+
+
+def tmpdir(tag="t"):
+    """A new empty directory build/tmp/<tag><random> (relative to the repo root)."""
+    import os
+    import binascii
+    for p in ("build", "build/tmp"):
+        try:
+            os.mkdir(p)
+        except OSError:
+            pass
+    d = "build/tmp/" + tag + binascii.hexlify(os.urandom(5)).decode()
+    os.mkdir(d)
+    return d
+
+
+def rmtree(d):
+    """Remove directory d and everything below it (MicroPython has no shutil)."""
+    import os
+    for n in os.listdir(d):
+        p = d + "/" + n
+        try:
+            os.remove(p)
+        except OSError:
+            rmtree(p)
+    os.rmdir(d)
