@@ -31,7 +31,7 @@ class Link:
         self.on_up, self.on_msg = on_up, on_msg
         self.state = DOWN
         self.sock: socket.socket | None = None
-        self.parser = C.Parser(16384)
+        self.parser = C.Parser(4096)   # a pushed price book is ~1.3 KB
         self.wbuf = bytearray()
         self.pid = 0
         self.last_tx = 0.0

@@ -76,6 +76,7 @@ class Simulation:
         self.setup_s["raters"] = time.monotonic() - t
         t = time.monotonic()
         self.fleet = Fleet(str(self.work / "devices"), host, port, a.seed)
+        self.fleet.spare_fds = 2 * a.devices + 512 > self.nofile
         meter_regs = order[:a.devices]
         self.mp_regs = order[a.devices:]
         full_dev = meter_regs[1][0]["id"] if "full" in self.faults else None
