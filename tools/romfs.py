@@ -204,12 +204,15 @@ def compile_modules(names: list[str]) -> dict[str, bytes]:
     return out
 
 
-def build_romfs(path: Path, names: list[str] | None = None) -> dict[str, int]:
-    """Write the device image (device_modules(), or names) as ROMFS to path; return
-    {file in the image: bytes} plus "romfs.img": the image's size."""
+def build_romfs(path: Path, names: list[str] | None = None,
+                extra: dict[str, bytes] | None = None) -> dict[str, int]:
+    """Write the device image (device_modules() and the preload file, or only names) as
+    ROMFS to path, plus extra files ({"fw_driver.mpy": bytes}: e.g. an SDK's own code, which a
+    board keeps in flash too); return {file in the image: bytes} and path.name: its size."""
     files = compile_modules(device_modules() if names is None else names)
     if names is None:
         files["preload"] = preload_text()
+    files.update(extra or {})
     img = encode(files)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(img)

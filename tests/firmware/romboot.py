@@ -7,7 +7,8 @@
 # ROMFS partition that `vfs.VfsRom` mounts and imports .mpy files from in place. The unix port
 # has no flash, so this shim stands in for it: it reads IMAGE (tools/romfs.py; by default
 # build/firmware/romfs.img) into ONE bytearray, the first allocation of the run, mounts it
-# with vfs.mount(vfs.VfsRom(buf), "/rom") and puts /rom first on sys.path, so every
+# with vfs.mount(vfs.VfsRom(buf), "/rom") and puts /rom first on sys.path (then MICROPYPATH's
+# entries; the shim's own directory is taken off), so every
 # firmware_py import executes its bytecode from the image. The image then lives in the GC
 # heap, which a board's flash does not: give the process H = the board's heap + what the
 # buffer takes (tests/firmware/romfs_run.py: heapsize()), and count the firmware's heap as
@@ -41,6 +42,8 @@ _f.readinto(_buf)
 _f.close()
 _f = None
 vfs.mount(vfs.VfsRom(_buf), "/rom")
+if sys.path and sys.path[0] == sys.argv[0].rpartition("/")[0]:
+    sys.path.pop(0)  # the shim's own directory (tests/firmware): not on a board's path
 sys.path.insert(0, "/rom")
 gc.collect()
 print("rom image=%d buf=%d base=%d heap=%d"

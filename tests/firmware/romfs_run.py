@@ -35,22 +35,25 @@ def micropython() -> str:
     return exe
 
 
-def image(out: Path, with_loop: bool = True, loop: Path = LOOP) -> Path:
-    """Build the device ROMFS image into out/romfs.img; with_loop adds romfs_loop.mpy at its
-    root (the test's stand-in for the SDK's code, which a board keeps in flash too)."""
+def image(out: Path, with_loop: bool = True, loop: Path = LOOP,
+          extra: dict[str, Path] | None = None) -> Path:
+    """Build the device ROMFS image (tools.romfs.build_romfs) into out/romfs.img; with_loop
+    adds romfs_loop.mpy at its root, extra ({"fw_driver": Path("tests/firmware/fw_driver.py")})
+    other sources compiled to <name>.mpy there: the test's stand-ins for the SDK's code, which
+    a board keeps in flash too."""
     from tools import romfs
-    files = romfs.compile_modules(romfs.device_modules())
-    files["preload"] = romfs.preload_text()
+    from tools.build_firmware import mpy_cross
+    srcs = dict(extra or {})
     if with_loop:
-        mpy = out / "romfs_loop.mpy"
-        out.mkdir(parents=True, exist_ok=True)
-        from tools.build_firmware import mpy_cross
-        subprocess.run([mpy_cross(), "-o", str(mpy), "-s", "romfs_loop.py", str(loop)],
-                       check=True)
-        files["romfs_loop.mpy"] = mpy.read_bytes()
-    path = out / "romfs.img"
+        srcs["romfs_loop"] = loop
     out.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(romfs.encode(files))
+    files: dict[str, bytes] = {}
+    for name, src in srcs.items():
+        mpy = out / f"{name}.mpy"
+        subprocess.run([mpy_cross(), "-o", str(mpy), "-s", f"{name}.py", str(src)], check=True)
+        files[f"{name}.mpy"] = mpy.read_bytes()
+    path = out / "romfs.img"
+    romfs.build_romfs(path, extra=files)
     return path
 
 
