@@ -60,3 +60,14 @@ def test_full_campaign(tmp_path: Path) -> None:
                 "--raters", "2", "--micropython", "4", "--lease-validity", "30", "--drain-timeout", "600",
                 timeout=7200)
     check(r, 1_000_000 + r["mp_devices"] * 200)
+
+
+@pytest.mark.full
+def test_ten_thousand_devices(tmp_path: Path) -> None:
+    """10,000 devices, each with its own MQTT connection to one Mosquitto, with a broker
+    restart (10,000 reconnects), partitions, duplicates and power cuts."""
+    r = run_sim(tmp_path, "--devices", "10000", "--rounds", "300000", "--raters", "2",
+                "--faults", "broker,dup,partition,power", "--seed", "3", timeout=3600)
+    a = r["audit"]
+    assert a["served"]["rounds"] == 300000 == a["ledger"]["rounds"] and a["lost_rounds"] == 0
+    assert r["links"]["auth_refused"] == 0 and r["links"]["connects"] >= 20000

@@ -231,5 +231,6 @@ class Net:
     def close(self) -> None:
         for ln in self.links:
             if ln.sock is not None:
+                ln.state = DOWN      # the end of the run, not a dropped link
                 ln.close(1e9)
         self.sel.close()

@@ -313,7 +313,7 @@ class Simulation:
             if now - last >= 0.05:
                 f.net.scan()
                 last = now
-                if not self.a.quiet:
+                if not self.a.quiet and sys.stderr.isatty():
                     sys.stderr.write("\rconnecting: %d/%d links up   " % (f.net.up(), len(f.devices)))
             f.net.poll(0.01)
         for d in f.devices:
