@@ -12,7 +12,6 @@ its signed envelope [body, tag16]. MicroPython rows run the unix port in a subpr
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import cbor2
 
 from firmware_py import cbor
+from tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,17 +150,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_codec", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    ap.add_argument("--quick", action="store_true", help="shorter timing runs")
+    ap = benchrows.parser("tools.bench_codec", __doc__)
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    return 0
+    return benchrows.emit(run(quick=args.quick), args.json)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross o
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -36,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools import build_firmware
+from tools import benchrows, build_firmware
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -258,20 +256,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_firmware",
-                                 description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap = benchrows.parser("tools.bench_firmware", __doc__)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    print(f"({time.monotonic() - t0:.0f} s)")
-    return 0
+    status = benchrows.emit(rows, args.json)
+    if not args.json:
+        print(f"({time.monotonic() - t0:.0f} s)")
+    return status
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ All on a 64-bit build (32-byte GC blocks): a 32-bit board needs less for the sam
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -33,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 QSTR = re.compile(r"n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)")
@@ -112,18 +112,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_firmware_heap",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap = benchrows.parser("tools.bench_firmware_heap", __doc__)
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    return 0
+    return benchrows.emit(run(quick=args.quick), args.json)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ Every booking is checked afterwards (count, rounds, µCNY), so a fast wrong run 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import signal
@@ -40,6 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 10
@@ -312,19 +311,11 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_ingest", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--quick", action="store_true")
+    ap = benchrows.parser("tools.bench_ingest", __doc__)
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--batches", type=int)
     args = ap.parse_args(argv)
-    rows = run(args.quick, args.devices, args.batches)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    return 0
+    return benchrows.emit(run(args.quick, args.devices, args.batches), args.json)
 
 
 if __name__ == "__main__":

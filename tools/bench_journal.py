@@ -20,8 +20,6 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +30,7 @@ from typing import Any, Callable
 
 from firmware_py import cbor
 from firmware_py.journal import Journal
+from tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
@@ -263,17 +262,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_journal", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    ap = benchrows.parser("tools.bench_journal", __doc__)
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    return 0
+    return benchrows.emit(run(quick=args.quick), args.json)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ same runs on a fresh PostgreSQL database.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
 import shutil
@@ -23,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from tools import benchrows
 
 ROUNDS_PER_BATCH = 10
 DEVICES = 200
@@ -147,19 +147,11 @@ def run(quick: bool = False, rounds: int | None = None, pg: bool = False) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_rebuild", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--quick", action="store_true")
+    ap = benchrows.parser("tools.bench_rebuild", __doc__)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--pg", action="store_true", help="also on PostgreSQL (EDGEMETER_PG_URL)")
     args = ap.parse_args(argv)
-    rows = run(args.quick, args.rounds, args.pg or bool(os.environ.get("EDGEMETER_BENCH_PG")))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
-    return 0
+    return benchrows.emit(run(args.quick, args.rounds, args.pg or bool(os.environ.get("EDGEMETER_BENCH_PG"))), args.json)
 
 
 if __name__ == "__main__":

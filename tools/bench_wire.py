@@ -12,13 +12,12 @@ voice chat round (standard ASR + intent + standard TTS + casual chat, 5,450 uCNY
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from typing import Any
 
 from firmware_py import pricebook, proto as P, rating
+from tools import benchrows
 
 KEY = bytes(range(32))
 DEV, SEQ, LEASE, BOOT = 1000000, 100000, 1000000, 12
@@ -92,17 +91,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_wire",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap = benchrows.parser("tools.bench_wire", __doc__, quick=False)
     args = ap.parse_args(argv)
-    rows = run()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['value']:>8} {r['unit']:<12} {r['name']}  ({r['how']})")
-    return 0
+    return benchrows.emit(run(), args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""The command line every benchmark module shares: `python -m tools.bench_X [--json] [--quick]`.
+
+A benchmark module's run(...) returns rows {name, value, unit, how}; `edgemeter bench`
+aggregates them, and each module's own main() prints them through emit().
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def parser(module: str, doc: str | None, quick: bool = True) -> argparse.ArgumentParser:
+    """An ArgumentParser for `python -m MODULE` with --json (and --quick unless quick=False)."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    if quick:
+        ap.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    return ap
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool) -> int:
+    """Print rows as JSON or as a readable list with how each was measured; exit status 0."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
+    return 0
