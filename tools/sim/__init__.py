@@ -62,8 +62,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--db", help="store URL (default: SQLite in the work directory)")
-    ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker with these devices' "
-                                     "credentials (default: start Mosquitto)")
+    ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker that lets the devices in "
+                                     "(anonymous, e.g. `python -m tools.broker`; default: start Mosquitto with "
+                                     "auth); the raters use EDGEMETER_MQTT_USER/_PASSWORD; no broker restarts")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--workdir", help="keep journals, logs and the store here (default: a temp dir, removed)")
     ap.add_argument("--lease-validity", type=int, default=20, help="License lease validity, seconds")

@@ -13,11 +13,11 @@ from cloud import db, pools, rebuild
 from cloud import schema as S
 
 
-def ledger_by_device(conn) -> dict[int, dict[str, int]]:
+def ledger_by_device(conn, workspaces: list[int]) -> dict[int, dict[str, int]]:
     b = S.usage_batches
     rows = conn.execute(select(b.c.device_id, func.count(), func.count(func.distinct(b.c.seq)),
                                func.sum(b.c.rounds), func.sum(b.c.rated_ucny), func.sum(b.c.device_ucny))
-                        .group_by(b.c.device_id)).all()
+                        .where(b.c.workspace_id.in_(workspaces)).group_by(b.c.device_id)).all()
     return {int(d): {"batches": int(n), "distinct": int(nd), "rounds": int(r or 0), "ucny": int(u or 0),
                      "device_ucny": int(du or 0)} for d, n, nd, r, u, du in rows}
 
@@ -28,7 +28,7 @@ def run(url: str, truth: dict[int, dict[str, int]], ids: dict[str, Any]) -> dict
     engine = db.make_engine(url)
     problems: list[str] = []
     with engine.connect() as conn:
-        led = ledger_by_device(conn)
+        led = ledger_by_device(conn, [ids["license_ws"], ids["postpaid_ws"]])   # this run's devices
         per_dev = []
         for dev in sorted(set(truth) | set(led)):
             t = truth.get(dev, {"rounds": 0, "ucny": 0})
@@ -46,7 +46,8 @@ def run(url: str, truth: dict[int, dict[str, int]], ids: dict[str, Any]) -> dict
         led_u = sum(g["ucny"] for g in led.values())
         lost = sum(max(0, truth.get(d, {}).get("rounds", 0) - led.get(d, {}).get("rounds", 0)) for d in truth)
         dup = sum(max(0, g["rounds"] - truth.get(d, {}).get("rounds", 0)) for d, g in led.items())
-        mism = int(conn.execute(select(func.count()).select_from(S.mismatches)).scalar_one())
+        mism = int(conn.execute(select(func.count()).select_from(S.mismatches)
+                                .where(S.mismatches.c.device_id.in_(list(truth)))).scalar_one())
         if mism:
             problems.append(f"{mism} rating mismatch(es)")
         dead = {r: int(n) for r, n in conn.execute(select(S.dead_letters.c.reason, func.sum(S.dead_letters.c.count))

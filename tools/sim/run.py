@@ -69,9 +69,7 @@ class Simulation:
             self.setup_s["broker"] = time.monotonic() - t
         t = time.monotonic()
         for i in range(a.raters):
-            r = stack.Rater(self.broker, self.url, f"sim-rater-{i + 1}", self.work) if self.broker else None
-            if r is None:
-                raise SystemExit("edgemeter sim: --broker needs raters of your own; not supported here")
+            r = stack.Rater(self.broker or a.broker, self.url, f"sim-rater-{i + 1}", self.work)
             self.raters.append(r.start())
         self.setup_s["raters"] = time.monotonic() - t
         t = time.monotonic()
@@ -141,7 +139,7 @@ class Simulation:
             for d in picked:
                 d.offset -= 3600
             self.note("clock-rollback", devices=len(picked), seconds=-3600)
-        elif kind == "broker":
+        elif kind == "broker":   # only a broker this run started can be restarted
             if self.broker is not None:
                 t = time.monotonic()
                 self.broker.restart()

@@ -97,11 +97,15 @@ def book_versions(url: str) -> list[int]:
 class Rater:
     """One `edgemeter rater` process (kill -9 able)."""
 
-    def __init__(self, broker: Broker, url: str, name: str, workdir: Path) -> None:
-        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker.url, "--db", url,
+    def __init__(self, broker: Broker | str, url: str, name: str, workdir: Path) -> None:
+        """broker: our Broker (its rater user), or the URL of a running one (the rater's
+        credentials, if it needs any, from EDGEMETER_MQTT_USER / EDGEMETER_MQTT_PASSWORD)."""
+        burl = broker if isinstance(broker, str) else broker.url
+        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", burl, "--db", url,
                      "--client-id", name, "--housekeeping", "1"]
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", EDGEMETER_MQTT_USER="rater",
-                        EDGEMETER_MQTT_PASSWORD=broker.users.get("rater", ""))
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if not isinstance(broker, str):
+            self.env.update(EDGEMETER_MQTT_USER="rater", EDGEMETER_MQTT_PASSWORD=broker.users.get("rater", ""))
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
