@@ -46,6 +46,8 @@ def check(r: dict, rounds: int) -> None:
     assert r["refused"].get("journal full", 0) > 0                # the tiny journal refused, lost nothing
     assert r["duplicates_sent"] > 0
     assert r["drain"]["not_acked"] == 0
+    ev = r["events"]   # the devices' own meter events show the faults took effect
+    assert ev.get("lapsed", 0) > 0 and ev.get("book", 0) > 0 and ev.get("clock_rollback", 0) > 0, ev
 
 
 def test_bounded_campaign(tmp_path: Path) -> None:

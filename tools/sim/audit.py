@@ -29,7 +29,7 @@ def run(url: str, truth: dict[int, dict[str, int]], ids: dict[str, Any]) -> dict
     problems: list[str] = []
     with engine.connect() as conn:
         led = ledger_by_device(conn, [ids["license_ws"], ids["postpaid_ws"]])   # this run's devices
-        per_dev = []
+        per_dev: list[dict[str, Any]] = []
         for dev in sorted(set(truth) | set(led)):
             t = truth.get(dev, {"rounds": 0, "ucny": 0})
             g = led.get(dev, {"batches": 0, "distinct": 0, "rounds": 0, "ucny": 0, "device_ucny": 0})

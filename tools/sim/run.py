@@ -110,9 +110,9 @@ class Simulation:
             self.note("dup", batches=f.duplicate(50))
         elif kind == "power":
             k = max(2, len(devs) // 50)
-            picked = rng.sample(range(len(devs)), k)
-            self.cut_next.update(picked)
-            self.note("power", devices=[devs[i].dev for i in picked])
+            idx = rng.sample(range(len(devs)), k)
+            self.cut_next.update(idx)
+            self.note("power", devices=[devs[i].dev for i in idx])
         elif kind == "partition":
             picked = rng.sample(devs, max(1, len(devs) // 10))
             secs = rng.uniform(4, 8)
@@ -129,11 +129,11 @@ class Simulation:
                 d.link.close(secs)
             self.note("lease", devices=[d.dev for d in picked], seconds=secs)
         elif kind == "full":
-            d = f.by_dev.get(self.full_dev or -1)
-            if d is not None:
-                d.link.blocked_until = now + 15
-                d.link.close(15)
-                self.note("full", device=d.dev, journal_bytes=FULL_CFG["max_bytes"])
+            fd = f.by_dev.get(self.full_dev or -1)
+            if fd is not None:
+                fd.link.blocked_until = now + 15
+                fd.link.close(15)
+                self.note("full", device=fd.dev, journal_bytes=FULL_CFG["max_bytes"])
         elif kind == "clock":
             picked = rng.sample(devs, max(1, len(devs) // 20))
             for d in picked:
@@ -325,9 +325,10 @@ class Simulation:
         fill = int(w * min(1.0, frac))
         rate = f.served_rounds / max(secs, 1.0)
         faults = " ".join(f"{k}:{v}" for k, v in sorted(self.counts.items()))
-        sys.stderr.write(("\r" if sys.stderr.isatty() else "") + "[%s%s] %3d%% %d rounds %5.0f/s up %d/%d %s   " % (
-            "#" * fill, "." * (w - fill), int(100 * min(1.0, frac)), f.served_rounds, rate, f.net.up(),
-            len(f.devices), faults) + ("" if sys.stderr.isatty() else "\n"))
+        bar = ("[%s%s] %3d%% " % ("#" * fill, "." * (w - fill), int(100 * min(1.0, frac)))
+               if (self.a.duration or 0) < 1e8 else "%6.0f s " % secs)   # the demo runs until stopped
+        sys.stderr.write(("\r" if sys.stderr.isatty() else "") + bar + "%d rounds %5.0f/s up %d/%d %s   " % (
+            f.served_rounds, rate, f.net.up(), len(f.devices), faults) + ("" if sys.stderr.isatty() else "\n"))
         sys.stderr.flush()
 
     def drain(self) -> dict[str, Any]:
