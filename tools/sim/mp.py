@@ -64,7 +64,7 @@ class MpDevice:
         return {"dev": self.dev, "ws": r["workspace"], "kid": r["kid"], "key": r["key"].hex(),
                 "host": f.host, "port": f.port, "user": r["username"], "password": r["password"],
                 "journal": str(self.dir / "jnl"), "journal_max_bytes": 16384, "segment_bytes": 1024,
-                "keepalive": 30, "timeout_ms": 5000, "max_packet": 1024, "rx_size": 128, "max_inflight": 4,
+                "keepalive": 30, "timeout_ms": 5000, "max_packet": 2048, "rx_size": 128, "max_inflight": 4,
                 "backoff_base_ms": 200, "backoff_cap_ms": 3000, "poll_ms": 50, "drain_s": 120,
                 "workload": "mp_workload",
                 "workload_args": {"first": self.next, "rounds": f.rounds, "cut": self.cuts},
