@@ -226,7 +226,7 @@ def decode_body(data, base=0):
     if type(arr) is not list or not arr:
         raise ProtoError(base, "a message body is a non-empty array")
     mtype = arr[0]
-    spec = MESSAGES.get(mtype)
+    spec = MESSAGES.get(mtype) if type(mtype) is int else None  # a list/map: TypeError
     if spec is None:
         raise ProtoError(base + 1, "unknown message type %r" % (mtype,))
     fields, opt = spec[2], spec[3]

@@ -61,6 +61,14 @@ def test_invalid_messages_fail_with_offset_and_reason():
         assert code == P.MALFORMED and why == str(exc)
 
 
+def test_a_non_integer_message_type_is_malformed_never_raised():
+    for mtype in ([1], {1: 2}, b"\x01", "u"):
+        env = P.sign(KEY, cbor.dumps([mtype, 1, DEV]))
+        exc = vec.raises(P.ProtoError, P.unseal, env)
+        assert exc.reason.startswith("unknown message type"), (mtype, str(exc))
+        assert P.check(env, _keys(), DEV) == (P.MALFORMED, str(exc))
+
+
 def test_every_bit_flip_of_a_batch_is_rejected_never_raised():
     data = vec.unhex(V["messages"][0]["envelope"])
     assert len(data) == 56
