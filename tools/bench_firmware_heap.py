@@ -4,7 +4,7 @@
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). The image is
 tools/romfs.py's (the device modules, a preload list, plus the test loop tests/firmware/
-romfs_loop.mpy); tests/firmware/romboot.py reads it into one heap buffer, mounts it with
+romfs_loop.mpy); tools/romboot.py reads it into one heap buffer, mounts it with
 vfs.VfsRom and imports from it in place, so the figures below are the heap BEYOND that buffer
 (what a board whose flash holds the image needs). The loop: every device module imported,
 the meter on a real journal (32 KiB bound, 2 KiB segments) and an MQTTClient's buffers
@@ -40,10 +40,7 @@ _QSTR_SCRIPT = "import micropython\nmicropython.qstr_info()\n"
 
 
 def _helpers() -> Any:
-    p = str(ROOT / "tests" / "firmware")
-    if p not in sys.path:
-        sys.path.insert(0, p)
-    import romfs_run  # the shim's runner (tests/firmware/romfs_run.py)
+    from tools import romfs_run  # the shim's runner
     return romfs_run
 
 
@@ -84,7 +81,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         best_np = R.min_budget(img, work, rounds, step=1024, preload=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    mp = "MicroPython unix port 1.29 (64-bit), tests/firmware/romboot.py"
+    mp = "MicroPython unix port 1.29 (64-bit), tools/romboot.py"
     loop = f"{rounds} voice-chat rounds synced and acked, then drain"
     return [
         {"name": "ROMFS image of the device modules", "value": device, "unit": "B",

@@ -8,7 +8,7 @@ The image holds firmware_py/__init__.mpy and the device modules (device_modules(
 closure of firmware_py.main without DEVICE_EXCLUDE), compiled with mpy-cross, at the same
 paths as on a filesystem, so a board mounts it at /rom and puts "/rom" on sys.path; and a text
 file `preload` (preload_text()): the modules main imports at module level, leaf first, and
-the calls of PRELOAD_CALLS, for a board's boot (tests/firmware/romboot.py) to import one by
+the calls of PRELOAD_CALLS, for a board's boot (tools/romboot.py) to import one by
 one with gc.collect() after each. Measured on the unix port, that packs what every import
 keeps at the bottom of the heap: the device loop then runs in a 15 KiB smaller heap than
 when `import firmware_py.main` loads the same modules in one go, and building the default

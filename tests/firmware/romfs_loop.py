@@ -1,6 +1,6 @@
 # The device loop for the ROMFS heap test and bench (not part of the firmware): imports every
 # module the firmware's loop needs, builds the MQTT client's buffers, and serves rounds through
-# firmware_py.meter.Meter with a real journal; the cloud (tests/firmware/romfs_run.py) is the
+# firmware_py.meter.Meter with a real journal; the cloud (tools/romfs_run.py) is the
 # parent process, reached over stdin/stdout instead of a broker (the firmware tests cover MQTT).
 # Run through the shim:  micropython -X heapsize=H romboot.py IMAGE -m romfs_loop DIR ROUNDS
 # Lines out:  mods live=<B>                 live heap after the imports (romboot's base and
@@ -67,8 +67,9 @@ def main(argv):
     gc.collect()
     out("mods live=%d" % gc.mem_alloc())
     m = meter.Meter(d, WS, DEV, 1, KEY, None, CFG)
-    client = mqtt.MQTTClient("d%d" % DEV, "127.0.0.1", 1883, user="d%d" % DEV, password="x",
-                             keepalive=10, max_packet=1024, rx_size=128, max_inflight=4)
+    user = "%d/%d" % (WS, DEV)
+    client = mqtt.MQTTClient(user, "127.0.0.1", 1883, user=user, password="x", keepalive=10,
+                             max_packet=1024, rx_size=128, max_inflight=4)
     now = T0
     m.open(now)
     m.connected(now)

@@ -1,5 +1,5 @@
 """The firmware's heap with its bytecode in flash, emulated on the MicroPython unix port: the
-device image as ROMFS (tools/romfs.py) mounted by tests/firmware/romboot.py from one buffer,
+device image as ROMFS (tools/romfs.py) mounted by tools/romboot.py from one buffer,
 the heap sized as the board's heap plus that buffer (romfs_run.heapsize). The cloud is this
 process (CloudSession + Pool over the loop's stdin/stdout); the broker is the firmware tests'.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import romfs_run as R
+from tools import romfs_run as R
 
 from tools import romfs
 

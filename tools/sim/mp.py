@@ -136,8 +136,7 @@ class MicroFleet:
         self.argv = [micropython(), "-X", f"heapsize={heap}", "-m", "firmware_py.main"]
         self.rom_heap = 0
         if romfs:   # the firmware's bytecode in a ROMFS image, as in a board's flash
-            sys.path.insert(0, str(ROOT / "tests" / "firmware"))
-            import romfs_run  # type: ignore[import-not-found]
+            from tools import romfs_run
             img = romfs_run.image(root / "rom", with_loop=False)
             budget = _bytes(heap)
             self.rom_heap = romfs_run.heapsize(img, budget=budget)

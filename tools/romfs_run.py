@@ -1,5 +1,5 @@
 """Running MicroPython code in an emulated board heap, with the firmware in a ROMFS image
-(tests/firmware/romboot.py), for test_romfs_heap.py, tools/bench_firmware_heap.py and the
+(tools/romboot.py), for test_romfs_heap.py, tools/bench_firmware_heap.py and the
 firmware tests.
 
     img = image(out_dir)                        # build/.../romfs.img, + romfs_loop.mpy
@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "romboot.py"
-LOOP = HERE / "romfs_loop.py"
+LOOP = ROOT / "tests" / "firmware" / "romfs_loop.py"  # the test loop, only with with_loop=True
 ROM_LINE = re.compile(r"rom image=(\d+) buf=(\d+) base=(\d+) heap=(\d+)")
 
 
