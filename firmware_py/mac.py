@@ -7,14 +7,28 @@
                                         section 5), the tag on every signed message
     equal(a, b) -> bool                 constant-time comparison: the time depends on the
                                         lengths only, never on where the bytes differ
+    hmac_sha256_pure, equal_pure        the pure implementations on hashlib.sha256 (what
+                                        MicroPython runs; the tests check them on CPython too)
 
 Rules:
   M1. Keys longer than the block (64 bytes) are hashed first (RFC 2104 section 2); shorter
       keys are zero-padded. Our device keys are 32 bytes.
   M2. Verify with equal(tag(key, body_as_received), received_tag), never with ==.
+  M3. Where the runtime has the standard `hmac` module (CPython), hmac_sha256 and equal use
+      its C implementations (hmac.digest, hmac.compare_digest: the same RFC 2104 function and
+      a constant-time comparison, ~4 times faster per message on the rater); MicroPython has
+      no `hmac` and runs the pure ones. Both are checked against RFC 4231 on both runtimes.
 Caller mistakes (key or msg not bytes-like) raise ValueError.
 """
 import hashlib
+
+try:
+    import hmac as _hmac  # type: ignore[import-not-found,unused-ignore]
+    _digest = _hmac.digest
+    _compare = _hmac.compare_digest
+except (ImportError, AttributeError):
+    _digest = None
+    _compare = None
 
 try:
     from micropython import const
@@ -48,6 +62,13 @@ def _pads(key):
 
 
 def hmac_sha256(key, msg):
+    """HMAC-SHA-256(key, msg), RFC 2104 (M3: the runtime's hmac.digest where it exists)."""
+    if _digest is None:
+        return hmac_sha256_pure(key, msg)
+    return _digest(_check("key", key), _check("msg", msg), "sha256")
+
+
+def hmac_sha256_pure(key, msg):
     """HMAC-SHA-256(key, msg), RFC 2104: H((K ^ opad) || H((K ^ ipad) || msg))."""
     ik, ok = _pads(key)
     inner = hashlib.sha256(ik)
@@ -63,7 +84,14 @@ def tag(key, msg):
 
 
 def equal(a, b):
-    """True when a == b, compared in time that depends only on the lengths (M2)."""
+    """True when a == b, compared in time that depends only on the lengths (M2, M3)."""
+    if _compare is None:
+        return equal_pure(a, b)
+    return _compare(_check("a", a), _check("b", b))
+
+
+def equal_pure(a, b):
+    """equal() in Python: every byte pair is visited whatever the contents."""
     a = _check("a", a)
     b = _check("b", b)
     if len(a) != len(b):
