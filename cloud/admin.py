@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag, what in (("--grant", "units per grant"), ("--max", "max units per grant"),
                        ("--validity", "lease validity, seconds"), ("--offline-units", "offline allowance per lease"),
                        ("--low", "free units below which grants carry the final-unit flag"),
-                       ("--renew-pct", "renew when this % of a grant is left")):
+                       ("--renew-pct", "renew when this %% of a grant is left")):
         p.add_argument(flag, type=int, help=what)
     p = add("buy-license", cmd_buy_license, "buy licences (>= 100 devices) for a License workspace")
     p.add_argument("--workspace", type=int, required=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cloud import admin, db
 from cloud import schema as S
 
@@ -42,7 +44,7 @@ def test_admin_flow_exit_codes_and_outputs(tmp_path, capsys):
     assert json.loads(out)["balance_cny"] == "12.34"
     rc, out, _ = _run(capsys, "register-device", "--db", url, "--workspace", str(ws), "--json")
     dev = json.loads(out)
-    assert dev["username"] == f"d{dev['device']}" and len(bytes.fromhex(dev["key"])) == 32
+    assert dev["username"] == dev["client_id"] == f"{ws}/{dev['device']}" and len(bytes.fromhex(dev["key"])) == 32
     rc, out, _ = _run(capsys, "show", "--db", url)
     assert "account 1 acme: balance 12.34 CNY" in out and "pool: added 50000000" in out
     rc, out, _ = _run(capsys, "invoice", "--db", url, "--account", str(acc), "--month", "2026-07",
@@ -59,3 +61,14 @@ def test_admin_flow_exit_codes_and_outputs(tmp_path, capsys):
     assert _run(capsys, "rebuild", "--db", url)[0] == 0
     assert _run(capsys, "rebuild", "--db", url, "--check")[0] == 0
     assert _run(capsys, "show", "--db", "mysql://x/y")[0] == 2
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse expands %-formats in help texts: a bare % made `--help` crash with a TypeError."""
+    names = sorted(admin._parser()._subparsers._group_actions[0].choices)
+    assert "create-workspace" in names and len(names) > 10
+    for name in names:
+        with pytest.raises(SystemExit) as exc:
+            admin.main([name, "--help"])
+        assert exc.value.code == 0, name
+        assert capsys.readouterr().out.startswith("usage:"), name
