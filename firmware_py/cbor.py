@@ -273,16 +273,8 @@ def _array(d, i, n, v, depth, maxn, start):
             app(d[i + 1])
             i += 2
         elif 0x80 <= b < 0x98:
-            # k one-byte uints (each its own shortest form), e.g. a round [dt, *round], are
-            # those k bytes; otherwise (or when a limit applies) _array decides and raises
-            k = b - 0x80
-            j = i + 1 + k
-            if 0 < k <= maxn and depth > 0 and j <= n and max(d[i + 1:j]) < 24:
-                app(list(d[i + 1:j]))
-                i = j
-            else:
-                x, i = _array(d, i + 1, n, k, depth, maxn, i)
-                app(x)
+            x, i = _array(d, i + 1, n, b - 0x80, depth, maxn, i)
+            app(x)
         else:
             x, i = _item(d, i, n, depth, maxn)
             app(x)
