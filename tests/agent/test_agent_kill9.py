@@ -39,10 +39,13 @@ def drive(cfg, crash):
         proc = AgentProcess(cfg)
     i = 1
     sdk = SDK(proc.sock)
+    serve_by = time.monotonic() + 60
     while i <= ROUNDS:
+        assert time.monotonic() < serve_by, "rounds never allowed (no lease?): " + proc.log()
         try:
             r = sdk.call(op="start")
             if not r["allowed"]:
+                time.sleep(0.02)
                 continue
             sdk.call(op="record", round=r["round"], item="tour-guide-image", count=i)
             inflight.append(i)
