@@ -171,8 +171,8 @@ def validate(site: dict[str, Any], base_dir: str = ".") -> dict[str, dict[str, A
     elif m["password_file"] and os.path.isfile(m["password_file"]):
         with open(m["password_file"], encoding="utf-8") as f:
             m["password"] = f.read().strip()
-    if type(d["dev"]) is int and not m["username"]:
-        m["username"] = "d%d" % d["dev"]
+    if type(d["ws"]) is int and type(d["dev"]) is int and not m["username"]:
+        m["username"] = "%d/%d" % (d["ws"], d["dev"])  # contracts 5: the broker ACL's %u
     j = cfg["journal"]
     if (type(j["max_bytes"]) is int and type(j["segment_bytes"]) is int
             and j["segment_bytes"] > j["max_bytes"]):

@@ -1,9 +1,10 @@
 """The Linux agent's MQTT shell: one paho-mqtt 2.x client driven by one thread.
 
 Rules:
- Y1. Per-device credentials: user name and client id "d<dev>" (contracts 5), MQTT 3.1.1 with a
-     persistent session (clean_session false), so the broker keeps the QoS 1 downlink (acks,
-     grants, commands, price books) of em/<ws>/<dev>/down/# while the device is away.
+ Y1. Per-device credentials: user name and client id "<ws>/<dev>" (contracts 5; the broker
+     ACL's pattern on %u confines it to em/<ws>/<dev>/), MQTT 3.1.1 with a persistent session
+     (clean_session false), so the broker keeps the QoS 1 downlink (acks, grants, commands,
+     price books) of em/<ws>/<dev>/down/# while the device is away.
  Y2. QoS 1 both ways; keepalive from mqtt.keepalive. TLS when the URL is mqtts:// or
      mqtt.ca_file is set (the CA verifies the broker; host names are checked).
  Y3. Reconnect: after a failed connect or a lost connection the thread waits

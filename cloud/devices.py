@@ -2,18 +2,22 @@
 
 Rules:
  D1. A device gets the next numeric id (or a given unused one), MQTT user name and client id
-     "d<dev>" (contracts 5), a random 24-byte password of which only the Mosquitto hash is
-     kept, and key id 1 with a random 32-byte HMAC key. The password and key are shown once.
+     "<ws>/<dev>", e.g. "7/1042" (contracts 5), a random 24-byte password of which only the
+     Mosquitto hash is kept, and key id 1 with a random 32-byte HMAC key. The password and key
+     are shown once.
  D2. The password hash is Mosquitto's own format, `$7$<iterations>$<salt b64>$<hash b64>`
      (PBKDF2-HMAC-SHA512, 12-byte salt, 101 iterations as mosquitto_passwd writes), so the
      broker checks it with no plugin.
  D3. rotate_key() adds key id k+1 with a new random key. The old keys stay (late batches
      signed with them still verify); the rater delivers the new key to the device wrapped in a
      ROTATE command (firmware_py.proto W5) and switches to it when the device first uses it.
- D4. write_mosquitto_files(dir) rewrites <dir>/passwd and <dir>/acl from the registry: device
-     lines for every device, other users' lines (rater, admin) kept as they are; the ACL is
-     deploy/mosquitto/acl.example's fixed part plus one block per device (tools.broker).
-     Both files are replaced atomically; send the broker SIGHUP to load them.
+ D4. write_mosquitto_files(dir) rewrites <dir>/passwd and <dir>/acl: device lines for every
+     device, other users' lines (rater, admin) kept as they are, lines of device user names
+     no longer registered dropped (either form, "<ws>/<dev>" or the former "d<dev>"); the
+     ACL is deploy/mosquitto/acl.example as shipped (tools.broker.render_acl): its two
+     `pattern` lines on %u confine every device to em/<ws>/<dev>/, so it names no device and
+     a registration changes only the password file. Both files are replaced atomically;
+     send the broker SIGHUP to load them.
  D5. In production the keys live in a KMS and device_keys holds wrapped copies; this store
      keeps them in the clear for the rater (see cloud/README.md).
 """
@@ -32,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cloud import schema as S
 from firmware_py import proto
+from tools.broker import device_user, render_acl
 
 PBKDF2_ITERATIONS = 101
 
@@ -40,8 +45,9 @@ class DeviceError(ValueError):
     """A caller mistake: unknown workspace or device, an id already taken."""
 
 
-def username(dev: int) -> str:
-    return "d%d" % dev
+def username(ws: int, dev: int) -> str:
+    """Rule D1: the MQTT user name and client id, "<ws>/<dev>" (tools.broker.device_user)."""
+    return device_user(ws, dev)
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -63,12 +69,12 @@ def register(conn: Connection, ws_id: int, now: int, dev: int | None = None) -> 
     key = secrets.token_bytes(proto.KEY_LEN)
     try:
         with conn.begin_nested():
-            conn.execute(insert(S.devices).values(id=dev, workspace_id=ws_id, username=username(dev),
+            conn.execute(insert(S.devices).values(id=dev, workspace_id=ws_id, username=username(ws_id, dev),
                                                   password_hash=mosquitto_hash(password), kid=1, created_at=now))
     except IntegrityError:
         raise DeviceError(f"device id {dev} is taken") from None
     conn.execute(insert(S.device_keys).values(device_id=dev, kid=1, key=key, created_at=now))
-    return {"id": dev, "workspace": ws_id, "username": username(dev), "password": password, "kid": 1, "key": key}
+    return {"id": dev, "workspace": ws_id, "username": username(ws_id, dev), "password": password, "kid": 1, "key": key}
 
 
 def device(conn: Connection, dev: int) -> Any:
@@ -102,8 +108,6 @@ def _replace(path: Path, text: str, mode: int = 0o600) -> None:
 
 def write_mosquitto_files(conn: Connection, directory: str | Path) -> dict[str, Any]:
     """Rule D4: rewrite <dir>/passwd and <dir>/acl from the registry; returns counts."""
-    from tools.broker import render_acl
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     rows = conn.execute(select(S.devices.c.id, S.devices.c.workspace_id, S.devices.c.username,
@@ -118,9 +122,13 @@ def write_mosquitto_files(conn: Connection, directory: str | Path) -> dict[str, 
                 kept.append(line)
     lines = kept + [f"{r.username}:{r.password_hash}" for r in rows]
     _replace(pw, "\n".join(lines) + "\n")
-    _replace(d / "acl", render_acl((r.workspace_id, r.id) for r in rows), 0o644)
+    _replace(d / "acl", render_acl(), 0o644)
     return {"passwd": str(pw), "acl": str(d / "acl"), "devices": len(rows), "other_users": len(kept)}
 
 
 def _is_device_user(user: str) -> bool:
+    """"<ws>/<dev>", or "d<dev>" as issued before the ACL became two pattern lines."""
+    ws, slash, dev = user.partition("/")
+    if slash:
+        return ws.isdigit() and dev.isdigit()
     return len(user) > 1 and user[0] == "d" and user[1:].isdigit()

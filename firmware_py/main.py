@@ -205,7 +205,7 @@ class Firmware:
         if cfg["ca"] is not None:
             from firmware_py.mqtt_tls import tls_context  # only a TLS image carries it
             ssl = tls_context(cfg["ca"])
-        user = cfg["user"] or "d%d" % dev
+        user = cfg["user"] or "%d/%d" % (cfg["ws"], dev)  # contracts 5
         self.client = MQTTClient(user, cfg["host"], cfg["port"], user=user,
                                  password=cfg["password"], keepalive=cfg["keepalive"], ssl=ssl,
                                  server_hostname=cfg["sni"], callback=self._message,

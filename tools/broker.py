@@ -1,7 +1,7 @@
 """A real Mosquitto for tests, the simulator and the demo, rendered from the shipped configuration.
 
     with Broker(auth=True, tls=True) as b:          # free ports, temp dir, users, CA
-        user, pw = b.add_device(ws=7, dev=1042)      # rewrites passwd + ACL, SIGHUP
+        user, pw = b.add_device(ws=7, dev=1042)      # "7/1042": rewrites passwd, SIGHUP
         ... connect to b.host:b.port (plain) or b.tls_port with b.ca_file ...
         b.restart()                                  # same ports; persistence kept
     python -m tools.broker --auth --tls              # run one in the foreground (demo, debugging)
@@ -9,9 +9,10 @@
 The configuration is deploy/mosquitto/mosquitto.conf with only site values rewritten (file
 paths, ports, bind address 127.0.0.1, log to stderr captured in <workdir>/mosquitto.log, `user`
 set to whoever runs the tests); auth=False drops password_file/acl_file and allows anonymous
-clients, tls=False drops the TLS listener. The ACL is the fixed part of
-deploy/mosquitto/acl.example (the raters' and operators' blocks) plus one generated block per
-device. Passwords are hashed by `mosquitto_passwd -U` (Debian package `mosquitto`).
+clients, tls=False drops the TLS listener. The ACL is deploy/mosquitto/acl.example as shipped:
+the raters' and operators' blocks and two `pattern` lines on the user name that confine every
+device ("<ws>/<dev>", contract 5) to its own topics, so adding a device adds only its password.
+Passwords are hashed by `mosquitto_passwd -U` (Debian package `mosquitto`).
 
 Mosquitto 2.0 reloads password_file and acl_file on SIGHUP (mosquitto.conf(5): "Reloaded on
 reload signal"); reload() waits for the broker's "Reloading config." log line, after which
@@ -42,9 +43,9 @@ from typing import Iterable
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 ACL_TEMPLATE = ROOT / "deploy" / "mosquitto" / "acl.example"
-DEVICES_MARKER = "# ---- devices ----"
 HOST = "127.0.0.1"
 ROLES = ("rater", "admin")
+DEVICE_PATTERNS = ("pattern write em/%u/up/#", "pattern read em/%u/down/#")
 
 
 class BrokerError(RuntimeError):
@@ -71,27 +72,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def device_user(dev: int) -> str:
-    """The MQTT user name (and client id) of device dev: "d<dev>" (contract 5)."""
-    return "d%d" % dev
+def device_user(ws: int, dev: int) -> str:
+    """The MQTT user name (and client id) of device dev of workspace ws: "<ws>/<dev>", e.g.
+    "7/1042" (contract 5). Mosquitto substitutes it whole for %u, slash included, so the ACL's
+    `pattern write em/%u/up/#` becomes em/7/1042/up/#; digits and one slash only (a user name
+    with + or # gets no pattern access at all)."""
+    if type(ws) is not int or type(dev) is not int or ws < 0 or dev < 0:
+        raise ValueError("workspace and device ids are unsigned integers")
+    return "%d/%d" % (ws, dev)
 
 
-def device_acl(ws: int, dev: int) -> str:
-    """The ACL block of one device: its own uplink (write) and downlink (read) only."""
-    if ws < 0 or dev < 0:
-        raise ValueError("workspace and device ids are unsigned")
-    return (f"user {device_user(dev)}\n"
-            f"topic write em/{ws}/{dev}/up/#\n"
-            f"topic read em/{ws}/{dev}/down/#\n")
-
-
-def render_acl(devices: Iterable[tuple[int, int]], template: Path = ACL_TEMPLATE) -> str:
-    """The whole ACL file: the fixed part of the template, then one block per (ws, dev)."""
+def render_acl(template: Path = ACL_TEMPLATE) -> str:
+    """The whole ACL file: the shipped template as it is (fixed roles and the device patterns;
+    no per-device lines). Refuses a template without the two device patterns."""
     text = template.read_text()
-    if DEVICES_MARKER not in text:
-        raise BrokerError(f"{template}: no '{DEVICES_MARKER}' line")
-    head = text.split(DEVICES_MARKER)[0]
-    return head + DEVICES_MARKER + "\n" + "\n".join(device_acl(ws, dev) for ws, dev in devices)
+    lines = {ln.strip() for ln in text.splitlines()}
+    for need in DEVICE_PATTERNS:
+        if need not in lines:
+            raise BrokerError(f"{template}: no '{need}' line")
+    return text
 
 
 def render_config(template: Path, *, port: int, tls_port: int | None, workdir: Path,
@@ -237,11 +236,15 @@ class Broker:
 
     # ---- users ----
     def add_device(self, ws: int, dev: int, password: str | None = None) -> tuple[str, str]:
-        """Create (or re-key) device dev of workspace ws; returns (user name, password). On a
-        running broker the files are rewritten and reloaded before this returns."""
+        """Create (or re-key) device dev of workspace ws; returns (user name, password). Only
+        the password file changes (the ACL's patterns already cover the device); on a running
+        broker it is rewritten and reloaded before this returns."""
         if not self.auth:
             raise ValueError("add_device needs Broker(auth=True)")
-        user = device_user(dev)
+        user = device_user(ws, dev)
+        old = self.devices.get(dev)
+        if old is not None and old != ws:
+            self.users.pop(device_user(old, dev), None)
         self.users[user] = password or secrets.token_hex(12)
         self.devices[dev] = ws
         self._write_auth()
@@ -250,10 +253,12 @@ class Broker:
         return user, self.users[user]
 
     def remove_device(self, dev: int) -> None:
-        """Revoke device dev (its password and ACL block); reloads a running broker. Clients
-        already connected stay connected (mosquitto.conf(5)), but their ACL is gone."""
-        self.users.pop(device_user(dev), None)
-        self.devices.pop(dev, None)
+        """Revoke device dev (its password); reloads a running broker. Mosquitto 2.0.11
+        disconnects a connected client whose user name left the password file at the reload
+        (observed; tests/tools/test_mosquitto_broker.py), and it cannot log in again."""
+        ws = self.devices.pop(dev, None)
+        if ws is not None:
+            self.users.pop(device_user(ws, dev), None)
         self._write_auth()
         if self.running:
             self.reload()
@@ -268,7 +273,7 @@ class Broker:
             raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
         os.replace(plain, self.workdir / "passwd")
         acl = self.workdir / "acl.new"
-        acl.write_text(render_acl(sorted((ws, dev) for dev, ws in self.devices.items())))
+        acl.write_text(render_acl())
         os.replace(acl, self.workdir / "acl")
 
     # ---- process ----

@@ -28,7 +28,7 @@ def run(path):
 
 def test_minimal_site_file_and_defaults():
     cfg = C.validate({"device": {"ws": 7, "dev": 1042, "key": KEY}})
-    assert cfg["mqtt"]["username"] == "d1042" and cfg["mqtt"]["url"] == "mqtt://127.0.0.1:1883"
+    assert cfg["mqtt"]["username"] == "7/1042" and cfg["mqtt"]["url"] == "mqtt://127.0.0.1:1883"
     assert cfg["journal"]["fsync"] is True and cfg["meter"]["batch"] == 10
     m = C.meter_cfg(cfg)
     assert m["max_bytes"] == cfg["journal"]["max_bytes"] and "book_file" not in m

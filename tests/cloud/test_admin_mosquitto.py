@@ -1,6 +1,8 @@
 """`edgemeter admin register-device --mosquitto-dir` against the shipped broker configuration:
-the issued credentials log in over TLS, the ACL confines the device to its own topics, and the
-rater (its own user on the private listener) books what the device sends."""
+the issued credentials ("<ws>/<dev>") log in over TLS, the shipped ACL's patterns confine the
+device to its own topics, and the rater (its own user on the private listener) books what the
+device sends. A registry from before the "<ws>/<dev>" user names is migrated, and
+sync-mosquitto drops the password lines of the former names."""
 from __future__ import annotations
 
 import json
@@ -11,7 +13,7 @@ import time
 import pytest
 
 from rater_helpers import ROOT, RaterProc, ledger_summary
-from tools.broker import Broker
+from tools.broker import ACL_TEMPLATE, Broker
 from tools.fleetpub import Fleet
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,7 +37,8 @@ def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
         passwd = (broker.workdir / "passwd").read_text()
         assert passwd.startswith("rater:") or "\nrater:" in passwd        # the roles' lines are kept
         assert f"\n{d1['username']}:$7$101$" in passwd and d1["password"] not in passwd
-        assert f"user {d2['username']}\ntopic write em/{ws}/{d2['device']}/up/#" in (broker.workdir / "acl").read_text()
+        assert [d["username"] for d in (d1, d2)] == [f"{ws}/{d['device']}" for d in (d1, d2)]
+        assert (broker.workdir / "acl").read_text() == ACL_TEMPLATE.read_text()  # names no device
         broker.reload()
         rater = RaterProc(broker.url, url, "rater-tls", tmp_path, "--username", "rater",
                           "--password", broker.users["rater"]).start()
@@ -65,3 +68,33 @@ def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
             for f in fleets:
                 f.stop()
             rater.kill9()
+
+
+def test_former_user_names_are_migrated_and_their_password_lines_dropped(store_url, tmp_path):
+    from sqlalchemy import insert, select
+
+    from cloud import db, devices
+    from cloud import schema as S
+
+    url = store_url                     # SQLite and PostgreSQL
+    assert db.migrate(url, "0002") == "0002"
+    engine = db.make_engine(url)
+    with db.write_connect(engine) as conn, conn.begin():
+        acc = conn.execute(insert(S.accounts).values(name="a", created_at=1)).inserted_primary_key[0]
+        ws = conn.execute(insert(S.workspaces).values(account_id=acc, name="w", billing="postpaid",
+                                                      created_at=1)).inserted_primary_key[0]
+        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="h%d" % d,
+                                              kid=1, created_at=1) for d in (1041, 1042)])
+    engine.dispose()
+    assert db.migrate(url, "0003") == "0003"
+    engine = db.make_engine(url)
+    mq = tmp_path / "mq"
+    mq.mkdir()
+    (mq / "passwd").write_text("rater:r\nd1041:h1041\nd1042:h1042\n9/5:gone\nadmin:a\n")
+    with engine.connect() as conn:
+        assert conn.execute(select(S.devices.c.username).order_by(S.devices.c.id)).scalars().all() == [
+            f"{ws}/1041", f"{ws}/1042"]
+        r = devices.write_mosquitto_files(conn, mq)
+    engine.dispose()
+    assert (r["devices"], r["other_users"]) == (2, 2)
+    assert (mq / "passwd").read_text() == f"rater:r\nadmin:a\n{ws}/1041:h1041\n{ws}/1042:h1042\n"

@@ -79,7 +79,7 @@ def test_leases_grant_report_return_reclaim(engine):
         _, ws = _license_ws(conn, grant=1_000_000, max=2_000_000, validity=3600, allowance=50_000)
         p = pools.buy_license(conn, BOOK, ws, "basic", 100, T0)
         pools.activate(conn, BOOK, p, 100, T0)
-        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="x", kid=1,
+        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"{ws}/{d}", password_hash="x", kid=1,
                                               created_at=T0) for d in (11, 12)])
         g1 = pools.lease_open(conn, BOOK, ws, 11, 0, T0)
         assert (g1["total"], g1["allowance"], g1["final"]) == (1_000_000, 50_000, 0)
@@ -118,7 +118,7 @@ def test_pool_is_never_overspent(engine):
         _, ws = _license_ws(conn, grant=10**12, max=10**12, allowance=0, policy="stop")
         p = pools.buy_license(conn, BOOK, ws, "trial", 100, T0)
         pools.activate(conn, BOOK, p, 100, T0)
-        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="x", kid=1,
+        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"{ws}/{d}", password_hash="x", kid=1,
                                               created_at=T0) for d in (21, 22)])
         g = pools.lease_open(conn, BOOK, ws, 21, 0, T0)
         assert g["total"] == 100 * 2_000_000 and g["final"] == 1
@@ -136,7 +136,7 @@ def test_expiry_withdraws_what_the_ending_activation_still_holds(engine):
         p = pools.buy_license(conn, BOOK, ws, "basic", 200, T0)
         a1, _ = pools.activate(conn, BOOK, p, 100, T0)
         a2, _ = pools.activate(conn, BOOK, p, 100, civil.add_months(T0, 3))
-        conn.execute(insert(S.devices).values(id=31, workspace_id=ws, username="d31", password_hash="x", kid=1,
+        conn.execute(insert(S.devices).values(id=31, workspace_id=ws, username=f"{ws}/31", password_hash="x", kid=1,
                                               created_at=T0))
         g = pools.lease_open(conn, BOOK, ws, 31, 200 * BASIC // 10, T0 + 5)   # 100M drawn
         pools.lease_close(conn, ws, 31, g["lease"], 200 * BASIC // 10, T0 + 6)
@@ -154,7 +154,7 @@ def test_expiry_withdraws_what_the_ending_activation_still_holds(engine):
 def _postpaid(conn):
     acc = accounts.create_account(conn, "shop", T0)
     ws = accounts.create_workspace(conn, acc, "stores", "postpaid", T0)
-    conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="x", kid=1,
+    conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"{ws}/{d}", password_hash="x", kid=1,
                                           created_at=T0) for d in (41, 42)])
     return acc, ws
 
@@ -274,7 +274,7 @@ def test_rebuild_recomputes_every_projection_and_finds_tampering(engine):
         acc, ws = _license_ws(conn, grant=1_000_000, validity=60)
         p = pools.buy_license(conn, BOOK, ws, "basic", 100, T0)
         pools.activate(conn, BOOK, p, 100, T0)
-        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"d{d}", password_hash="x", kid=1,
+        conn.execute(insert(S.devices), [dict(id=d, workspace_id=ws, username=f"{ws}/{d}", password_hash="x", kid=1,
                                               created_at=T0) for d in (51, 52)])
         g = pools.lease_open(conn, BOOK, ws, 51, 0, T0)
         for seq in (1, 2, 4):

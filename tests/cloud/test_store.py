@@ -53,7 +53,7 @@ def _minimal_device(conn, now=1_800_000_000):
     acc = conn.execute(insert(S.accounts).values(name="acme", created_at=now)).inserted_primary_key[0]
     ws = conn.execute(insert(S.workspaces).values(account_id=acc, name="w", billing="postpaid",
                                                   created_at=now)).inserted_primary_key[0]
-    conn.execute(insert(S.devices).values(id=7, workspace_id=ws, username="d7", password_hash="x", kid=1,
+    conn.execute(insert(S.devices).values(id=7, workspace_id=ws, username=f"{ws}/7", password_hash="x", kid=1,
                                           created_at=now))
     return acc, ws
 

@@ -38,12 +38,20 @@ def test_rendered_config_keeps_every_shipped_directive(tmp_path: Path) -> None:
     assert not [d for d in anon if d.startswith(("password_file", "acl_file", "certfile"))]
 
 
-def test_acl_keeps_the_fixed_roles_and_adds_one_block_per_device() -> None:
-    acl = tb.render_acl([(7, 1042), (8, 5)])
-    head = tb.ACL_TEMPLATE.read_text().split(tb.DEVICES_MARKER)[0]
-    assert acl.startswith(head)
-    assert "user d1042\ntopic write em/7/1042/up/#\ntopic read em/7/1042/down/#\n" in acl
-    assert "user d5\ntopic write em/8/5/up/#\n" in acl
+def test_acl_is_the_shipped_template_with_two_device_patterns(tmp_path: Path) -> None:
+    acl = tb.render_acl()
+    assert acl == tb.ACL_TEMPLATE.read_text()
+    lines = directives(acl)
+    assert [ln for ln in lines if ln.startswith("pattern ")] == list(tb.DEVICE_PATTERNS)
+    assert [ln for ln in lines if ln.startswith("user ")] == ["user rater", "user admin"]
+    assert tb.device_user(7, 1042) == "7/1042" and tb.device_user(8, 5) == "8/5"
+    for bad in ((-1, 5), (7, -2), (7, True), ("7", 5)):
+        with pytest.raises(ValueError):
+            tb.device_user(*bad)   # type: ignore[arg-type]
+    stale = tmp_path / "acl.example"
+    stale.write_text("user rater\ntopic read em/+/+/up/#\n")
+    with pytest.raises(tb.BrokerError, match="pattern write"):
+        tb.render_acl(stale)
 
 
 def test_plain_broker_round_trip(mosquitto: tb.Broker) -> None:
@@ -98,14 +106,20 @@ def test_refusals(secure_broker: tb.Broker) -> None:
 def test_device_added_and_removed_while_running(secure_broker: tb.Broker) -> None:
     b = secure_broker
     admin = mqttprobe.Probe(b, "admin")
+    acl = (b.workdir / "acl").read_text()
     try:
         admin.subscribe("em/3/#")
-        user, pw = b.add_device(3, 9100)   # files rewritten, SIGHUP, reloaded
+        user, pw = b.add_device(3, 9100)   # passwd rewritten, SIGHUP, reloaded; ACL unchanged
+        assert user == "3/9100" and (b.workdir / "acl").read_text() == acl
         d = mqttprobe.Probe(b, user, client_id=user)
         d.publish("em/3/9100/up/usage", b"new")
         assert admin.get().payload == b"new"
         d.close()
-        b.remove_device(9100)
+        with socket.create_connection((b.host, b.port), timeout=5) as s:
+            s.sendall(mc.encode_connect(user, 30, True, user, pw))
+            assert mc.decode_packet(s.recv(4)) == (mc.CONNACK, False, 0)
+            b.remove_device(9100)
+            assert s.recv(4) == b""    # observed: the reload drops a connected user it no longer has
         with pytest.raises(ConnectionRefusedError):
             _connect_as(b, user, pw)
     finally:

@@ -1,6 +1,6 @@
 """Many device MQTT connections in one select loop, over the firmware's sans-io MQTT 3.1.1 codec
 (firmware_py.mqtt_codec): each simulated device has its own TCP connection, client id and
-credentials ("d<dev>" and its own password), a persistent session (clean_session false) and a
+credentials ("<ws>/<dev>" and its own password), a persistent session (clean_session false) and a
 QoS 1 subscription to em/<ws>/<dev>/down/#, exactly what the firmware and the agent do.
 
 A Link is one device's connection; Net owns the selector. Sans-io parsing keeps a connection
