@@ -159,8 +159,8 @@ class Ingest:
         with db.write_connect(self.engine) as conn:
             with conn.begin():
                 self._group(conn, screened, dead, out, now, now_ms)
-        for m in msgs:
-            out.lag_ms.append(self.now_ms() - m.received_ms)
+        done_ms = self.now_ms()
+        out.lag_ms = [done_ms - m.received_ms for m in msgs]
         return out
 
     def dead_letter(self, m: Incoming, reason: str, detail: str) -> Outcome:
@@ -293,12 +293,10 @@ class Ingest:
                 continue
             seen.add(key)
             first.append((ws, b))
-            rows.append({"device_id": b["dev"], "seq": b["seq"], "boot": b["boot"], "book_version": b["ver"],
-                         "lease_id": b["lease"], "t0": b["t0"], "rounds": len(b["rounds"]),
-                         "device_ucny": b["device_ucny"], "rated_ucny": b["ucny"],
-                         "mismatch": b["verdict"] != P.V_OK, "payload": m.payload, "workspace_id": ws["id"],
-                         "account_id": ws["account_id"], "received_ms": m.received_ms, "booked_ms": now_ms})
-        ids = ledger.insert_batches(conn, rows)
+            rows.append((b["dev"], b["seq"], b["boot"], b["ver"], b["lease"], b["t0"], len(b["rounds"]),
+                         b["device_ucny"], b["ucny"], b["verdict"] != P.V_OK, m.payload, ws["id"],
+                         ws["account_id"], m.received_ms, now_ms))     # ledger.BATCH_COLS
+        ids = ledger.insert_batch_tuples(conn, rows)
         new: dict[int, list] = {}
         lines: list[tuple] = []
         mism: dict[int, dict] = {}
@@ -325,7 +323,8 @@ class Ingest:
             out.rounds += len(b["rounds"])
             out.ucny += b["ucny"]
             keys = b["_keys"]
-            if len(keys) != sum(1 for r in b["rounds"] if r[2] is not None):   # the core rated without the hook
+            if len(keys) != len(b["rounds"]) and len(keys) != sum(1 for r in b["rounds"] if r[2] is not None):
+                # the core rated without the hook
                 keys = [(b["ver"], repr(r[1])) for r in b["rounds"] if r[2] is not None]
             agg = self.batch_lines(keys)
             for (item, mult), (calls, ucny) in agg.items():
@@ -422,8 +421,10 @@ class _Session(CS.CloudSession):
 
     def rate_round(self, book: dict, wire: list) -> int:
         key = (book["version"], repr(wire))
-        hit = self.ingest.rated(book, wire, key)
-        if isinstance(hit, ValueError):
+        hit = self.ingest._memo.get(key)
+        if hit is None:
+            hit = self.ingest.rated(book, wire, key)
+        if type(hit) is not tuple:
             raise hit
         self.rated_keys.append(key)
         return hit[1]

@@ -44,7 +44,13 @@ _CHUNK = 1000
 
 
 def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int, int], int]:
-    """Book `rows` (usage_batches dicts) once each (rule L1): {(device_id, seq): id} of the new ones.
+    """Book `rows` (usage_batches dicts) once each (rule L1): {(device_id, seq): id} of the new ones."""
+    return insert_batch_tuples(conn, [tuple(bool(r[c]) if c == "mismatch" else r[c] for c in BATCH_COLS)
+                                      for r in rows])
+
+
+def insert_batch_tuples(conn: Connection, rows: Sequence[tuple]) -> dict[tuple[int, int], int]:
+    """insert_batches() of rows given as tuples in BATCH_COLS order (mismatch a bool).
 
     One multi-row INSERT .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING per 1000 rows,
     straight through the driver (the rater's hot path)."""
@@ -57,7 +63,7 @@ def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int,
         chunk = rows[k:k + _CHUNK]
         params: list[Any] = []
         for r in chunk:
-            params.extend(bool(r[c]) if c == "mismatch" else r[c] for c in BATCH_COLS)
+            params += r
         sql = head + ", ".join([one] * len(chunk)) + tail
         for i, d, q in conn.exec_driver_sql(sql, tuple(params)):
             out[(d, q)] = i
