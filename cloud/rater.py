@@ -26,11 +26,18 @@ Rules:
  M6. Logs are JSON lines on stderr; metrics are Prometheus text at http://HOST:P/metrics.
  M7. A failing group never blocks the stream: the store is retried while it is unavailable; a
      message that fails on its own is dead-lettered as `internal` and acknowledged.
+ M8. The process's start-up heap (modules, SQLAlchemy, paho, the price books) is moved out of
+     the cyclic garbage collector's reach once the store and the client are set up
+     (gc.freeze), and young collections run every GC_GEN0 net allocations instead of 700: a
+     group keeps ~30 objects per message alive until its commit, and with the defaults the
+     collector spent ~12 us per batch re-scanning them and the start-up heap. Reference
+     counting still frees everything at once; cycles are still collected.
 Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -57,6 +64,7 @@ from firmware_py import proto as P
 
 SUBSCRIPTION = "$share/raters/em/+/+/up/#"
 SESSION_EXPIRY_S = 86400
+GC_GEN0 = 50_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -354,6 +362,13 @@ class Rater:
         self.stopping = True
 
 
+def tune_gc() -> None:
+    """Rule M8 (call once the process is set up)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
+
+
 def _no_write_wakeup(client: Any, userdata: Any, sock: Any) -> None:
     """Registered as on_socket_register_write so that paho queues outgoing packets instead of
     writing each at once; Rater.run writes them all once per turn (paho's external-loop API)."""
@@ -381,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.metrics_port:
         start_http_server(args.metrics_port, args.metrics_host, registry=rater.metrics.registry)
+    tune_gc()
     signal.signal(signal.SIGTERM, rater.stop)
     signal.signal(signal.SIGINT, rater.stop)
     log.info("starting", extra={"fields": {"broker": args.broker, "db": _redact(args.db), "pid": os.getpid(),
