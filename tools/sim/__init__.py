@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = Simulation(args, faults, work)
     try:
         report = sim.run()
+        report["simulator"] = resources()
     finally:
         sim.close()
         if own and not os.environ.get("EDGEMETER_SIM_KEEP"):
@@ -105,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.report).write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
     print(summary(report))
     return 0 if report["audit"]["ok"] else 1
+
+
+def resources() -> dict[str, float]:
+    """The simulator process's own cost so far: peak resident MB and CPU seconds (getrusage)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"max_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 1),
+            "system_s": round(ru.ru_stime, 1)}
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -129,6 +137,11 @@ def summary(r: dict[str, Any]) -> str:
         "  faults: %s" % (", ".join(f"{k} x{v}" for k, v in sorted(r["faults"].items())) or "none"),
         "  throughput: %.0f rounds/s booked end to end" % r["rounds_per_s"],
     ]
+    if "simulator" in r:
+        u = r["simulator"]
+        lines.append("  simulator process: peak RSS %.0f MB, CPU %.0f s user + %.0f s system (%.0f%% of wall time)"
+                     % (u["max_rss_mb"], u["user_s"], u["system_s"],
+                        100 * (u["user_s"] + u["system_s"]) / max(r["seconds"], 1e-9)))
     for p in a["problems"]:
         lines.append("  DIFFERENCE: " + p)
     lines.append("AUDIT " + ("PASSED: zero lost, zero duplicated, every balance equal" if a["ok"] else "FAILED"))

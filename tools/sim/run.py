@@ -98,8 +98,6 @@ class Simulation:
     def note(self, kind: str, **detail: Any) -> None:
         self.counts[kind] += 1
         self.log.append({"t": round(time.monotonic() - self.t0, 2), "fault": kind, **detail})
-        if kind == "mp-power":
-            self.counts["power"] += 0  # (counted under its own name)
 
     def fire(self, kind: str) -> None:
         f, rng = self.fleet, self.rng
