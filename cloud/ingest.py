@@ -424,7 +424,7 @@ class _Session(CS.CloudSession):
         hit = self.ingest._memo.get(key)
         if hit is None:
             hit = self.ingest.rated(book, wire, key)
-        if type(hit) is not tuple:
+        if isinstance(hit, ValueError):
             raise hit
         self.rated_keys.append(key)
         return hit[1]

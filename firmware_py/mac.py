@@ -27,8 +27,8 @@ try:
     _digest = _hmac.digest
     _compare = _hmac.compare_digest
 except (ImportError, AttributeError):
-    _digest = None
-    _compare = None
+    _digest = None  # type: ignore[assignment,unused-ignore]
+    _compare = None  # type: ignore[assignment,unused-ignore]
 
 try:
     from micropython import const
