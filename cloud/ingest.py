@@ -257,14 +257,13 @@ class Ingest:
     def _pool_for(self, conn: Connection, cache: dict, ws: int, wsrow: Any, payload: bytes,
                   sess: CS.CloudSession, now: int) -> Any:
         """The workspace's Pool for a lease/status message, with the leases it names loaded
-        (rule G4); ended licences are expired first (cloud.pools S5)."""
+        (rule G4); ended licences are expired first (cloud.pools S5). The lease id is read
+        from the message only after its tag verifies, so a forged message loads no rows."""
         want = {sess.s["lease"]} - {0}
-        try:
-            msg = P.unseal(payload)[0]
-            if msg.get("lease"):
-                want.add(msg["lease"])
-        except ValueError:
-            pass   # the session rejects it as malformed
+        outcome, msg = P.check(payload, sess.keys, sess.dev)
+        if outcome == P.OK and msg.get("lease"):
+            want.add(msg["lease"])   # only a verified message names a lease to load (W1)
+        # anything else: the session rejects it (malformed, unknown kid, bad MAC, wrong device)
         pool = cache.get(ws)
         if pool is None:
             pools.expire_due(conn, self.latest, ws, now)
