@@ -64,6 +64,7 @@ from firmware_py import proto as P
 
 SUBSCRIPTION = "$share/raters/em/+/+/up/#"
 SESSION_EXPIRY_S = 86400
+RECEIVE_MAXIMUM = 100    # the broker's Receive Maximum (deploy/mosquitto: max_inflight_messages)
 GC_GEN0 = 50_000
 
 
@@ -196,7 +197,11 @@ class Rater:
         self.client_id = client_id
         c = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                       manual_ack=True)
-        c.max_inflight_messages_set(1000)
+        # Our own QoS 1 publishes (acks, grants, commands) in flight at once: the shipped broker
+        # announces Receive Maximum 100 (max_inflight_messages in deploy/mosquitto) and MQTT 5
+        # (3.3.4) forbids exceeding it; paho does not read it from CONNACK, so it is set here.
+        # The rest waits in paho's unbounded queue, in order.
+        c.max_inflight_messages_set(RECEIVE_MAXIMUM)
         c.max_queued_messages_set(0)
         if username or u.username:
             c.username_pw_set(username or u.username, password or u.password)
