@@ -54,14 +54,8 @@ FEN = const(10000)
 _BP = const(10000)
 
 
-class BillingError(ValueError):
-    def __init__(self, rule: str, detail: str = ""):
-        self.msg = rule + ": " + detail if detail else rule
-        super().__init__(self.msg)
-        self.rule = rule
-
-    def __str__(self):
-        return self.msg
+class BillingError(rating.RuleError):
+    """A purchase, plan or account operation that breaks a rule; .rule names it."""
 
 
 def _amount(v, what):

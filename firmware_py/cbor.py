@@ -33,14 +33,12 @@ Arrays decode to list, maps to dict, byte strings to bytes.
 
 Exceptions:
     ValueError
-     +-- CBORError     the peer sent bytes that are not one valid item of the subset (wire
-     |                 error): .offset (int, byte position in the input), .reason (str);
-     |                 str() is "offset N: reason". Never KeyError/IndexError/UnicodeError
-     |                 or struct.error.
+     +-- WireError     a peer's bytes are invalid: .offset, .reason, str() "offset N: reason"
+     |    +-- CBORError  not one item of the subset; never KeyError/IndexError/struct.error
+     |    (proto.ProtoError derives from it; mqtt_codec.MQTTError copies it: no cbor import)
      +-- EncodeError   our caller passed a value outside the subset (float, set, str-keyed
                        dict, int out of range, too deep): .path (e.g. "$[2][5]"), .reason.
-loads() given something that is not bytes/bytearray/memoryview raises a plain ValueError.
-"""
+loads() given something other than bytes/bytearray/memoryview raises a plain ValueError."""
 import struct
 
 try:
@@ -55,8 +53,8 @@ _pack = struct.pack
 _unpack_from = struct.unpack_from
 
 
-class CBORError(ValueError):
-    """The input is not one valid CBOR item of our subset (see D1-D7)."""
+class WireError(ValueError):
+    """A peer's bytes are invalid: .offset (-1: no byte), .reason (see Exceptions above)."""
 
     def __init__(self, offset, reason):
         super().__init__("offset %d: %s" % (offset, reason))
@@ -65,6 +63,10 @@ class CBORError(ValueError):
 
     def __str__(self):
         return "offset %d: %s" % (self.offset, self.reason)
+
+
+class CBORError(WireError):
+    """The input is not one valid CBOR item of our subset (see D1-D7)."""
 
 
 class EncodeError(ValueError):

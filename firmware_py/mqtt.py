@@ -1,12 +1,9 @@
 """MQTTClient: the device's own MQTT 3.1.1 client over `socket` (TLS through `ssl`), no threads.
-
-TLS: pass ssl=firmware_py.mqtt_tls.tls_context(cafile) (kept apart: a plain-TCP image leaves it
-out).
+TLS: pass ssl=firmware_py.mqtt_tls.tls_context(cafile) (kept apart: a TCP image leaves it out).
 
 A thin shell around the sans-io codec (firmware_py/mqtt_codec.py). The socket is non-blocking
 after the (TLS) handshake; poll() waits with select.poll, so one loop serves keepalive, incoming
-messages and acknowledgements. Buffers are allocated once per client: a receive chunk (rx_size)
-and the parser's body buffer (max_packet).
+messages and acks. Buffers are allocated once: a receive chunk (rx_size) and the body (max_packet).
 
 Errors (the three channels of paho-mqtt):
     ValueError           our caller's mistake (bad topic, QoS 2, full inflight window): at once
@@ -30,9 +27,7 @@ Rules:
     declares the connection dead when the PINGRESP is not back within timeout_ms.
  C5 the broker's first packet must be CONNACK (§3.2); client-to-server packet types, QoS 2 and
     a second CONNACK are protocol errors.
- C6 no reconnect policy here: the caller's supervisor calls connect() again after a delay from
-    firmware_py/backoff.py.
-"""
+ C6 no reconnect policy here: the caller's supervisor reconnects after a backoff.py delay."""
 import errno
 import select
 import socket

@@ -76,7 +76,8 @@ DECODERS = {}  # type: dict
 
 
 class MQTTError(ValueError):
-    """The peer sent bytes that are not MQTT 3.1.1 (rules R1-R10)."""
+    """The peer sent bytes that are not MQTT 3.1.1 (rules R1-R10). The shape of cbor.WireError,
+    kept separate so that a client without the CBOR codec needs no cbor import (heap)."""
 
     def __init__(self, offset, reason):
         super().__init__("offset %d: %s" % (offset, reason))

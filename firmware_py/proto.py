@@ -94,16 +94,8 @@ _KIND = {"remaining": "i", "book": "b", "key": "b", "rounds": "r", "verdicts": "
 _FLAG_MASK = {USAGE: RETX, GRANT: FINAL | CLOSED, STATUS: 63}
 
 
-class ProtoError(ValueError):
+class ProtoError(cbor.WireError):
     """A message that is not one of ours (or a caller's field out of range: offset -1)."""
-
-    def __init__(self, offset, reason):
-        super().__init__("offset %d: %s" % (offset, reason))
-        self.offset = offset
-        self.reason = reason
-
-    def __str__(self):
-        return "offset %d: %s" % (self.offset, self.reason)
 
 
 def topic(ws, dev, suffix):

@@ -46,8 +46,9 @@ _MAX_ENTRIES = const(64)
 _GROUP_RULE = {pb.G_ASR: "one-asr", pb.G_TTS: "one-tts", pb.G_LLM: "one-llm"}
 
 
-class RatingError(ValueError):
-    """An invalid round; .rule names the broken rule (R1..R14), str() is 'rule: detail'."""
+class RuleError(ValueError):
+    """A value that breaks a named billing rule: .rule names it, str() is 'rule: detail'.
+    The base of RatingError here and billing.BillingError."""
 
     def __init__(self, rule: str, detail: str = ""):
         self.msg = rule + ": " + detail if detail else rule
@@ -56,6 +57,10 @@ class RatingError(ValueError):
 
     def __str__(self):
         return self.msg
+
+
+class RatingError(RuleError):
+    """An invalid round; .rule names the broken rule (R1..R14)."""
 
 
 def _int(v) -> bool:
