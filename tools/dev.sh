@@ -45,7 +45,16 @@ ensure_postgres() {
 ensure_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating virtual environment $VENV"
-        "$PY" -m venv "$VENV"
+        if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+            # Debian/Ubuntu ship venv's ensurepip separately (python3-venv / python3.11-venv)
+            rm -rf "$VENV"
+            say "installing python3-venv (venv could not bootstrap pip)"
+            as_root apt-get update -qq
+            ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null || true
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "python$ver-venv" >/dev/null 2>&1 || true
+            "$PY" -m venv "$VENV"
+        fi
     fi
     local stamp="$VENV/.edgemeter-installed"
     local want
