@@ -27,7 +27,10 @@ Rules:
     declares the connection dead when the PINGRESP is not back within timeout_ms.
  C5 the broker's first packet must be CONNACK (§3.2); client-to-server packet types, QoS 2 and
     a second CONNACK are protocol errors.
- C6 no reconnect policy here: the caller's supervisor reconnects after a backoff.py delay."""
+ C6 no reconnect policy here: the caller's supervisor reconnects after a backoff.py delay.
+ C7 a PUBLISH over max_packet is skipped unbuffered (mqtt_codec R11): not for the callback, but
+    counted in .oversized and told to .on_oversized(topic or None, length) if set; QoS 1 is acked
+    as in C3 (no redelivery). Any other packet over max_packet is a protocol error (R1)."""
 import errno
 import select
 import socket
@@ -42,7 +45,8 @@ except ImportError:
     def const(x):  # type: ignore[no-redef,misc]
         return x
 
-_CONNACK = const(2)  # packet types, as in mqtt_codec (inlined here)
+_OVERSIZED = const(0)  # packet types, as in mqtt_codec (inlined here)
+_CONNACK = const(2)
 _PUBLISH = const(3)
 _PUBACK = const(4)
 _SUBACK = const(9)
@@ -69,9 +73,6 @@ class MQTTConnectionError(Exception):
         self.reason = reason
         self.rc = rc
 
-    def __str__(self):
-        return self.reason
-
 
 def _again(e):
     """True for 'try again later' from a non-blocking socket: EAGAIN, or CPython's
@@ -89,14 +90,12 @@ def _edge(fn):
         self._in_cb = False
         try:
             return fn(self, *args, **kw)
-        except OSError as e:
+        except (OSError, MQTTError) as e:
             if self._in_cb:
                 raise
+            if isinstance(e, MQTTError):
+                raise self._lost("protocol error from the broker: %s" % e)
             raise self._lost("%s %s" % (type(e).__name__, e))
-        except MQTTError as e:
-            if self._in_cb:
-                raise
-            raise self._lost("protocol error from the broker: %s" % e)
     return edge
 
 
@@ -125,23 +124,22 @@ class MQTTClient:
         self.inflight = {}  # pid -> encoded PUBLISH awaiting its PUBACK (C1)
         self._order = []    # the same pids, oldest first (dict order is not relied on)
         self.resent = 0     # PUBLISH packets re-sent with DUP by connect() (C2)
+        self.oversized = 0  # incoming PUBLISH packets skipped for their size (C7)
+        self.on_oversized = None
         self.connected = False
         self._parser = mc.Parser(max_packet)
         self._rx = bytearray(rx_size)
         self._rxmv = memoryview(self._rx)
-        self._rxn = 0
-        self._rxpos = 0
+        self._rxn = self._rxpos = 0
         self._sock = None
         self._poller = select.poll()
         self._rd = _no_io   # the socket's recv_into (CPython) or readinto (MicroPython)
         self._wr = _no_io   # its send (CPython) or write (MicroPython)
         self._pid = 0
         self._in_cb = False
-        self._want = 0
-        self._want_pid = 0
+        self._want = self._want_pid = 0
         self._reply = None
-        self._last_tx = ticks_ms()
-        self._ping_at = ticks_ms()
+        self._last_tx = self._ping_at = ticks_ms()
         self._pinging = False
 
     # ---- public API -------------------------------------------------------------------------
@@ -235,8 +233,7 @@ class MQTTClient:
 
     def _close(self):
         self.connected = False
-        s = self._sock
-        self._sock = None
+        s, self._sock = self._sock, None
         self._rd = self._wr = _no_io
         if s is not None:
             try:
@@ -371,14 +368,17 @@ class MQTTClient:
                 raise MQTTError(0, "packet type %d before CONNACK" % t)
             self._reply = pkt
             self._want = 0
-        elif t == _PUBLISH:
+        elif t == _PUBLISH or t == _OVERSIZED:  # the same places: topic, payload|length, qos, pid
             if pkt[3] == 2:
                 raise MQTTError(0, "QoS 2 PUBLISH (never subscribed above QoS 1)")
-            if self.callback is not None:
+            if t == _OVERSIZED:
+                self.oversized += 1
+            fn = self.callback if t == _PUBLISH else self.on_oversized
+            if fn is not None:
                 self._in_cb = True
-                self.callback(pkt[1], pkt[2])
+                fn(pkt[1], pkt[2])
                 self._in_cb = False
-            if pkt[3]:
+            if pkt[4]:  # QoS 1 with a known packet id (C3, C7)
                 self._send(mc.encode_puback(pkt[4]))
         elif t == _PUBACK:
             if self.inflight.pop(pkt[1], None) is not None:

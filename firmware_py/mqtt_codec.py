@@ -19,11 +19,12 @@ A decoded packet is a tuple whose first item is its type:
     (PUBACK | PUBREC | PUBREL | PUBCOMP | UNSUBACK, pid)
     (SUBACK, pid, [code, ...])                                 code 0, 1, 2 or 0x80 (refused)
     (PINGREQ,)  (PINGRESP,)  (DISCONNECT,)
+    (OVERSIZED, topic, length, qos, pid)                     a PUBLISH skipped for its size (R11)
     and with mqtt_server: CONNECT, SUBSCRIBE, UNSUBSCRIBE (see there).
 Topics and filters are str, payloads bytes, flags bool.
 
 Decoder rules (each rejected with MQTTError):
- R1 remaining length: at most 4 bytes (§2.2.3), shortest form, at most the parser's max_size.
+ R1 remaining length: at most 4 bytes (§2.2.3), shortest form, at most max_size (PUBLISH: R11).
  R2 packet type 0 and 15 are reserved; fixed-header flags are 0b0010 for PUBREL, SUBSCRIBE and
     UNSUBSCRIBE and 0 for every other type but PUBLISH (§2.2.2).
  R3 PUBLISH: QoS 3 is malformed, DUP must be 0 with QoS 0 (§3.3.1.1-2); the topic name is not
@@ -38,6 +39,9 @@ Decoder rules (each rejected with MQTTError):
  R8 SUBSCRIBE/UNSUBSCRIBE (mqtt_server): at least one well-formed filter, requested QoS <= 2.
  R9 SUBACK return codes are 0, 1, 2 or 0x80 (§3.9.3).
  R10 a packet's body is used exactly: a field running past it or bytes left over are errors.
+ R11 a PUBLISH longer than max_size is no error: the parser keeps its first max_size body bytes,
+    skips the rest (any chunking) and gives (OVERSIZED, topic, remaining length, qos, pid), the
+    header checked by R3-R5 if it fits, else topic None and pid 0. The caller acks and drops it.
 Encoders apply the same rules to their arguments and raise ValueError.
 """
 import struct
@@ -48,6 +52,7 @@ except ImportError:
     def const(x):  # type: ignore[no-redef,misc]
         return x
 
+OVERSIZED = const(0)  # the reserved type 0: a PUBLISH skipped for its size (R11)
 CONNECT = const(1)
 CONNACK = const(2)
 PUBLISH = const(3)
@@ -71,12 +76,11 @@ PINGRESP_PACKET = b"\xd0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 PROTOCOL = b"\x00\x04MQTT\x04"  # protocol name and level 4 (§3.1.2.1-2)
 
-# decoders of the broker-side packet types, filled in by firmware_py/mqtt_server.py
-DECODERS = {}  # type: dict
+DECODERS = {}  # type: dict  # decoders of the broker-side types, filled in by mqtt_server.py
 
 
 class MQTTError(ValueError):
-    """The peer sent bytes that are not MQTT 3.1.1 (rules R1-R10). The shape of cbor.WireError,
+    """The peer sent bytes that are not MQTT 3.1.1 (rules R1-R11). The shape of cbor.WireError,
     kept separate so that a client without the CBOR codec needs no cbor import (heap)."""
 
     def __init__(self, offset, reason):
@@ -270,21 +274,29 @@ def end_at(i, n, hl):
         raise MQTTError(hl + i, "%d bytes left over" % (n - i))
 
 
+def pub_head(first, b, n, hl):
+    """(topic, pid, index after them) of a PUBLISH body b[0:n] (R3-R5)."""
+    topic, i = str_at(b, 0, n, hl)
+    if not topic_ok(topic):
+        raise MQTTError(hl + 2, "bad topic name %r" % topic)
+    return (topic, pid_at(b, i, n, hl), i + 2) if first & 6 else (topic, 0, i)
+
+
+def oversized(first, b, m, n, hl):
+    """R11's tuple of a PUBLISH of n body bytes of which b[0:m] were kept (m < n)."""
+    fit = m >= 2 and 2 + (b[0] << 8 | b[1]) + (2 if first & 6 else 0) <= m
+    topic, pid, _ = pub_head(first, b, m, hl) if fit else (None, 0, 0)
+    return (OVERSIZED, topic, n, first >> 1 & 3, pid)
+
+
 def decode(first, b, n, hl):
     """The packet tuple of one packet: first header byte, body b[0:n], header length hl (for
     offsets). Rules R2-R10 (R1 is the parser's)."""
     check_first(first)
     t = first >> 4
     if t == PUBLISH:
-        topic, i = str_at(b, 0, n, hl)
-        if not topic_ok(topic):
-            raise MQTTError(hl + 2, "bad topic name %r" % topic)
-        qos = first >> 1 & 3
-        pid = 0
-        if qos:
-            pid = pid_at(b, i, n, hl)
-            i += 2
-        return (PUBLISH, topic, bytes(b[i:n]), qos, pid, first & 8 != 0, first & 1 != 0)
+        topic, pid, i = pub_head(first, b, n, hl)
+        return (PUBLISH, topic, bytes(b[i:n]), first >> 1 & 3, pid, first & 8 != 0, first & 1 != 0)
     if t in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
         pid = pid_at(b, 0, n, hl)
         end_at(2, n, hl)
@@ -316,8 +328,8 @@ def decode(first, b, n, hl):
 class Parser:
     """Streaming decoder: bytes in any chunking (one at a time included), one packet out at a
     time. The body buffer (max_size bytes) is allocated once; a packet whose remaining length
-    exceeds it is refused (R1) before its body is read. After an MQTTError the stream is lost:
-    reset() starts a new connection's stream."""
+    exceeds it is refused (R1) before its body is read, but a PUBLISH is skipped (R11). After
+    an MQTTError the stream is lost: reset() starts a new connection's stream."""
 
     def __init__(self, max_size=4096):
         if not 0 <= max_size <= _MAX:
@@ -344,8 +356,7 @@ class Parser:
             c = data[pos]
             if self._first < 0:
                 check_first(c)
-                self._first = c
-                self._got = 0
+                self._first = c  # reset() left _got at 0
                 pos += 1
                 continue
             if self._len < 0:
@@ -358,19 +369,22 @@ class Parser:
                     continue
                 if c == 0 and self._hl > 2:
                     raise MQTTError(self._hl - 1, "length not shortest")
-                if self._got > self.max_size:
+                if self._got > self.max_size and self._first >> 4 != PUBLISH:
                     raise MQTTError(1, "length %d over limit %d" % (self._got, self.max_size))
                 self._len = self._got
                 self._got = 0
             else:
                 k = min(end - pos, self._len - self._got)
-                self._buf[self._got:self._got + k] = data[pos:pos + k]
+                s = min(k, self.max_size - self._got)  # R11: past max_size, skip (s <= 0)
+                if s > 0:
+                    self._buf[self._got:self._got + s] = data[pos:pos + s]
                 pos += k
                 self._got += k
             if self._got == self._len:
-                first, n, hl = self._first, self._len, self._hl
+                first, n, hl, m = self._first, self._len, self._hl, self.max_size
                 self.reset()
-                return decode(first, self._mv, n, hl), pos
+                return (oversized(first, self._mv, m, n, hl) if n > m
+                        else decode(first, self._mv, n, hl)), pos
         return None, pos
 
 

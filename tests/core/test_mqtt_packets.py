@@ -55,9 +55,9 @@ def test_remaining_length_table_of_the_spec():
 
 def test_remaining_length_decodes_up_to_four_bytes():
     # the limit error reports the decoded length, so the largest lengths are checked without
-    # allocating them
+    # allocating them (on a SUBACK: a PUBLISH over the limit is skipped, R11)
     for n, hx in V["length"]:
-        data = b"\x30" + vec.unhex(hx)
+        data = b"\x90" + vec.unhex(hx)
         if n > 16384:
             e = vec.raises(mc.MQTTError, mc.Parser(16).feed, data)
             assert e.offset == 1 and ("length %d " % n) in e.reason, e.reason
@@ -105,9 +105,9 @@ def stream():
     return data, want
 
 
-def parse_chunks(data, sizes):
+def parse_chunks(data, sizes, max_size=64):
     """Feed data in chunks of the given sizes (cycled); the packets in order."""
-    p = mc.Parser(64)
+    p = mc.Parser(max_size)
     out = []
     i = 0
     k = 0
@@ -165,8 +165,58 @@ def test_partial_packet_is_kept_and_none_returned():
 def test_limit_is_checked_before_the_body_arrives():
     p = mc.Parser(8)
     assert p.feed(b"\x30\x08\x00\x01a12345") == ((mc.PUBLISH, "a", b"12345", 0, 0, False, False), 10)
-    e = vec.raises(mc.MQTTError, p.feed, b"\x30\x09")
+    e = vec.raises(mc.MQTTError, p.feed, b"\x90\x09")
     assert e.offset == 1 and "over limit" in e.reason
+
+
+CHUNKINGS = ([1], [2], [3], [7], [1, 5, 2, 64], [13, 1, 1, 30], [100000])
+
+
+def test_oversized_publish_is_skipped_in_every_chunking_then_the_next_packet_parses():
+    book = bytes(range(256)) * 5 + b"x" * 20  # 1300 bytes, a price book pushed to the device
+    big1 = mc.encode_publish("d/book", book, 1, 300, True)
+    big0 = mc.encode_publish("d/book", book[:40], 0)
+    small = mc.encode_publish("d/x", b"hi", 1, 5)
+    data = big1 + mc.encode_ack(mc.PUBACK, 7) + big0 + small
+    want = [[mc.OVERSIZED, "d/book", 2 + 6 + 2 + 1300, 1, 300], [mc.PUBACK, 7],
+            [mc.OVERSIZED, "d/book", 2 + 6 + 40, 0, 0], [mc.PUBLISH, "d/x", b"hi", 1, 5, False, False]]
+    for sizes in CHUNKINGS:
+        assert parse_chunks(data, sizes, 32) == want, sizes
+    # the QoS 1 header (topic length, topic, packet id: 10 bytes) does not fit: topic None, pid 0
+    want[0] = [mc.OVERSIZED, None, 1310, 1, 0]
+    for sizes in CHUNKINGS:
+        assert parse_chunks(data, sizes, 9) == want, sizes
+    assert parse_chunks(big1 + mc.PINGRESP_PACKET, [3], 0) == [want[0], [mc.PINGRESP]]
+    assert mc.decode_packet(big1, 40) == (mc.OVERSIZED, "d/book", 1310, 1, 300)
+    assert mc.decode_packet(big1) == (mc.PUBLISH, "d/book", book, 1, 300, True, False)
+
+
+def test_oversized_publish_header_still_follows_the_rules():
+    for bad, reason in ((b"\x00\x03a/#", "bad topic"), (b"\x00\x03a\xffb", "UTF-8"),
+                        (b"\x00\x01a\x00\x00", "packet id 0")):
+        data = b"\x32\x30" + bad + b"z" * (0x30 - len(bad))
+        for sizes in ([1], [len(data)]):
+            p = mc.Parser(16)
+            try:
+                for i in range(0, len(data), sizes[0]):
+                    p.feed(data[i:i + sizes[0]])
+            except mc.MQTTError as e:
+                assert reason in e.reason, (bad, e.reason)
+            else:
+                assert False, bad
+
+
+def test_oversized_non_publish_is_still_a_protocol_error():
+    for hx, limit in (("90050001010201", 4), ("40020007", 1), ("20020000", 1),
+                      ("b0020007", 0), ("d000", 0)):
+        data = vec.unhex(hx)
+        p = mc.Parser(limit)
+        if len(data) - 2 <= limit:
+            assert p.feed(data)[0][0] == data[0] >> 4  # at the limit it is fine
+            continue
+        assert p.feed(data[:1]) == (None, 1)
+        e = vec.raises(mc.MQTTError, p.feed, data[1:])
+        assert e.offset == 1 and "over limit" in e.reason, (hx, e.reason)
 
 
 def test_truncations_and_byte_flips_give_only_mqtt_errors():

@@ -12,6 +12,7 @@
 #   poll <ms>             ok <packets> <inflight count>
 #   wait <n> <ms>         poll until n messages arrived in this command or ms passed; ok <n>
 #   inflight              ok <pid> ...
+#   oversized             ok <client.oversized> <topic> <length> of the last on_oversized call
 #   close | disconnect    ok
 #   mem                   ok <gc.mem_alloc after gc.collect> <gc.mem_free>
 #   quit
@@ -34,6 +35,7 @@ except ImportError:
 
 client = None
 got = [0]
+big = ["-", 0]  # the last on_oversized(topic, length)
 
 
 def out(line):
@@ -45,6 +47,11 @@ def out(line):
 def on_message(topic, payload):
     got[0] += 1
     out("msg %s %s" % (topic, binascii.hexlify(payload).decode()))
+
+
+def on_oversized(topic, length):
+    big[0] = topic
+    big[1] = length
 
 
 def new(args):
@@ -74,6 +81,7 @@ def run(words):
         client = None
         gc.collect()
         client = new(a)
+        client.on_oversized = on_oversized
         return "ok"
     if c == "connect":
         sp = client.connect(a[0] == "1")
@@ -99,6 +107,8 @@ def run(words):
         return "ok %d" % got[0]
     if c == "inflight":
         return "ok " + " ".join(str(p) for p in sorted(client.inflight))
+    if c == "oversized":
+        return "ok %d %s %d" % (client.oversized, big[0], big[1])
     if c == "close":
         client.close()
         return "ok"
