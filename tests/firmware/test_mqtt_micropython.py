@@ -42,7 +42,9 @@ class Device:
             env["PYTHONPATH"] = str(ROOT)
         elif mpy_dir is not None:
             argv = [micropython(), "-X", f"heapsize={heap}", "-m", "mqtt_driver"]
-            env["MICROPYPATH"] = f"{mpy_dir}:.frozen"
+            # relative to cwd, as a board's /lib: module paths (interned for every import) stay
+            # short, so the heap figure does not depend on where pytest puts tmp_path
+            env["MICROPYPATH"] = ".:.frozen"
             cwd = mpy_dir  # never the repo root: "" on the path would import the sources
         else:
             argv = [micropython(), "-X", f"heapsize={heap}", str(DRIVER)]
