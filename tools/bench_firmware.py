@@ -121,17 +121,9 @@ def _micropython() -> str:
     return exe
 
 
-def _tmp(tag: str) -> Path:
-    d = ROOT / "build" / "tmp" / f"bench-fw-{tag}-{os.getpid()}"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    return d
-
-
 def cost_rows(blocks: int, k: int) -> list[dict[str, Any]]:
     exe = _micropython()
-    d = _tmp("cost")
+    d = benchrows.scratch("fw-cost")
     fw = d / "fw"
     build_firmware.build(fw)
     (d / "cost.py").write_text(_MP_COST)
@@ -185,7 +177,7 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
     import fw_proc
     from tools.broker import Broker
 
-    d = _tmp("heap")
+    d = benchrows.scratch("fw-heap")
     img = fw_proc.make_image(d / "img")
     runs: dict[int, dict[str, Any]] = {}
     with Broker(auth=True) as b:
@@ -239,7 +231,7 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
 
 
 def image_rows() -> list[dict[str, Any]]:
-    d = _tmp("img")
+    d = benchrows.scratch("fw-img")
     sizes = build_firmware.build_image(d)
     shutil.rmtree(d)
     tls = sizes.get("firmware_py/mqtt_tls.py", 0)

@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
 
 
-def _tmp(tag: str) -> Path:
-    d = ROOT / "build" / "tmp" / f"bench-{tag}-{os.getpid()}"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    return d
-
-
 def _fsync(f: Any) -> None:
     f.flush()
     os.fsync(f.fileno())
@@ -61,7 +53,7 @@ def bytes_rows(rounds: int) -> list[dict[str, Any]]:
         if len(payload) != size:
             raise SystemExit("bench_journal: round shapes changed")
         for batch in (1, 10, 50):
-            d = _tmp("bytes")
+            d = benchrows.scratch("bytes")
             j = Journal(str(d / "j"), max_bytes=64 * 1024, segment_bytes=4096)
             j.open()
             w0 = j.bytes_written  # the two ack slots made once when the journal is created
@@ -94,7 +86,7 @@ def ratio_rows(n: int, reps: int) -> list[dict[str, Any]]:
     payload = cbor.dumps(ROUNDS[11])
     rows = []
     for label, sync in (("fsync", _fsync), ("no sync", _flush)):
-        d = _tmp("ratio")
+        d = benchrows.scratch("ratio")
         j = Journal(str(d / "j"), max_bytes=1 << 24, segment_bytes=4096, sync=sync)
         j.open()
         f = open(d / "bare.log", "ab")
@@ -198,7 +190,7 @@ def micropython_rows(n: int, reps: int) -> list[dict[str, Any]]:
         return [{"name": "journal on MicroPython", "value": None, "unit": "",
                  "how": "skipped: micropython not installed"}]
     from tools import build_firmware
-    d = _tmp("mp")
+    d = benchrows.scratch("mp")
     fw = d / "fw"
     build_firmware.build(fw)
     env = dict(os.environ, MICROPYPATH=str(fw))

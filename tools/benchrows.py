@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +30,12 @@ def emit(rows: list[dict[str, Any]], as_json: bool) -> int:
     for r in rows:
         print(f"{r['value']!s:>9} {r['unit']:<5} {r['name']}\n{'':16}({r['how']})")
     return 0
+
+
+def scratch(tag: str) -> Path:
+    """An empty directory build/tmp/bench-<tag>-<pid> for a benchmark's files (made anew)."""
+    d = Path(__file__).resolve().parent.parent / "build" / "tmp" / f"bench-{tag}-{os.getpid()}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
