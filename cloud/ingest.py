@@ -99,13 +99,13 @@ class Ingest:
         with db.write_connect(engine) as conn, conn.begin():
             self.books = ledger.ensure_books(conn, self.now_ms() // 1000)
         self.latest = ledger.latest_book(self.books)
-        self._memo: dict[tuple[int, str], Any] = {}
+        self._memo: dict[tuple[int, Any], Any] = {}
         self._ws_cache: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ rating memo (G8)
-    def rated(self, book: dict, wire: list, key: tuple[int, str]) -> tuple[list, int] | ValueError:
+    def rated(self, book: dict, wire: list, key: tuple[int, Any]) -> tuple[list, int] | ValueError:
         """rating.rate(book, round_from_wire(wire)), or the ValueError it raised, memoised by
-        key = (book version, repr(wire))."""
+        key = (book version, tuple(wire) when its entries are all item ids, else repr(wire))."""
         hit = self._memo.get(key)
         if hit is None:
             try:
@@ -117,7 +117,7 @@ class Ingest:
             self._memo[key] = hit
         return hit
 
-    def batch_lines(self, keys: list[tuple[int, str]]) -> dict[tuple[int, int], list[int]]:
+    def batch_lines(self, keys: list[tuple[int, Any]]) -> dict[tuple[int, int], list[int]]:
         """{(item, multiplier): [calls, µCNY]} of a batch's valid rounds (their memo keys)."""
         agg: dict[tuple[int, int], list[int]] = {}
         counts = {keys[0]: len(keys)} if keys and keys.count(keys[0]) == len(keys) else Counter(keys)
@@ -419,8 +419,12 @@ class _Session(CS.CloudSession):
     rated_keys: list
 
     def rate_round(self, book: dict, wire: list) -> int:
-        key = (book["version"], repr(wire))
-        hit = self.ingest._memo.get(key)
+        try:     # a round of plain item ids (the usual): the tuple of them is the key
+            key: tuple[int, Any] = (book["version"], tuple(wire))
+            hit = self.ingest._memo.get(key)
+        except TypeError:    # entries with counts or models are lists, not hashable
+            key = (book["version"], repr(wire))
+            hit = self.ingest._memo.get(key)
         if hit is None:
             hit = self.ingest.rated(book, wire, key)
         if isinstance(hit, ValueError):
@@ -429,8 +433,9 @@ class _Session(CS.CloudSession):
         return hit[1]
 
 
-def _wire(text: str) -> list:
-    return ast.literal_eval(text)
+def _wire(form: tuple | str) -> list:
+    """The wire array of a memo key's second half (a tuple of item ids, or a repr)."""
+    return list(form) if type(form) is tuple else ast.literal_eval(form)
 
 
 def _never(_seq: int) -> bool:

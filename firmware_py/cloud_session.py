@@ -130,15 +130,17 @@ class CloudSession:
         verdict = P.V_OK if book is not None else P.V_UNKNOWN_BOOK
         rounds = []
         total = 0
+        t0 = msg["t0"]
         for r in msg["rounds"]:
+            w = r[1:]
             u = None
             if book is not None:
                 try:
-                    u = self.rate_round(book, r[1:])
+                    u = self.rate_round(book, w)
                     total += u
                 except ValueError:
                     verdict = P.V_INVALID
-            rounds.append((msg["t0"] + r[0], r[1:], u))
+            rounds.append((t0 + r[0], w, u))
         if book is None:
             total = msg["ucny"]
         elif verdict == P.V_OK and total != msg["ucny"]:

@@ -92,6 +92,7 @@ MESSAGES = {
 # field kinds other than uint: i int, b bytes, r rounds, v verdict map
 _KIND = {"remaining": "i", "book": "b", "key": "b", "rounds": "r", "verdicts": "v"}
 _FLAG_MASK = {USAGE: RETX, GRANT: FINAL | CLOSED, STATUS: 63}
+_CHECKED = ("remaining", "book", "key", "rounds", "verdicts", "flags")   # fields _check must see
 
 
 class ProtoError(cbor.WireError):
@@ -135,9 +136,11 @@ def _check(mtype, k, v, off):
         ok = t is dict and all(type(s) is int and s >= 0 and type(c) is int and 0 <= c < 256
                                for s, c in v.items())
     else:
-        ok = (t is list and len(v) <= MAX_ROUNDS
-              and all(type(r) is list and r and type(r[0]) is int and 0 <= r[0] <= _U64
-                      for r in v))
+        ok = t is list and len(v) <= MAX_ROUNDS
+        for r in v if ok else ():
+            if type(r) is not list or not r or type(r[0]) is not int or not 0 <= r[0] <= _U64:
+                ok = False
+                break
     if not ok:
         shown = "%d bytes" % len(v) if t is bytes or t is bytearray else repr(v)
         raise ProtoError(off, "%s.%s: %s is not a valid %s" % (name(mtype), k, shown, {
@@ -225,13 +228,19 @@ def decode_body(data, base=0):
     if not len(fields) - opt + 1 <= len(arr) <= len(fields) + 1:
         raise ProtoError(base, "%s: %d fields, expected %d" % (spec[0], len(arr) - 1, len(fields)))
     msg = {"type": mtype}
-    for i in range(1, len(arr)):
-        k = fields[i - 1]
+    i = 0
+    for k in fields:
+        i += 1
+        if i == len(arr):
+            break
+        v = arr[i]
+        msg[k] = v
+        if type(v) is int and 0 <= v <= _U64 and k not in _CHECKED:
+            continue    # a plain uint field (most of them): valid as decoded
         try:
-            _check(mtype, k, arr[i], 0)
+            _check(mtype, k, v, 0)
         except ProtoError as exc:
             raise ProtoError(_field_offset(base, arr, i), exc.reason)
-        msg[k] = arr[i]
     _semantics(mtype, arr, base)
     return msg
 
@@ -248,7 +257,7 @@ def unseal(data):
     b, t = env
     if len(t) != mac.TAG_LEN:
         raise ProtoError(len(data) - len(t) - 1, "tag is %d bytes, expected 16" % len(t))
-    return decode_body(b, 1 + len(cbor.dumps(len(b)))), b, t
+    return decode_body(b, 2 if len(b) < 24 else 3 if len(b) < 256 else 4), b, t   # after [ and b's head
 
 
 def verify(key, body_bytes, tag):
