@@ -1,0 +1,92 @@
+"""The rater's MQTT client: paho-mqtt 2.x's Client with a cheaper receive path.
+
+A paho Client spends most of its receive time outside the protocol itself; profiling the
+rater draining a queue (`python -m tools.bench_ingest`, breakdown rows) showed, per PUBLISH:
+three or more recv() calls (the command byte, each remaining-length byte, then the rest), and
+a new MQTT 5 `Properties` object whose constructor rebuilds paho's property tables (27 list
+lookups, two dict literals) and whose unpack() clears every property name by string
+replacement, even when the packet carries no property at all. Together about half of the
+rater's MQTT CPU. RaterClient changes only those two things:
+
+ Q1. Reads: the socket is read in 64 KiB chunks and paho's packet reader is served from that
+     buffer (Client._sock_recv, paho's one read hook). The buffer belongs to one socket and is
+     dropped with it; `buffered()` tells the caller's loop not to wait on select() while
+     bytes are waiting in it.
+ Q2. PUBLISH without properties (QoS 0 or 1, MQTT 5, a non-empty topic; what devices send):
+     parsed here into the same MQTTMessage paho builds (topic, payload, mid, qos, dup, retain,
+     timestamp), its `properties` a shared empty Properties(PUBLISH) that must not be
+     modified; then paho's own dispatch (_handle_on_message) and QoS 1 acknowledgement
+     (automatic or manual_ack) run unchanged. Anything else (properties present, QoS 2, a
+     topic alias, a short or malformed packet, MQTT 3, a logger attached) goes to paho's own
+     Client._handle_publish, which decodes (or rejects) it as always.
+Everything else (sessions, acknowledgements, keepalive, TLS, reconnects, publishing) is paho's.
+tests/cloud/test_mqttclient.py checks both paths against a stock Client on a real Mosquitto.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+READ_CHUNK = 65536
+NO_PROPERTIES = Properties(PacketTypes.PUBLISH)   # shared by every Q2 message: read-only
+
+
+class RaterClient(mqtt.Client):
+    """paho's Client with rules Q1 and Q2."""
+
+    _rsock: Any = None
+    _rbuf = b""
+    _rpos = 0
+
+    # ---- Q1
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rsock is not self._sock:          # a new (or no) socket: nothing is buffered
+            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
+        pos = self._rpos
+        if pos >= len(self._rbuf):
+            data = super()._sock_recv(READ_CHUNK)  # raises as paho expects (BlockingIOError, ...)
+            if len(data) <= bufsize:
+                self._rbuf, self._rpos = b"", 0
+                return data
+            self._rbuf, pos = data, 0
+        end = pos + bufsize
+        self._rpos = end
+        return self._rbuf[pos:end]
+
+    def buffered(self) -> bool:
+        """True when bytes already read from the current socket wait in the buffer."""
+        return self._rsock is self._sock and self._rpos < len(self._rbuf)
+
+    # ---- Q2
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        header = self._in_packet["command"]
+        pkt = self._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        n = len(pkt)
+        if (qos > 1 or self._protocol != mqtt.MQTTv5 or n < 3 or self._logger is not None
+                or self._on_log is not None):
+            return super()._handle_publish()
+        tlen = (pkt[0] << 8) | pkt[1]
+        pos = 2 + tlen
+        mid = 0
+        if qos:
+            if pos + 2 > n:
+                return super()._handle_publish()
+            mid = (pkt[pos] << 8) | pkt[pos + 1]
+            pos += 2
+        if tlen == 0 or pos >= n or pkt[pos] != 0:   # alias, properties or a short packet: paho's path
+            return super()._handle_publish()
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(pkt[2:2 + tlen]))
+        message.dup = (header & 0x08) != 0
+        message.qos = qos
+        message.retain = (header & 0x01) != 0
+        message.properties = NO_PROPERTIES
+        message.payload = bytes(pkt[pos + 1:])
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
