@@ -10,8 +10,9 @@ rater's MQTT CPU. RaterClient changes only those two things:
 
  Q1. Reads: the socket is read in 64 KiB chunks and paho's packet reader is served from that
      buffer (Client._sock_recv, paho's one read hook). The buffer belongs to one socket and is
-     dropped with it; `buffered()` tells the caller's loop not to wait on select() while
-     bytes are waiting in it.
+     dropped with it; loop_read() goes on until it is empty (so paho's own loop_forever /
+     loop_start, which select() on the socket, never leave packets waiting in it), and
+     `buffered()` tells an external loop the same.
  Q2. PUBLISH without properties (QoS 0 or 1, MQTT 5, a non-empty topic; what devices send):
      parsed here into the same MQTTMessage paho builds (topic, payload, mid, qos, dup, retain,
      timestamp), its `properties` a shared empty Properties(PUBLISH) that must not be
@@ -59,6 +60,18 @@ class RaterClient(mqtt.Client):
     def buffered(self) -> bool:
         """True when bytes already read from the current socket wait in the buffer."""
         return self._rsock is self._sock and self._rpos < len(self._rbuf)
+
+    def loop_read(self, max_packets: int = 0) -> mqtt.MQTTErrorCode:
+        """paho's loop_read, repeated while bytes wait in the buffer (the socket may have
+        nothing more to say about them, so a select() on it, paho's own loop or a caller's,
+        would not come back for them), at most max_packets times when that is positive (an
+        external loop's batch bound; paho's own loop passes nothing: until the buffer is empty)."""
+        rc = super().loop_read()
+        k = 1
+        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self.buffered() and (max_packets <= 0 or k < max_packets):
+            rc = super().loop_read()
+            k += 1
+        return rc
 
     # ---- Q2
     def _handle_publish(self) -> mqtt.MQTTErrorCode:

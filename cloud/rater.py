@@ -319,7 +319,7 @@ class Rater:
             if readable:
                 while len(self.inbox) < self.group:
                     before = len(self.inbox)
-                    rc = c.loop_read()
+                    rc = c.loop_read(1)
                     if rc != mqtt.MQTT_ERR_SUCCESS or len(self.inbox) == before:
                         break
             if rc != mqtt.MQTT_ERR_SUCCESS and not self.stopping:
