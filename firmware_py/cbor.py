@@ -107,7 +107,7 @@ def _key_order(k):
 
 def _enc(o, buf, depth):
     # Raises a bare ValueError/TypeError on anything outside the subset; dumps() then walks
-    # the value again (_explain) to say where and why, so the hot path carries no path.
+    # the value again (cbor_diag.explain) to say where and why, so the hot path carries no path.
     t = type(o)
     if t is int:
         if o >= 0:
@@ -159,49 +159,17 @@ def _enc(o, buf, depth):
         raise ValueError
 
 
-def _explain(o, path, depth):
-    # Mirror of _enc that returns (path, reason) for the first unsupported value, or None.
-    t = type(o)
-    if o is None or o is True or o is False or t is bytes or t is bytearray or t is memoryview:
-        return None
-    if isinstance(o, int):
-        if -_U64 <= o < _U64:
-            return None
-        return path, "int %d outside -2**64..2**64-1" % o
-    if t is str:
-        try:
-            o.encode()
-        except UnicodeError:
-            return path, "text is not encodable as UTF-8 (lone surrogate?)"
-        return None
-    if t is list or t is tuple or t is dict:
-        if depth <= 0:
-            return path, "nested deeper than %d" % _ENC_MAX_DEPTH
-        if t is dict:
-            for k in o:
-                if type(k) is not int:
-                    return path, "map key %r of type %s: only int keys" % (k, type(k).__name__)
-            for k in o:
-                r = _explain(k, path + "{key %d}" % k, depth - 1) or \
-                    _explain(o[k], path + "{%d}" % k, depth - 1)
-                if r:
-                    return r
-        else:
-            for i in range(len(o)):
-                r = _explain(o[i], path + "[%d]" % i, depth - 1)
-                if r:
-                    return r
-        return None
-    return path, "unsupported type %s" % t.__name__
-
-
 def dumps(obj):
     """The deterministic encoding (E1-E3) of obj; EncodeError names what is unsupported."""
     buf = bytearray()
     try:
         _enc(obj, buf, _ENC_MAX_DEPTH)
     except (ValueError, TypeError, RuntimeError, OverflowError):
-        r = _explain(obj, "$", _ENC_MAX_DEPTH)
+        try:    # where and why: the debugging extension, when the image carries it
+            from firmware_py.cbor_diag import explain
+            r = explain(obj, _ENC_MAX_DEPTH)
+        except ImportError:
+            r = None
         raise EncodeError(*(r or ("$", "value outside the CBOR subset")))
     return bytes(buf)
 
@@ -262,8 +230,11 @@ def _array(d, i, n, v, depth, maxn, start):
         raise CBORError(start, "%d entries cannot fit in the remaining %d bytes" % (v, n - i))
     if depth <= 0:
         raise CBORError(start, "nesting deeper than max_depth")
-    depth -= 1
-    out = []  # type: list
+    return _entries(d, i, n, v, depth - 1, maxn, [])
+
+
+def _entries(d, i, n, v, depth, maxn, out):
+    # Append the next v items (each at most depth deep) to out; return (out, offset after them).
     app = out.append
     for _ in range(v):
         # fast paths: the small unsigned ints and short arrays that usage rounds are made of
@@ -275,8 +246,34 @@ def _array(d, i, n, v, depth, maxn, start):
             app(d[i + 1])
             i += 2
         elif 0x80 <= b < 0x98:
-            x, i = _array(d, i + 1, n, b - 0x80, depth, maxn, i)
+            k = b - 0x80
+            j = i + 1
+            if depth <= 0 or k > maxn or k > n - j:
+                x, i = _array(d, j, n, k, depth, maxn, i)   # raises
+                app(x)
+                continue
+            # A short array that passed _array's checks (a round, an entry of one): its leading
+            # one- to three-byte uints (item ids, counts, seconds since t0) are read right
+            # here, without a call; from its first other entry on, _entries as _array would.
+            x = []
+            while k:
+                c = d[j] if j < n else 0xFF
+                if c < 24:
+                    x.append(c)
+                    j += 1
+                elif c == 24 and j + 1 < n and d[j + 1] >= 24:
+                    x.append(d[j + 1])
+                    j += 2
+                elif c == 25 and j + 2 < n and d[j + 1]:
+                    x.append(d[j + 1] << 8 | d[j + 2])
+                    j += 3
+                else:
+                    break
+                k -= 1
+            if k:
+                x, j = _entries(d, j, n, k, depth - 1, maxn, x)
             app(x)
+            i = j
         else:
             x, i = _item(d, i, n, depth, maxn)
             app(x)

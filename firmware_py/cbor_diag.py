@@ -1,7 +1,8 @@
 """RFC 8949 section 8 diagnostic notation for values of firmware_py.cbor's subset.
 
 An optional extension of firmware_py/cbor.py that a device image can leave out: cbor.diag()
-and cbor.notation() import it on use. Output rules:
+and cbor.notation() import it on use, and cbor.dumps() to say where and why a value is outside
+the subset (explain(); without this module its EncodeError says less). Output rules:
   N1. integers in decimal; byte strings as h'..' in lowercase hex; text in double quotes with
       JSON escapes for the quote, the backslash and U+0000-U+001F, U+007F (as \\u00XX);
   N2. arrays "[a, b]", maps "{k: v}" with keys in the deterministic order (cbor.py rule E2),
@@ -9,7 +10,7 @@ and cbor.notation() import it on use. Output rules:
 """
 from binascii import hexlify
 
-from firmware_py.cbor import _key_order
+from firmware_py.cbor import _U64, _key_order
 
 
 def _text_diag(s):
@@ -65,3 +66,44 @@ def notation(obj):
     out = []  # type: list
     _diag(obj, out)
     return "".join(out)
+
+
+def explain(obj, limit):
+    """Mirror of cbor._enc: (path, reason) of the first value in obj outside the subset (or
+    nested deeper than limit), or None."""
+    return _explain(obj, "$", limit, limit)
+
+
+def _explain(o, path, depth, limit):
+    t = type(o)
+    if o is None or o is True or o is False or t is bytes or t is bytearray or t is memoryview:
+        return None
+    if isinstance(o, int):
+        if -_U64 <= o < _U64:
+            return None
+        return path, "int %d outside -2**64..2**64-1" % o
+    if t is str:
+        try:
+            o.encode()
+        except UnicodeError:
+            return path, "text is not encodable as UTF-8 (lone surrogate?)"
+        return None
+    if t is list or t is tuple or t is dict:
+        if depth <= 0:
+            return path, "nested deeper than %d" % limit
+        if t is dict:
+            for k in o:
+                if type(k) is not int:
+                    return path, "map key %r of type %s: only int keys" % (k, type(k).__name__)
+            for k in o:
+                r = _explain(k, path + "{key %d}" % k, depth - 1, limit) or \
+                    _explain(o[k], path + "{%d}" % k, depth - 1, limit)
+                if r:
+                    return r
+        else:
+            for i in range(len(o)):
+                r = _explain(o[i], path + "[%d]" % i, depth - 1, limit)
+                if r:
+                    return r
+        return None
+    return path, "unsupported type %s" % t.__name__
