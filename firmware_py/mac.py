@@ -65,6 +65,8 @@ def hmac_sha256(key, msg):
     """HMAC-SHA-256(key, msg), RFC 2104 (M3: the runtime's hmac.digest where it exists)."""
     if _digest is None:
         return hmac_sha256_pure(key, msg)
+    if type(key) is bytes and type(msg) is bytes:
+        return _digest(key, msg, "sha256")
     return _digest(_check("key", key), _check("msg", msg), "sha256")
 
 
@@ -87,6 +89,8 @@ def equal(a, b):
     """True when a == b, compared in time that depends only on the lengths (M2, M3)."""
     if _compare is None:
         return equal_pure(a, b)
+    if type(a) is bytes and type(b) is bytes:
+        return _compare(a, b)
     return _compare(_check("a", a), _check("b", b))
 
 

@@ -8,7 +8,7 @@
     in-flight window of 100 and queue limits raised only so a whole run can be queued) and a
     SQLite ledger with N postpaid devices (registered through cloud.devices).
  2. Every device's batches are signed in advance (firmware_py.proto, the standard voice chat
-    round, 10 rounds per batch).
+    round, 10 rounds per batch, a round every 30 s).
  3. Drain: the rater's persistent session (shared subscription $share/raters/...) and a
     receive-only paho subscriber's persistent session ($share/baseline/..., same messages)
     are created, the publishers publish everything (QoS 1) while both are offline, then the
@@ -159,7 +159,7 @@ def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) 
     from firmware_py import proto as P
     from tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, T0
 
-    rounds = [[i] + STANDARD_CHAT for i in range(ROUNDS)]
+    rounds = [[30 * i] + STANDARD_CHAT for i in range(ROUNDS)]    # a round every 30 s
     out = []
     for seq in range(first_seq, first_seq + batches):
         for ws, dev, key in devs:
