@@ -171,34 +171,32 @@ def charge(conn: Connection, usage: Sequence[tuple[int, int, int]], now: int,
     if not usage:
         return {}
     states = states if states is not None else load_state(conn, (a for a, _, _ in usage))
-    rows = []
+    rows: list[tuple] = []     # account entries in ENTRY_COLS order
     for acc, batch_id, ucny in usage:
         st, charges = billing.apply_postpaid(states[acc], ucny, now)
         states[acc] = st
         for kind, ref, lst, bp in charges:
-            rows.append({"account_id": acc, "batch_id": batch_id, "at": now, "kind": kind, "ref": ref,
-                         "list_ucny": lst, "bp": bp})
+            rows.append((acc, batch_id, now, kind, ref, lst, bp))
     if rows:   # straight through the driver: the rater charges one entry per batch
-        ledger.insert_tuples(conn, S.account_entries, ENTRY_COLS, [tuple(r[c] for c in ENTRY_COLS) for r in rows])
+        ledger.insert_tuples(conn, S.account_entries, ENTRY_COLS, rows)
     _project(conn, rows, states)
     return states
 
 
-def _project(conn: Connection, rows: list[dict[str, Any]], after: Mapping[int, dict[str, Any]]) -> None:
-    per_acc: dict[int, dict[str, int]] = {}
+def _project(conn: Connection, rows: list[tuple], after: Mapping[int, dict[str, Any]]) -> None:
+    payg: dict[int, int] = {}
     per_plan: dict[int, list[int]] = {}
-    for r in rows:
-        a = per_acc.setdefault(r["account_id"], {"payg": 0})
-        if r["kind"] == "payg":
-            a["payg"] += r["list_ucny"]
-        elif r["kind"] in ("plan", "forfeit-plan"):
-            pp = per_plan.setdefault(r["ref"], [0, 0])
-            pp[0 if r["kind"] == "plan" else 1] += r["list_ucny"]
+    for acc, _batch, _at, kind, ref, lst, _bp in rows:
+        if kind == "payg":
+            payg[acc] = payg.get(acc, 0) + lst
+        elif kind in ("plan", "forfeit-plan"):
+            pp = per_plan.setdefault(ref, [0, 0])
+            pp[0 if kind == "plan" else 1] += lst
     b = S.account_balances
     upd = []
     for acc, st in after.items():
         t = st["trial"]
-        upd.append({"b_id": acc, "b_payg": per_acc.get(acc, {}).get("payg", 0), "b_bal": st["balance"],
+        upd.append({"b_id": acc, "b_payg": payg.get(acc, 0), "b_bal": st["balance"],
                     "b_trial": t["left"] if t else 0, "b_susp": st["suspended"]})
     conn.execute(update(b).where(b.c.account_id == bindparam("b_id")).values(
         payg_ucny=b.c.payg_ucny + bindparam("b_payg"), balance_ucny=bindparam("b_bal"),
@@ -213,8 +211,8 @@ def _project(conn: Connection, rows: list[dict[str, Any]], after: Mapping[int, d
             closed=or_(pb_.c.closed, bindparam("b_closed"))), pupd)
 
 
-def _forfeited(rows: list[dict[str, Any]], pid: int) -> bool:
-    return any(r["kind"] == "forfeit-plan" and r["ref"] == pid for r in rows)
+def _forfeited(rows: list[tuple], pid: int) -> bool:
+    return any(r[3] == "forfeit-plan" and r[4] == pid for r in rows)
 
 
 def settle(conn: Connection, account_id: int, now: int) -> dict[str, Any]:
