@@ -57,11 +57,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from cloud import accounts, db, ingest, pools
+from cloud.metrics import Metrics
 from cloud.mqttclient import RaterClient
 from cloud import schema as S
 from firmware_py import proto as P
@@ -91,48 +92,6 @@ def json_logger(name: str = "edgemeter.rater") -> logging.Logger:
         log.setLevel(logging.INFO)
         log.propagate = False
     return log
-
-
-class Metrics:
-    """The rater's Prometheus metrics, in a registry of its own (rule M6)."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.messages = Counter("edgemeter_messages_received", "MQTT messages received", registry=r)
-        self.batches = Counter("edgemeter_batches_booked", "usage batches booked (new)", registry=r)
-        self.rounds = Counter("edgemeter_rounds_booked", "interaction rounds booked", registry=r)
-        self.ucny = Counter("edgemeter_ucny_booked", "cloud-rated µCNY booked", registry=r)
-        self.duplicates = Counter("edgemeter_duplicates", "batches received again (acked, not booked)", registry=r)
-        self.mismatches = Counter("edgemeter_mismatches", "batches whose re-rating or lease disagreed", registry=r)
-        self.dead = Counter("edgemeter_dead_letters", "rejected messages", ["reason"], registry=r)
-        self.commands = Counter("edgemeter_commands", "commands sent to devices", ["op"], registry=r)
-        self.groups = Histogram("edgemeter_group_size", "messages per transaction", registry=r,
-                                buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
-        self.lag = Histogram("edgemeter_ingest_lag_seconds", "receive to commit", registry=r,
-                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.pool = Gauge("edgemeter_pool_units", "License pool buckets (units = µCNY)", ["workspace", "bucket"],
-                          registry=r)
-        self.leases = Gauge("edgemeter_leases", "leases by state", ["workspace", "state"], registry=r)
-        self.lease_units = Gauge("edgemeter_lease_outstanding_units", "units reserved by live leases", ["workspace"],
-                                 registry=r)
-        self.suspended = Gauge("edgemeter_accounts_suspended", "postpaid accounts suspended", registry=r)
-        self.dead_total = Gauge("edgemeter_dead_letters_stored", "dead letters in the store (sum of counts)",
-                                registry=r)
-
-    def record(self, o: ingest.Outcome, n: int) -> None:
-        self.messages.inc(n)
-        self.groups.observe(n)
-        self.batches.inc(o.booked)
-        self.rounds.inc(o.rounds)
-        self.ucny.inc(o.ucny)
-        self.duplicates.inc(o.duplicates)
-        self.mismatches.inc(o.mismatches)
-        for k, v in o.dead.items():
-            self.dead.labels(k).inc(v)
-        for k, v in o.commands.items():
-            self.commands.labels(k).inc(v)
-        for ms in o.lag_ms:
-            self.lag.observe(ms / 1000)
 
 
 def housekeeping(ing: ingest.Ingest, metrics: Metrics | None = None) -> ingest.Outcome:
