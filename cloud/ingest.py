@@ -247,7 +247,7 @@ class Ingest:
                     out.events.append((a[1], dev, a[2] if a[1] != "status" else None))
         for ws, es in pool_entries.items():
             pools.store(conn, pools_[ws], es, now)
-        new = self._book(conn, bookings, dups, out, now, now_ms)
+        new = self._book(conn, bookings, dups, out, now, now_ms, sessions)
         self._acks(conn, sessions, new, dups, bookings, out)
         self._save_sessions(conn, sessions, status_of, now_ms)
         for reason, topic, payload, detail in dead:
@@ -279,7 +279,7 @@ class Ingest:
 
     # ------------------------------------------------------------------ booking (G3-G5)
     def _book(self, conn: Connection, bookings: list, dups: dict, out: Outcome, now: int,
-              now_ms: int) -> dict[int, list]:
+              now_ms: int, sessions: dict[int, "_Session"]) -> dict[int, list]:
         """Insert the bookings [(message, workspace row, booking)]; returns {dev: [(seq, verdict)]}
         of the ones booked now (the others are duplicates, added to dups)."""
         rows, first = [], []
@@ -347,35 +347,43 @@ class Ingest:
             ledger.insert_rows(conn, S.mismatches, list(mism.values()))
             out.mismatches += len(mism)
         if charges:
-            self._charge(conn, charges, out, now)
+            self._charge(conn, charges, out, now, sessions)
         return new
 
-    def _charge(self, conn: Connection, charges: list, out: Outcome, now: int) -> None:
+    def _charge(self, conn: Connection, charges: list, out: Outcome, now: int, sessions: dict[int, "_Session"]) -> None:
         accs = {a for a, _, _ in charges}
         before = accounts.load_state(conn, accs)
         flags = {a: st["suspended"] for a, st in before.items()}
         after = accounts.charge(conn, charges, now, before)
         flipped = [a for a, st in after.items() if st["suspended"] != flags[a]]
         if flipped:
-            self.send_commands(conn, accounts.commands_due(conn, flipped), out)
+            self.send_commands(conn, accounts.commands_due(conn, flipped), out, sessions)
 
-    def send_commands(self, conn: Connection, cmds: list[tuple[int, int, str]], out: Outcome) -> None:
-        """Sign and queue suspend/resume commands and record them (accounts rule A4)."""
+    def send_commands(self, conn: Connection, cmds: list[tuple[int, int, str]], out: Outcome,
+                      sessions: dict[int, "_Session"] | None = None) -> None:
+        """Sign and queue suspend/resume commands and record them (accounts rule A4). A device
+        whose session the group already holds (`sessions`) is commanded through that session,
+        which the group saves at its end; saving a second copy here would be overwritten by it
+        and the command counter (cn) would go back, so that the device's next command would be
+        refused as stale."""
         if not cmds:
             return
-        rows, keys = self._load_devices(conn, {d for d, _, _ in cmds})
+        held = sessions or {}
+        rows, keys = self._load_devices(conn, {d for d, _, _ in cmds if d not in held})
         saved = []
         for dev, ws, op in cmds:
-            if dev not in rows or dev not in keys:
-                continue
-            sess = self._session(rows[dev], keys[dev])
+            sess = held.get(dev)
+            if sess is None:
+                if dev not in rows or dev not in keys:
+                    continue
+                sess = self._session(rows[dev], keys[dev])
+                saved.append(sess)
             data = sess.command(P.OP_SUSPEND if op == "suspend" else P.OP_RESUME)
             out.publish.append((P.topic(ws, dev, "down/cmd"), data))
             out.commands[op] = out.commands.get(op, 0) + 1
-            saved.append({"b_id": dev, "b_s": json.dumps(sess.state(), sort_keys=True)})
         if saved:
             conn.execute(update(S.devices).where(S.devices.c.id == bindparam("b_id")).values(session=bindparam("b_s")),
-                         saved)
+                         [{"b_id": x.dev, "b_s": json.dumps(x.state(), sort_keys=True)} for x in saved])
         accounts.mark_commanded(conn, cmds)
 
     # ------------------------------------------------------------------ acks and state (G6)

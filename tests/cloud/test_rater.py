@@ -158,12 +158,18 @@ def test_suspension_and_resumption_are_pushed(broker, tmp_path):
         assert f.wait_acked(20)
         assert f.devices[a].down == [] and f.devices[b].down == []
         f.send(a, rounds=1)            # 5450 more: the balance goes below zero
+        suspended = {}
         for d in (a, b):
             cmd = f.wait_down(d, lambda m: m["type"] == P.CMD and m["op"] == P.OP_SUSPEND)
             assert cmd is not None
+            suspended[d] = cmd["cn"]
         assert admin.main(["top-up", "--db", url, "--account", str(reg["account"]), "--cny", "1"]) == 0
         for d in (a, b):
-            assert f.wait_down(d, lambda m: m["type"] == P.CMD and m["op"] == P.OP_RESUME) is not None
+            cmd = f.wait_down(d, lambda m: m["type"] == P.CMD and m["op"] == P.OP_RESUME)
+            assert cmd is not None
+            # a device obeys a command only with a higher cn than the last (device_session):
+            # device a, whose batch tipped the balance, must not be sent its suspend's cn again
+            assert cmd["cn"] > suspended[d], (d, suspended[d], cmd["cn"])
         assert admin.main(["rebuild", "--db", url, "--check"]) == 0
     finally:
         f.stop()
