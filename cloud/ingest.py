@@ -29,6 +29,11 @@ For each message, in order (rules G1-G8; the protocol rules are firmware_py.clou
      commit leaves nothing behind; the broker (or the device) sends the messages again.
  G8. The core's rating is pure, so re-rating lines are memoised per (book version, round wire
      form); the memo is bounded.
+ G9. The sessions a group saved are kept (bounded, LIVE_MAX) with the JSON saved from them; the
+     next group that loads such a device reuses the object, without parsing, only when the
+     locked row holds exactly that JSON and the same keys (so a rolled-back group, another
+     rater or a command saved in between all mean a fresh parse). A session is taken out of
+     the cache when used, so no two holders ever share one.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from firmware_py import rating
 REASONS = (("malformed", "malformed"), ("unknown key id", "unknown_kid"), ("bad MAC", "bad_mac"),
            ("wrong device", "wrong_device"), ("replay", "replay"), ("return of lease", "foreign_lease"))
 MEMO_MAX = 100_000
+LIVE_MAX = 20_000
 LINE_COLS = ("batch_id", "item", "multiplier", "calls", "ucny")
 
 
@@ -101,6 +107,7 @@ class Ingest:
         self.latest = ledger.latest_book(self.books)
         self._memo: dict[tuple[int, Any], Any] = {}
         self._ws_cache: dict[int, Any] = {}
+        self._live: dict[int, tuple[str, _Session]] = {}     # rule G9
 
     # ------------------------------------------------------------------ rating memo (G8)
     def rated(self, book: dict, wire: list, key: tuple[int, Any]) -> tuple[list, int] | ValueError:
@@ -182,20 +189,37 @@ class Ingest:
         return {i: self._ws_cache[i] for i in ids if i in self._ws_cache}
 
     def _load_devices(self, conn: Connection, devs: set[int]) -> tuple[dict[int, Any], dict[int, dict[int, bytes]]]:
+        """The devices' rows (locked FOR UPDATE where the store has row locks) and their keys
+        up to the last delivered kid: straight through the driver, this runs for every group."""
         if not devs:
             return {}, {}
         ids = sorted(devs)
-        rows = {r["id"]: r for r in conn.execute(
-            select(S.devices.c.id, S.devices.c.workspace_id, S.devices.c.session, S.devices.c.kid_sent,
-                   S.devices.c.status).where(S.devices.c.id.in_(ids)).with_for_update()).mappings()}
+        sqlite = conn.dialect.name == "sqlite"
+        ph = "?" if sqlite else "%s"
+        rows: dict[int, Any] = {}
+        found: list[tuple[int, int, bytes]] = []
+        for k in range(0, len(ids), 900):
+            part = ids[k:k + 900]
+            marks = ", ".join([ph] * len(part))
+            for i, ws, sess, kid_sent, status in conn.exec_driver_sql(
+                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks})"
+                    + ("" if sqlite else " FOR UPDATE"), tuple(part)):
+                rows[i] = {"id": i, "workspace_id": ws, "session": sess, "kid_sent": kid_sent, "status": status}
+            found += conn.exec_driver_sql(
+                f"SELECT device_id, kid, key FROM device_keys WHERE device_id IN ({marks})", tuple(part)).all()
         keys: dict[int, dict[int, bytes]] = {}
-        for d, kid, key in conn.execute(select(S.device_keys.c.device_id, S.device_keys.c.kid, S.device_keys.c.key)
-                                        .where(S.device_keys.c.device_id.in_(ids))):
+        for d, kid, key in found:
             if d in rows and kid <= rows[d]["kid_sent"]:
                 keys.setdefault(d, {})[kid] = bytes(key)
         return rows, keys
 
     def _session(self, row: Any, keys: dict[int, bytes]) -> "_Session":
+        """The device's session from its row (rule G9: the one this Ingest saved last, when the
+        row still holds exactly what was saved from it and the keys are the same)."""
+        live = self._live.pop(row["id"], None)
+        if live is not None and live[0] == row["session"] and live[1].keys == keys \
+                and live[1].ws == row["workspace_id"]:
+            return live[1]
         state = json.loads(row["session"]) if row["session"] else None
         sess = _Session(row["workspace_id"], row["id"], keys, state or None, self.books)
         sess.ingest = self
@@ -409,14 +433,17 @@ class Ingest:
     def _save_sessions(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
         if not sessions:
             return
-        rows = [{"b_id": dev, "b_s": json.dumps(s.state(), sort_keys=True), "b_a": s.s["acked"], "b_seen": now_ms}
-                for dev, s in sessions.items()]
-        d = S.devices
-        conn.execute(update(d).where(d.c.id == bindparam("b_id")).values(
-            session=bindparam("b_s"), acked_seq=bindparam("b_a"), last_seen_ms=bindparam("b_seen")), rows)
+        ph = "?" if conn.dialect.name == "sqlite" else "%s"
+        saved = [(json.dumps(s.state(), sort_keys=True), s.s["acked"], now_ms, dev) for dev, s in sessions.items()]
+        conn.exec_driver_sql(   # straight through the driver: this runs for every group
+            f"UPDATE devices SET session = {ph}, acked_seq = {ph}, last_seen_ms = {ph} WHERE id = {ph}", saved)
+        if len(self._live) + len(saved) > LIVE_MAX:
+            self._live.clear()
+        for text, _acked, _seen, dev in saved:     # rule G9
+            self._live[dev] = (text, sessions[dev])
         if status_of:
-            conn.execute(update(d).where(d.c.id == bindparam("b_id")).values(last_status=bindparam("b_st")),
-                         [{"b_id": k, "b_st": v} for k, v in status_of.items()])
+            conn.exec_driver_sql(f"UPDATE devices SET last_status = {ph} WHERE id = {ph}",
+                                 [(v, k) for k, v in status_of.items()])
 
 
 class _Session(CS.CloudSession):
