@@ -245,6 +245,9 @@ def _entries(d, i, n, v, depth, maxn, out):
         elif b == 24 and i + 1 < n and d[i + 1] >= 24:
             app(d[i + 1])
             i += 2
+        elif b == 25 and i + 2 < n and d[i + 1]:
+            app(d[i + 1] << 8 | d[i + 2])
+            i += 3
         elif 0x80 <= b < 0x98:
             k = b - 0x80
             j = i + 1
