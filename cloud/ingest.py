@@ -37,10 +37,8 @@ For each message, in order (rules G1-G8; the protocol rules are firmware_py.clou
 """
 from __future__ import annotations
 
-import ast
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,17 +122,24 @@ class Ingest:
             self._memo[key] = hit
         return hit
 
-    def batch_lines(self, keys: list[tuple[int, Any]]) -> dict[tuple[int, int], list[int]]:
-        """{(item, multiplier): [calls, µCNY]} of a batch's valid rounds (their memo keys)."""
+    @staticmethod
+    def batch_lines(rated: list[tuple[list, int]]) -> dict[tuple[int, int], list[int]]:
+        """{(item, multiplier): [calls, µCNY]} of a batch's valid rounds, given their ratings
+        (the memo's values: rating.rate's (lines, total)); equal rounds share one object."""
         agg: dict[tuple[int, int], list[int]] = {}
-        counts = {keys[0]: len(keys)} if keys and keys.count(keys[0]) == len(keys) else Counter(keys)
-        for key, n in counts.items():
-            hit = self._memo.get(key)
-            if hit is None or isinstance(hit, ValueError):   # evicted meanwhile: rate it again
-                hit = self.rated(self.books[key[0]], _wire(key[1]), key)
-                if isinstance(hit, ValueError):
-                    continue
-            for item, calls, mult, ucny, _model in hit[0]:
+        if rated and rated.count(rated[0]) == len(rated):
+            groups: Any = ((rated[0], len(rated)),)
+        else:
+            by_id: dict[int, list] = {}
+            for r in rated:
+                g = by_id.get(id(r))
+                if g is None:
+                    by_id[id(r)] = [r, 1]
+                else:
+                    g[1] += 1
+            groups = by_id.values()
+        for (lines, _total), n in groups:
+            for item, calls, mult, ucny, _model in lines:
                 a = agg.get((item, mult))
                 if a is None:
                     agg[(item, mult)] = [calls * n, ucny * n]
@@ -248,12 +253,12 @@ class Ingest:
             pool = None
             if suffix != "up/usage" and wss[ws]["billing"] == "license":
                 pool = self._pool_for(conn, pools_, ws, wss[ws], m.payload, sess, now)
-            sess.rated_keys = []
+            sess.rated = []
             acts = sess.receive(m.payload, now, _never, pool=pool, suffix=suffix)
             for a in acts:
                 kind = a[0]
                 if kind == "book":
-                    a[1]["_keys"] = sess.rated_keys
+                    a[1]["_rated"] = sess.rated
                     bookings.append((m, wss[ws], a[1]))
                 elif kind == "duplicate":
                     dups.setdefault(dev, set()).add(a[1])
@@ -345,11 +350,11 @@ class Ingest:
             out.booked += 1
             out.rounds += len(b["rounds"])
             out.ucny += b["ucny"]
-            keys = b["_keys"]
-            if len(keys) != len(b["rounds"]) and len(keys) != sum(1 for r in b["rounds"] if r[2] is not None):
-                # the core rated without the hook
-                keys = [(b["ver"], repr(r[1])) for r in b["rounds"] if r[2] is not None]
-            agg = self.batch_lines(keys)
+            rated = b["_rated"]
+            if len(rated) != sum(1 for r in b["rounds"] if r[2] is not None):   # the core rated without the hook
+                rated = [self.rated(self.books[b["ver"]], r[1], (b["ver"], repr(r[1]))) for r in b["rounds"]
+                         if r[2] is not None]
+            agg = self.batch_lines(rated)
             for (item, mult), (calls, ucny) in agg.items():
                 lines.append((bid, item, mult, calls, ucny))
             if b["verdict"] != P.V_OK:
@@ -451,7 +456,7 @@ class _Session(CS.CloudSession):
     the core offers for this) memoised by the Ingest (rule G8)."""
     ingest: Ingest
 
-    rated_keys: list
+    rated: list     # the ratings (memo values) of the valid rounds of the message in hand
 
     def rate_round(self, book: dict, wire: list) -> int:
         try:     # a round of plain item ids (the usual): the tuple of them is the key
@@ -464,13 +469,8 @@ class _Session(CS.CloudSession):
             hit = self.ingest.rated(book, wire, key)
         if isinstance(hit, ValueError):
             raise hit
-        self.rated_keys.append(key)
+        self.rated.append(hit)
         return hit[1]
-
-
-def _wire(form: tuple | str) -> list:
-    """The wire array of a memo key's second half (a tuple of item ids, or a repr)."""
-    return list(form) if type(form) is tuple else ast.literal_eval(form)
 
 
 def _never(_seq: int) -> bool:

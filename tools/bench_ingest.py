@@ -252,7 +252,7 @@ def _breakdown(work: Path, devices: int, batches: int, group: int = 500) -> dict
         for msg in decoded:
             sess = sessions[msg["dev"]]
             sess.ingest = ing
-            sess.rated_keys = []
+            sess.rated = []
             sess.rate(msg)
         t3 = time.process_time()
         ing._memo.clear()
