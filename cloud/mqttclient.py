@@ -20,11 +20,16 @@ rater's MQTT CPU. RaterClient changes only those two things:
      (automatic or manual_ack) run unchanged. Anything else (properties present, QoS 2, a
      topic alias, a short or malformed packet, MQTT 3, a logger attached) goes to paho's own
      Client._handle_publish, which decodes (or rejects) it as always.
-Everything else (sessions, acknowledgements, keepalive, TLS, reconnects, publishing) is paho's.
+ Q3. ack_many(mids): the manual acknowledgements of a whole group as one queued write of
+     their PUBACKs (the same 4 bytes each that paho's ack() queues one by one, in order); mid 0,
+     which only a QoS 0 message has, is skipped. With a logger attached, paho's ack() per mid.
+Everything else (sessions, keepalive, TLS, reconnects, publishing) is paho's.
 tests/cloud/test_mqttclient.py checks both paths against a stock Client on a real Mosquitto.
 """
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -103,3 +108,19 @@ class RaterClient(mqtt.Client):
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # ---- Q3
+    def ack_many(self, mids: Sequence[int]) -> mqtt.MQTTErrorCode:
+        """Acknowledge the QoS 1 messages `mids` (manual_ack), in order, in one write."""
+        ids = [m for m in mids if m]
+        if not ids:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self._logger is not None or self._on_log is not None:
+            for m in ids:
+                self.ack(m, 1)
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, m) for m in ids])
+        return self._packet_queue(mqtt.PUBACK, packet, 0, 1)
+
+
+_PUBACK = struct.Struct("!BBH")

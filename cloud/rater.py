@@ -214,8 +214,7 @@ class Rater:
         msgs, self.inbox = self.inbox, []
         for out, done in self._book(msgs):
             self._send(out)
-            for m in done:
-                self.client.ack(m.mid, 1)
+            self.client.ack_many([m.mid for m in done])
             self.metrics.record(out, len(done))
             for kind, dev, detail in out.events:
                 self.log.info(kind, extra={"fields": {"device": dev, "detail": detail}})

@@ -155,3 +155,47 @@ def test_manual_acks_release_the_broker_window(make_broker: Any) -> None:
     pub.disconnect()
     pub.loop_stop()
     assert got == []
+
+
+def test_ack_many_acknowledges_a_group_in_one_write(make_broker: Any) -> None:
+    """Q3: one ack_many() for a whole group (a 0 among the mids is skipped) releases every
+    message: a new connection of the same session gets nothing again."""
+    broker = make_broker()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    got: list[Any] = []
+
+    def session() -> RaterClient:
+        c = RaterClient(CallbackAPIVersion.VERSION2, client_id="q-many", protocol=mqtt.MQTTv5, manual_ack=True)
+        c.on_message = lambda cl, u, m: got.append(m)
+        c.connect(broker.host, broker.port, clean_start=False, properties=props)
+        c.loop_start()
+        c.subscribe("qtest/many", qos=1)
+        return c
+
+    c = session()
+    time.sleep(0.3)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="q-many-pub", protocol=mqtt.MQTTv5)
+    up = threading.Event()
+    pub.on_connect = lambda *a: up.set()
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    assert up.wait(10)
+    for i in range(50):
+        pub.publish("qtest/many", str(i).encode(), qos=1).wait_for_publish(10)
+    end = time.monotonic() + 10
+    while len(got) < 50 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert sorted(int(m.payload) for m in got) == list(range(50))
+    c.ack_many([0] + [m.mid for m in got])
+    time.sleep(0.5)
+    c.disconnect()
+    c.loop_stop()
+    got.clear()
+    c = session()
+    time.sleep(1.0)
+    c.disconnect()
+    c.loop_stop()
+    pub.disconnect()
+    pub.loop_stop()
+    assert got == []
