@@ -106,6 +106,7 @@ class Ingest:
         self._memo: dict[tuple[int, Any], Any] = {}
         self._ws_cache: dict[int, Any] = {}
         self._live: dict[int, tuple[str, _Session]] = {}     # rule G9
+        self._topics: dict[str, tuple[int, int, str]] = {}    # parse_topic's answers (bounded)
 
     # ------------------------------------------------------------------ rating memo (G8)
     def rated(self, book: dict, wire: list, key: tuple[int, Any]) -> tuple[list, int] | ValueError:
@@ -159,11 +160,17 @@ class Ingest:
             if len(m.payload) > P.MAX_MSG:
                 dead.append(("oversized", m.topic, m.payload, f"{len(m.payload)} bytes > {P.MAX_MSG}"))
                 continue
-            try:
-                ws, dev, suffix = P.parse_topic(m.topic)
-            except P.ProtoError as e:
-                dead.append(("wrong_topic", m.topic, m.payload, e.reason))
-                continue
+            parsed = self._topics.get(m.topic)
+            if parsed is None:
+                try:
+                    parsed = P.parse_topic(m.topic)
+                except P.ProtoError as e:
+                    dead.append(("wrong_topic", m.topic, m.payload, e.reason))
+                    continue
+                if len(self._topics) >= LIVE_MAX:
+                    self._topics.clear()
+                self._topics[m.topic] = parsed
+            ws, dev, suffix = parsed
             if not suffix.startswith("up/"):
                 dead.append(("wrong_topic", m.topic, m.payload, "not an uplink topic"))
                 continue
@@ -350,8 +357,9 @@ class Ingest:
             out.booked += 1
             out.rounds += len(b["rounds"])
             out.ucny += b["ucny"]
-            rated = b["_rated"]
-            if len(rated) != sum(1 for r in b["rounds"] if r[2] is not None):   # the core rated without the hook
+            rated = b["_rated"]     # the ratings of its valid rounds (all, unless the verdict says not)
+            if len(rated) != len(b["rounds"]) and b["verdict"] != P.V_UNKNOWN_BOOK and \
+                    len(rated) != sum(1 for r in b["rounds"] if r[2] is not None):   # rated without the hook
                 rated = [self.rated(self.books[b["ver"]], r[1], (b["ver"], repr(r[1]))) for r in b["rounds"]
                          if r[2] is not None]
             agg = self.batch_lines(rated)

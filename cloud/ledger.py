@@ -65,8 +65,13 @@ def insert_batch_tuples(conn: Connection, rows: Sequence[tuple]) -> dict[tuple[i
         for r in chunk:
             params += r
         sql = head + ", ".join([one] * len(chunk)) + tail
-        for i, d, q in conn.exec_driver_sql(sql, tuple(params)):
-            out[(d, q)] = i
+        cur = conn.connection.cursor()    # the DBAPI cursor, in the same transaction: no Row objects
+        try:
+            cur.execute(sql, tuple(params))
+            for i, d, q in cur.fetchall():
+                out[(d, q)] = i
+        finally:
+            cur.close()
     return out
 
 
