@@ -40,8 +40,8 @@ def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
         assert [d["username"] for d in (d1, d2)] == [f"{ws}/{d['device']}" for d in (d1, d2)]
         assert (broker.workdir / "acl").read_text() == ACL_TEMPLATE.read_text()  # names no device
         broker.reload()
-        rater = RaterProc(broker.url, url, "rater-tls", tmp_path, "--username", "rater",
-                          "--password", broker.users["rater"]).start()
+        rater = RaterProc(broker.tls_url, url, "rater-tls", tmp_path, "--username", "rater",     # TLS too
+                          "--password", broker.users["rater"], "--ca-file", str(broker.ca_file)).start()
         fleets = []
         try:
             for d in (d1, d2):

@@ -199,3 +199,48 @@ def test_ack_many_acknowledges_a_group_in_one_write(make_broker: Any) -> None:
     pub.disconnect()
     pub.loop_stop()
     assert got == []
+
+
+def test_rater_client_over_tls_matches_stock_paho(secure_broker: Any) -> None:
+    """Q1 over the production TLS listener: the buffered reads come from an SSL socket (records
+    of up to 16 KiB); a burst of messages of many sizes arrives identical to a stock client's."""
+    b = secure_broker
+    user, password = b.add_device(77, 7701)
+
+    def sink(cls: type, cid: str) -> Sink:
+        s = Sink.__new__(Sink)
+        s.got, s.msgs, s.lock, s.manual = [], [], threading.Lock(), False
+        c = s.client = cls(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.username_pw_set("rater", b.users["rater"])
+        c.tls_set(ca_certs=str(b.ca_file))
+        c.on_message = s._on
+        sub = threading.Event()
+        c.on_subscribe = lambda *a: sub.set()
+        c.connect(b.host, b.tls_port)
+        c.loop_start()
+        c.subscribe("em/77/7701/up/#", qos=1)
+        assert sub.wait(10)
+        return s
+
+    stock, ours = sink(mqtt.Client, "q-tls-stock"), sink(RaterClient, "q-tls-ours")
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
+    pub.username_pw_set(user, password)
+    pub.tls_set(ca_certs=str(b.ca_file))
+    up = threading.Event()
+    pub.on_connect = lambda *a: up.set()
+    pub.connect(b.host, b.tls_port)
+    pub.loop_start()
+    try:
+        assert up.wait(10)
+        sent = [("em/77/7701/up/usage", bytes([i % 251]) * (i * 97 % 30000)) for i in range(300)]
+        infos = [pub.publish(t, p, qos=1) for t, p in sent]
+        for x in infos:
+            x.wait_for_publish(20)
+        a, o = stock.wait(len(sent)), ours.wait(len(sent))
+        assert len(a) == len(sent) and o == a
+        assert [x[1] for x in o] == [p for _, p in sent]
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        stock.close()
+        ours.close()
