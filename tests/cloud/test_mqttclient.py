@@ -1,6 +1,6 @@
 """cloud.mqttclient.RaterClient against a stock paho Client, both subscribed on a real Mosquitto:
 every message either receives must come out identical (rules Q1, Q2), whichever path
-decoded it, and acknowledgements must still work (automatic and manual)."""
+decoded it, and acknowledgements must still work (automatic, manual, and Q3 ack_many)."""
 from __future__ import annotations
 
 import threading
@@ -21,8 +21,44 @@ def _props(msg: Any) -> dict[str, Any]:
                                  if k not in ("packetType", "types", "names", "properties")}
 
 
+def _connect(c: Any, host: str, port: int, login: tuple[str, str] | None = None, ca_file: Any = None,
+             **kw: Any) -> Any:
+    """Connect client c (credentials and TLS if given) and start its network thread."""
+    if login:
+        c.username_pw_set(*login)
+    if ca_file:
+        c.tls_set(ca_certs=str(ca_file))
+    c.connect(host, port, **kw)
+    c.loop_start()
+    return c
+
+
+def _publisher(host: str, port: int, cid: str, login: tuple[str, str] | None = None,
+               ca_file: Any = None) -> mqtt.Client:
+    """A stock publisher, returned once its CONNACK has come."""
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    up = threading.Event()
+    pub.on_connect = lambda *a: up.set()
+    _connect(pub, host, port, login, ca_file)
+    assert up.wait(10)
+    return pub
+
+
+def _wait_until(done: Any, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while not done() and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def _stop(*clients: Any) -> None:
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
 class Sink:
-    def __init__(self, cls: type, host: str, port: int, cid: str, topic: str, manual: bool = False):
+    def __init__(self, cls: type, host: str, port: int, cid: str, topic: str, manual: bool = False,
+                 qos: int = 2, login: tuple[str, str] | None = None, ca_file: Any = None):
         self.got: list[tuple] = []
         self.msgs: list[Any] = []
         self.lock = threading.Lock()
@@ -31,9 +67,8 @@ class Sink:
         c.on_message = self._on
         sub = threading.Event()
         c.on_subscribe = lambda *a: sub.set()
-        c.connect(host, port)
-        c.loop_start()
-        c.subscribe(topic, qos=2)
+        _connect(c, host, port, login, ca_file)
+        c.subscribe(topic, qos=qos)
         assert sub.wait(10)
 
     def _on(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -44,23 +79,26 @@ class Sink:
             client.ack(msg.mid, msg.qos)
 
     def wait(self, n: int, timeout: float = 20) -> list[tuple]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and len(self.got) < n:
-            time.sleep(0.02)
+        _wait_until(lambda: len(self.got) >= n, timeout)
         return list(self.got)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        _stop(self.client)
+
+
+def _session(broker: Any, cid: str, topic: str, on_message: Any) -> RaterClient:
+    """A RaterClient with manual acks in a persistent session (kept 600 s), subscribed to topic."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    c = RaterClient(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5, manual_ack=True)
+    c.on_message = on_message
+    _connect(c, broker.host, broker.port, clean_start=False, properties=props)
+    c.subscribe(topic, qos=1)
+    return c
 
 
 def _publish_all(host: str, port: int, base: str) -> int:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="qpub", protocol=mqtt.MQTTv5)
-    up = threading.Event()
-    pub.on_connect = lambda *a: up.set()
-    pub.connect(host, port)
-    pub.loop_start()
-    assert up.wait(10)
+    pub = _publisher(host, port, "qpub")
     with_props = Properties(PacketTypes.PUBLISH)
     with_props.UserProperty = [("a", "1"), ("b", "2")]
     with_props.ContentType = "application/cbor"
@@ -77,8 +115,7 @@ def _publish_all(host: str, port: int, base: str) -> int:
     sent += [(f"{base}/burst/{i}", i.to_bytes(4, "big") * (i % 50), 1, None, False) for i in range(400)]
     for topic, payload, qos, props, retain in sent:
         pub.publish(topic, payload, qos=qos, properties=props, retain=retain).wait_for_publish(10)
-    pub.disconnect()
-    pub.loop_stop()
+    _stop(pub)
     return len(sent)
 
 
@@ -107,53 +144,33 @@ def test_rater_client_receives_exactly_what_stock_paho_receives(mosquitto: Any) 
 def test_manual_acks_release_the_broker_window(make_broker: Any) -> None:
     """With manual_ack the broker redelivers what was not acked, and stops once it was."""
     broker = make_broker()
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 600
     got: list[int] = []
 
     def on(client: Any, userdata: Any, msg: Any) -> None:
         got.append(int(msg.payload))
 
-    def session(ack: bool) -> RaterClient:
-        c = RaterClient(CallbackAPIVersion.VERSION2, client_id="q-manual", protocol=mqtt.MQTTv5, manual_ack=True)
-        c.on_message = (lambda cl, u, m: (on(cl, u, m), cl.ack(m.mid, 1))) if ack else on
-        c.connect(broker.host, broker.port, clean_start=False, properties=props)
-        c.loop_start()
-        c.subscribe("qtest/manual", qos=1)
-        return c
+    def on_ack(client: Any, userdata: Any, msg: Any) -> None:
+        on(client, userdata, msg)
+        client.ack(msg.mid, 1)
 
-    c = session(ack=False)
+    c = _session(broker, "q-manual", "qtest/manual", on)
     time.sleep(0.3)
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="q-mpub", protocol=mqtt.MQTTv5)
-    up = threading.Event()
-    pub.on_connect = lambda *a: up.set()
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    assert up.wait(10)
+    pub = _publisher(broker.host, broker.port, "q-mpub")
     for i in range(20):
         pub.publish("qtest/manual", str(i).encode(), qos=1).wait_for_publish(10)
-    end = time.monotonic() + 10
-    while len(got) < 20 and time.monotonic() < end:
-        time.sleep(0.02)
-    c.disconnect()
-    c.loop_stop()
+    _wait_until(lambda: len(got) >= 20)
+    _stop(c)
     assert sorted(got) == list(range(20))
     got.clear()
-    c = session(ack=True)               # not acked before: all redelivered, acked now
-    end = time.monotonic() + 10
-    while len(got) < 20 and time.monotonic() < end:
-        time.sleep(0.02)
+    c = _session(broker, "q-manual", "qtest/manual", on_ack)   # not acked before: all redelivered, acked now
+    _wait_until(lambda: len(got) >= 20)
     time.sleep(0.3)
-    c.disconnect()
-    c.loop_stop()
+    _stop(c)
     assert sorted(got) == list(range(20))
     got.clear()
-    c = session(ack=True)               # acked: nothing comes again
+    c = _session(broker, "q-manual", "qtest/manual", on_ack)   # acked: nothing comes again
     time.sleep(1.0)
-    c.disconnect()
-    c.loop_stop()
-    pub.disconnect()
-    pub.loop_stop()
+    _stop(c, pub)
     assert got == []
 
 
@@ -161,43 +178,25 @@ def test_ack_many_acknowledges_a_group_in_one_write(make_broker: Any) -> None:
     """Q3: one ack_many() for a whole group (a 0 among the mids is skipped) releases every
     message: a new connection of the same session gets nothing again."""
     broker = make_broker()
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 600
     got: list[Any] = []
 
-    def session() -> RaterClient:
-        c = RaterClient(CallbackAPIVersion.VERSION2, client_id="q-many", protocol=mqtt.MQTTv5, manual_ack=True)
-        c.on_message = lambda cl, u, m: got.append(m)
-        c.connect(broker.host, broker.port, clean_start=False, properties=props)
-        c.loop_start()
-        c.subscribe("qtest/many", qos=1)
-        return c
+    def on(client: Any, userdata: Any, msg: Any) -> None:
+        got.append(msg)
 
-    c = session()
+    c = _session(broker, "q-many", "qtest/many", on)
     time.sleep(0.3)
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="q-many-pub", protocol=mqtt.MQTTv5)
-    up = threading.Event()
-    pub.on_connect = lambda *a: up.set()
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    assert up.wait(10)
+    pub = _publisher(broker.host, broker.port, "q-many-pub")
     for i in range(50):
         pub.publish("qtest/many", str(i).encode(), qos=1).wait_for_publish(10)
-    end = time.monotonic() + 10
-    while len(got) < 50 and time.monotonic() < end:
-        time.sleep(0.02)
+    _wait_until(lambda: len(got) >= 50)
     assert sorted(int(m.payload) for m in got) == list(range(50))
     c.ack_many([0] + [m.mid for m in got])
     time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
+    _stop(c)
     got.clear()
-    c = session()
+    c = _session(broker, "q-many", "qtest/many", on)
     time.sleep(1.0)
-    c.disconnect()
-    c.loop_stop()
-    pub.disconnect()
-    pub.loop_stop()
+    _stop(c, pub)
     assert got == []
 
 
@@ -206,32 +205,11 @@ def test_rater_client_over_tls_matches_stock_paho(secure_broker: Any) -> None:
     of up to 16 KiB); a burst of messages of many sizes arrives identical to a stock client's."""
     b = secure_broker
     user, password = b.add_device(77, 7701)
-
-    def sink(cls: type, cid: str) -> Sink:
-        s = Sink.__new__(Sink)
-        s.got, s.msgs, s.lock, s.manual = [], [], threading.Lock(), False
-        c = s.client = cls(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-        c.username_pw_set("rater", b.users["rater"])
-        c.tls_set(ca_certs=str(b.ca_file))
-        c.on_message = s._on
-        sub = threading.Event()
-        c.on_subscribe = lambda *a: sub.set()
-        c.connect(b.host, b.tls_port)
-        c.loop_start()
-        c.subscribe("em/77/7701/up/#", qos=1)
-        assert sub.wait(10)
-        return s
-
-    stock, ours = sink(mqtt.Client, "q-tls-stock"), sink(RaterClient, "q-tls-ours")
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
-    pub.username_pw_set(user, password)
-    pub.tls_set(ca_certs=str(b.ca_file))
-    up = threading.Event()
-    pub.on_connect = lambda *a: up.set()
-    pub.connect(b.host, b.tls_port)
-    pub.loop_start()
+    rater = ("rater", b.users["rater"])
+    stock, ours = (Sink(cls, b.host, b.tls_port, cid, "em/77/7701/up/#", qos=1, login=rater, ca_file=b.ca_file)
+                   for cls, cid in ((mqtt.Client, "q-tls-stock"), (RaterClient, "q-tls-ours")))
+    pub = _publisher(b.host, b.tls_port, user, (user, password), b.ca_file)
     try:
-        assert up.wait(10)
         sent = [("em/77/7701/up/usage", bytes([i % 251]) * (i * 97 % 30000)) for i in range(300)]
         infos = [pub.publish(t, p, qos=1) for t, p in sent]
         for x in infos:
@@ -240,7 +218,6 @@ def test_rater_client_over_tls_matches_stock_paho(secure_broker: Any) -> None:
         assert len(a) == len(sent) and o == a
         assert [x[1] for x in o] == [p for _, p in sent]
     finally:
-        pub.disconnect()
-        pub.loop_stop()
+        _stop(pub)
         stock.close()
         ours.close()
