@@ -41,11 +41,15 @@ NO_PROPERTIES = Properties(PacketTypes.PUBLISH)   # shared by every Q2 message: 
 
 
 class RaterClient(mqtt.Client):
-    """paho's Client with rules Q1 and Q2."""
+    """paho's Client with rules Q1-Q3."""
 
     _rsock: Any = None
     _rbuf = b""
     _rpos = 0
+
+    def _logging(self) -> bool:
+        """A logger or on_log is attached: paho's own paths then, so that its log stays whole."""
+        return self._logger is not None or self._on_log is not None
 
     # ---- Q1
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -84,8 +88,7 @@ class RaterClient(mqtt.Client):
         pkt = self._in_packet["packet"]
         qos = (header & 0x06) >> 1
         n = len(pkt)
-        if (qos > 1 or self._protocol != mqtt.MQTTv5 or n < 3 or self._logger is not None
-                or self._on_log is not None):
+        if qos > 1 or self._protocol != mqtt.MQTTv5 or n < 3 or self._logging():
             return super()._handle_publish()
         tlen = (pkt[0] << 8) | pkt[1]
         pos = 2 + tlen
@@ -111,11 +114,12 @@ class RaterClient(mqtt.Client):
 
     # ---- Q3
     def ack_many(self, mids: Sequence[int]) -> mqtt.MQTTErrorCode:
-        """Acknowledge the QoS 1 messages `mids` (manual_ack), in order, in one write."""
+        """Acknowledge the QoS 1 messages `mids` (manual_ack), in order, in one write; like
+        paho's ack(), nothing without manual_ack (paho acknowledged them already)."""
         ids = [m for m in mids if m]
-        if not ids:
+        if not ids or not self._manual_ack:
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        if self._logger is not None or self._on_log is not None:
+        if self._logging():
             for m in ids:
                 self.ack(m, 1)
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS

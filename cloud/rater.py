@@ -33,8 +33,9 @@ Rules:
      collector spent ~12 us per batch re-scanning them and the start-up heap. Reference
      counting still frees everything at once; cycles are still collected.
  M9. The client is cloud.mqttclient.RaterClient: paho's Client reading the socket in 64 KiB
-     chunks and parsing property-less PUBLISHes without building paho's Properties tables
-     (rules Q1, Q2 there); the loop does not wait on select() while bytes are buffered.
+     chunks, parsing property-less PUBLISHes without building paho's Properties tables and
+     writing a group's PUBACKs at once (rules Q1-Q3 there); the loop does not wait on select()
+     while bytes are buffered.
 Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
 """
 from __future__ import annotations
