@@ -206,16 +206,16 @@ class Ingest:
         if not devs:
             return {}, {}
         ids = sorted(devs)
-        sqlite = conn.dialect.name == "sqlite"
-        ph = "?" if sqlite else "%s"
+        lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
+        per = ledger.params_per_statement(conn)
         rows: dict[int, Any] = {}
         found: list[tuple[int, int, bytes]] = []
-        for k in range(0, len(ids), 900):
-            part = ids[k:k + 900]
-            marks = ", ".join([ph] * len(part))
+        for k in range(0, len(ids), per):
+            part = ids[k:k + per]
+            marks = ", ".join([ledger.marks(conn)] * len(part))
             for i, ws, sess, kid_sent, status in conn.exec_driver_sql(
-                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks})"
-                    + ("" if sqlite else " FOR UPDATE"), tuple(part)):
+                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks}){lock}",
+                    tuple(part)):
                 rows[i] = {"id": i, "workspace_id": ws, "session": sess, "kid_sent": kid_sent, "status": status}
             found += conn.exec_driver_sql(
                 f"SELECT device_id, kid, key FROM device_keys WHERE device_id IN ({marks})", tuple(part)).all()
@@ -446,7 +446,7 @@ class Ingest:
     def _save_sessions(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
         if not sessions:
             return
-        ph = "?" if conn.dialect.name == "sqlite" else "%s"
+        ph = ledger.marks(conn)
         saved = [(json.dumps(s.state(), sort_keys=True), s.s["acked"], now_ms, dev) for dev, s in sessions.items()]
         conn.exec_driver_sql(   # straight through the driver: this runs for every group
             f"UPDATE devices SET session = {ph}, acked_seq = {ph}, last_seen_ms = {ph} WHERE id = {ph}", saved)

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,28 @@ def new_id(result: Any) -> int:
     return int(pk[0])
 
 
+def marks(conn: Connection) -> str:
+    """The driver's parameter marker for SQL written out by hand: "?" (sqlite3), "%s" (psycopg)."""
+    return "?" if conn.dialect.name == "sqlite" else "%s"
+
+
+_SQLITE_VARS = 999   # the smallest SQLITE_MAX_VARIABLE_NUMBER of any SQLite build (before 3.32)
+
+
+def max_params(conn: Connection) -> int:
+    """How many parameters one statement may bind: this SQLite library's limit (999 before
+    3.32, 32766 since; asked of the connection), PostgreSQL's 65535."""
+    if conn.dialect.name != "sqlite":
+        return 65535
+    getlimit = getattr(conn.connection.dbapi_connection, "getlimit", None)   # Python 3.11+
+    return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) if getlimit else _SQLITE_VARS
+
+
+def params_per_statement(conn: Connection) -> int:
+    """The parameters the hot-path statements bind at most (multi-row INSERTs, IN lists)."""
+    return min(_SQLITE_VARS, max_params(conn))
+
+
 BATCH_COLS = ("device_id", "seq", "boot", "book_version", "lease_id", "t0", "rounds", "device_ucny", "rated_ucny",
               "mismatch", "payload", "workspace_id", "account_id", "received_ms", "booked_ms")
 _CHUNK = 1000
@@ -52,15 +75,16 @@ def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int,
 def insert_batch_tuples(conn: Connection, rows: Sequence[tuple]) -> dict[tuple[int, int], int]:
     """insert_batches() of rows given as tuples in BATCH_COLS order (mismatch a bool).
 
-    One multi-row INSERT .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING per 1000 rows,
-    straight through the driver (the rater's hot path)."""
+    One multi-row INSERT .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING per 1000 rows
+    (fewer where the SQLite library binds fewer parameters: max_params), straight through the
+    driver (the rater's hot path)."""
     out: dict[tuple[int, int], int] = {}
-    ph = "?" if conn.dialect.name == "sqlite" else "%s"
-    one = "(" + ", ".join([ph] * len(BATCH_COLS)) + ")"
+    one = "(" + ", ".join([marks(conn)] * len(BATCH_COLS)) + ")"
     head = f"INSERT INTO {S.usage_batches.name} ({', '.join(BATCH_COLS)}) VALUES "
     tail = " ON CONFLICT (device_id, seq) DO NOTHING RETURNING id, device_id, seq"
-    for k in range(0, len(rows), _CHUNK):
-        chunk = rows[k:k + _CHUNK]
+    per = max(1, min(_CHUNK, max_params(conn) // len(BATCH_COLS)))   # within the library's limit
+    for k in range(0, len(rows), per):
+        chunk = rows[k:k + per]
         params: list[Any] = []
         for r in chunk:
             params += r
@@ -80,9 +104,6 @@ def insert_rows(conn: Connection, table, rows: Sequence[Mapping]) -> None:  # ty
         conn.execute(insert(table), list(rows))
 
 
-_SQLITE_VARS = 999   # the smallest SQLITE_MAX_VARIABLE_NUMBER of any SQLite build
-
-
 def insert_tuples(conn: Connection, table, cols: Sequence[str], rows: Sequence[tuple]) -> None:  # type: ignore[no-untyped-def]
     """INSERT many rows given as tuples in `cols` order, straight through the driver (no
     per-row parameter processing: for the rater's hot path), in order. SQLite: multi-row
@@ -95,7 +116,7 @@ def insert_tuples(conn: Connection, table, cols: Sequence[str], rows: Sequence[t
         conn.exec_driver_sql(head + "(" + ", ".join(["%s"] * len(cols)) + ")", list(rows))
         return
     one = "(" + ", ".join(["?"] * len(cols)) + ")"
-    per = max(1, _SQLITE_VARS // len(cols))
+    per = max(1, params_per_statement(conn) // len(cols))
     for k in range(0, len(rows), per):
         chunk = rows[k:k + per]
         params: list[Any] = []

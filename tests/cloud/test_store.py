@@ -81,6 +81,24 @@ def test_a_device_sequence_is_booked_once_forever(store_url):
     engine.dispose()
 
 
+def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_url):
+    """SQLite before 3.32 (e.g. Ubuntu 20.04's) binds at most 999 parameters per statement; a
+    group of 200 batches (15 columns each) must still book, in statements within that limit."""
+    import sqlite3
+
+    from cloud import ledger
+    engine = db.open_store(sqlite_url)
+    with db.write_connect(engine) as conn, conn.begin():
+        acc, ws = _minimal_device(conn)
+        conn.connection.dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        assert ledger.max_params(conn) == 999
+        booked = ledger.insert_batches(conn, [_batch(acc, ws, q) for q in range(1, 201)])
+        assert set(booked) == {(7, q) for q in range(1, 201)}
+        assert set(ledger.insert_batches(conn, [_batch(acc, ws, q) for q in range(150, 260)])) == \
+            {(7, q) for q in range(201, 260)}      # the repeats book nothing
+    engine.dispose()
+
+
 def test_sqlite_writers_serialise_instead_of_deadlocking(sqlite_url):
     engine = db.open_store(sqlite_url)
     a, b = db.write_connect(engine), db.write_connect(engine)
