@@ -102,6 +102,10 @@ class Receiver:
         c.disconnect()
         c.loop_stop()
 
+    def cpu_per_message(self) -> float:
+        """CPU seconds of the network thread per message, between the first and the last."""
+        return (self.cpu_last - self.cpu_first) / max(self.n - 1, 1)
+
     def drain(self, target: int, timeout: float) -> float:
         self.target, self.n = target, 0
         self.done.clear()
@@ -312,9 +316,9 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
     try:
         devs = _make_store(url, devices)
         n = devices * batches
-        # ---- drain: everything queued while the receivers are offline, `repeats` times in a
-        # row (subscriber, same-client subscriber, rater, then again), each rater figure paired
-        # with the subscriber's measured just before it: the median pair ratio is reported
+        # ---- drain: everything queued while the receivers are offline, repeats + 1 times in a
+        # row (subscriber, same-client subscriber, rater); each rater drain is compared with the
+        # mean of the subscriber drains before and after it, and the medians are reported
         base = Receiver(broker.host, broker.port, "bench-baseline", "$share/baseline/em/+/+/up/#")
         base.subscribe_offline()
         same = Receiver(broker.host, broker.port, "bench-same", "$share/same/em/+/+/up/#", RaterClient)
@@ -322,7 +326,6 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
         pre = Receiver(broker.host, broker.port, "bench-rater", "$share/raters/em/+/+/up/#")
         pre.subscribe_offline()          # the rater's own session, created under its client id
         load = os.getloadavg()[0]
-        reps: list[dict[str, float]] = []
         since = 0
         ok = True
         runs: list[dict[str, float]] = []
@@ -330,9 +333,9 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
             msgs = _messages(devs, batches, k * batches + 1)
             pub_rate = _publish(broker.host, broker.port, msgs)
             base_rate = base.drain(n, 300)
-            base_cpu = (base.cpu_last - base.cpu_first) / max(base.n - 1, 1)
+            base_cpu = base.cpu_per_message()
             same_rate = same.drain(n, 300)
-            same_cpu = (same.cpu_last - same.cpu_first) / max(same.n - 1, 1)
+            same_cpu = same.cpu_per_message()
             rater.start()
             rater.wait_for("connected")
             cpu0 = rater.cpu_s()
@@ -345,6 +348,7 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
             rate = led["batches"] / (max(led["done_ms"] - led["first_ms"], 1) / 1000)
             runs.append({"rater": rate, "base": base_rate, "same": same_rate, "pub": pub_rate,
                          "rater_cpu": rater_cpu, "base_cpu": base_cpu, "same_cpu": same_cpu})
+        reps: list[dict[str, float]] = []
         for k in range(repeats):
             # each rater drain against the mean of the subscriber drains just before and just
             # after it, so that a machine speeding up or slowing down during the run cancels out
