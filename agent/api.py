@@ -1,6 +1,6 @@
 """The in-process Python API of the Linux agent: a thread-safe wrapper around firmware_py.meter.
 
-    from agent.api import Agent
+    from edgemeter.agent.api import Agent
     agent = Agent.from_config(agent.config.load("/etc/edgemeter/agent.toml"))
     s = agent.start_round(hint=5450)           # Start(allowed, code, reason, round_id)
     if s.allowed:
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 from firmware_py import meter as fm
 from firmware_py import pricebook
 
-from agent import config as C
+from edgemeter.agent import config as C
 
 
 class Start(NamedTuple):

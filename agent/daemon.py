@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from agent import config as C
+from edgemeter.agent import config as C
 
 log = logging.getLogger("edgemeter.agent")
 
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: dict[str, Any], ready: threading.Event | None = None,
         stop: threading.Event | None = None) -> int:
     """The daemon body (A1-A3); `stop` may be set by the caller instead of a signal."""
-    from agent.api import Agent
-    from agent.sockapi import SocketAPI
-    from agent.sync import Sync
+    from edgemeter.agent.api import Agent
+    from edgemeter.agent.sockapi import SocketAPI
+    from edgemeter.agent.sync import Sync
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -31,7 +31,7 @@ from typing import Any
 from firmware_py import rating
 from firmware_py.meter import REASONS
 
-from agent.api import Agent
+from edgemeter.agent.api import Agent
 
 log = logging.getLogger("edgemeter.agent")
 

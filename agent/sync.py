@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from firmware_py.backoff import Backoff
 
-from agent.api import Agent, crash_point
+from edgemeter.agent.api import Agent, crash_point
 
 log = logging.getLogger("edgemeter.agent")
 

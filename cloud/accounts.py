@@ -30,8 +30,8 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from cloud import ledger
-from cloud import schema as S
+from edgemeter.cloud import ledger
+from edgemeter.cloud import schema as S
 from firmware_py import billing
 from firmware_py import lease as L
 from firmware_py import pool as PL

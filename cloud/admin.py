@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from sqlalchemy import func, select
 
-from cloud import accounts, db, devices, invoices, ledger, pools, rebuild
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, devices, invoices, ledger, pools, rebuild
+from edgemeter.cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pool as PL
 
@@ -194,12 +194,12 @@ def cmd_housekeeping(conn, args, now):
 
 
 def cmd_create_token(conn, args, now):
-    from cloud import tokens   # HTTP API tokens (owner: the API/dashboard)
+    from edgemeter.cloud import tokens   # HTTP API tokens (owner: the API/dashboard)
     return tokens.create(conn, args.role, args.account, args.name or "", now)
 
 
 def cmd_revoke_token(conn, args, now):
-    from cloud import tokens
+    from edgemeter.cloud import tokens
     return tokens.revoke(conn, args.id, now)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
-from cloud import schema as S
+from edgemeter.cloud import schema as S
 
 KINDS = ("pool_low", "license_expiring", "account_suspended", "device_silent", "rating_mismatch")
 

@@ -43,12 +43,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection, Engine
 
-from cloud import accounts as accounts_svc
-from cloud import alerts as alerts_mod
-from cloud import db, invoices, queries
-from cloud import tokens as tokmod
-from cloud import schema as S
-from cloud.queries import NotFound
+from edgemeter.cloud import accounts as accounts_svc
+from edgemeter.cloud import alerts as alerts_mod
+from edgemeter.cloud import db, invoices, queries
+from edgemeter.cloud import tokens as tokmod
+from edgemeter.cloud import schema as S
+from edgemeter.cloud.queries import NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
 API = "/api/v1"

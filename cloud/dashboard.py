@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from cloud import db
+from edgemeter.cloud import db
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     import uvicorn
 
-    from cloud.api import create_app
+    from edgemeter.cloud.api import create_app
 
     try:
         static = parse_tokens(args.token, args.tenant_token)

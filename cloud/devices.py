@@ -14,7 +14,7 @@ Rules:
  D4. write_mosquitto_files(dir) rewrites <dir>/passwd and <dir>/acl: device lines for every
      device, other users' lines (rater, admin) kept as they are, lines of device user names
      no longer registered dropped (either form, "<ws>/<dev>" or the former "d<dev>"); the
-     ACL is deploy/mosquitto/acl.example as shipped (tools.broker.render_acl): its two
+     ACL is deploy/mosquitto/acl.example as shipped (cloud.mosquitto.render_acl): its two
      `pattern` lines on %u confine every device to em/<ws>/<dev>/, so it names no device and
      a registration changes only the password file. Both files are replaced atomically;
      send the broker SIGHUP to load them.
@@ -34,9 +34,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from cloud import schema as S
+from edgemeter.cloud import schema as S
 from firmware_py import proto
-from tools.broker import device_user, render_acl
+from edgemeter.cloud.mosquitto import device_user, render_acl
 
 PBKDF2_ITERATIONS = 101
 
@@ -46,7 +46,7 @@ class DeviceError(ValueError):
 
 
 def username(ws: int, dev: int) -> str:
-    """Rule D1: the MQTT user name and client id, "<ws>/<dev>" (tools.broker.device_user)."""
+    """Rule D1: the MQTT user name and client id, "<ws>/<dev>" (cloud.mosquitto.device_user)."""
     return device_user(ws, dev)
 
 

@@ -46,8 +46,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from cloud import accounts, db, ledger, pools
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, ledger, pools
+from edgemeter.cloud import schema as S
 from firmware_py import cloud_session as CS
 from firmware_py import proto as P
 from firmware_py import rating

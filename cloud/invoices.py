@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
-from cloud import ledger
-from cloud import schema as S
+from edgemeter.cloud import ledger
+from edgemeter.cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pricebook as pb
 

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from cloud import schema as S
+from edgemeter.cloud import schema as S
 
 DEAD_PAYLOAD_MAX = 65536
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from cloud import ingest
+from edgemeter.cloud import ingest
 
 
 class BulkHistogram(Collector):

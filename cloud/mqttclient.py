@@ -1,7 +1,7 @@
 """The rater's MQTT client: paho-mqtt 2.x's Client with a cheaper receive path.
 
 A paho Client spends most of its receive time outside the protocol itself; profiling the
-rater draining a queue (`python -m tools.bench_ingest`, breakdown rows) showed, per PUBLISH:
+rater draining a queue (`python -m edgemeter.tools.bench_ingest`, breakdown rows) showed, per PUBLISH:
 three or more recv() calls (the command byte, each remaining-length byte, then the rest), and
 a new MQTT 5 `Properties` object whose constructor rebuilds paho's property tables (27 list
 lookups, two dict literals) and whose unpack() clears every property name by string

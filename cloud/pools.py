@@ -36,8 +36,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from cloud import ledger
-from cloud import schema as S
+from edgemeter.cloud import ledger
+from edgemeter.cloud import schema as S
 from firmware_py import billing
 from firmware_py import lease as LS
 from firmware_py import pool as L

@@ -33,8 +33,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
-from cloud import pools
-from cloud import schema as S
+from edgemeter.cloud import pools
+from edgemeter.cloud import schema as S
 from firmware_py import civil, pricebook
 from firmware_py import pool as PL
 

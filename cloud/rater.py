@@ -62,10 +62,10 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from cloud import accounts, db, ingest, pools
-from cloud.metrics import Metrics
-from cloud.mqttclient import RaterClient
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, ingest, pools
+from edgemeter.cloud.metrics import Metrics
+from edgemeter.cloud.mqttclient import RaterClient
+from edgemeter.cloud import schema as S
 from firmware_py import proto as P
 
 SUBSCRIPTION = "$share/raters/em/+/+/up/#"

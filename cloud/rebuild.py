@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, over, select, update
 from sqlalchemy.engine import Connection
 
-from cloud import pools
-from cloud import schema as S
+from edgemeter.cloud import pools
+from edgemeter.cloud import schema as S
 from firmware_py import pool as PL
 
 Diff = tuple[str, str, str, Any, Any]
@@ -152,7 +152,7 @@ def run(conn: Connection, check: bool = True) -> dict[str, Any]:
 
 
 def _write(conn: Connection, rp: dict, rl: dict, ra: dict, rpl: dict, rk: dict) -> None:
-    from cloud import ledger
+    from edgemeter.cloud import ledger
     for ws, vals in rp.items():
         ledger.ensure_pool(conn, ws)
         conn.execute(update(S.pools).where(S.pools.c.workspace_id == ws).values(**vals))

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from cloud import schema as S
+from edgemeter.cloud import schema as S
 
 ROLES = ("operator", "tenant")
 PREFIX = "em_"

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 
 @pytest.fixture(scope="session")

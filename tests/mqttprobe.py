@@ -12,7 +12,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 
 _ids = itertools.count(1)

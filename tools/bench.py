@@ -33,13 +33,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tools.build_firmware import dev_tool
+from edgemeter.tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = [("rating", "tools.bench"), ("codec", "tools.bench_codec"), ("wire", "tools.bench_wire"),
-           ("journal", "tools.bench_journal"), ("firmware", "tools.bench_firmware"),
-           ("firmware_heap", "tools.bench_firmware_heap"),
-           ("ingest", "tools.bench_ingest"), ("rebuild", "tools.bench_rebuild")]
+MODULES = [("rating", "edgemeter.tools.bench"), ("codec", "edgemeter.tools.bench_codec"), ("wire", "edgemeter.tools.bench_wire"),
+           ("journal", "edgemeter.tools.bench_journal"), ("firmware", "edgemeter.tools.bench_firmware"),
+           ("firmware_heap", "edgemeter.tools.bench_firmware_heap"),
+           ("ingest", "edgemeter.tools.bench_ingest"), ("rebuild", "edgemeter.tools.bench_rebuild")]
 
 # the MicroPython half of the rating benchmark: the same mix, the same loop
 _MP_RATING = """
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         res: dict[str, Any] = {"module": name, "source": modname.replace(".", "/") + ".py", "rows": []}
         try:
-            mod = sys.modules[__name__] if modname == "tools.bench" else importlib.import_module(modname)
+            mod = sys.modules[__name__] if modname == "edgemeter.tools.bench" else importlib.import_module(modname)
             res["rows"] = mod.run(quick=args.quick)
         except Exception as exc:   # noqa: BLE001 - one failing benchmark must not hide the others
             res["error"] = f"{type(exc).__name__}: {exc}"

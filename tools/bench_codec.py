@@ -1,6 +1,6 @@
 """Benchmark of the core CBOR codec: speed against cbor2 on CPython, heap and speed on MicroPython.
 
-    python -m tools.bench_codec [--json] [--quick]
+    python -m edgemeter.tools.bench_codec [--json] [--quick]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). Speeds are
 only reported as ratios measured in the same run (firmware_py.cbor time / cbor2 time, so 3.0
@@ -24,8 +24,8 @@ from typing import Any, Callable
 import cbor2
 
 from firmware_py import cbor
-from tools import benchrows
-from tools.build_firmware import dev_tool
+from edgemeter.tools import benchrows
+from edgemeter.tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_codec", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_codec", __doc__)
     args = ap.parse_args(argv)
     return benchrows.emit(run(quick=args.quick), args.json)
 

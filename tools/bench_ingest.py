@@ -1,6 +1,6 @@
 """Ingest benchmark: publishers -> Mosquitto -> `edgemeter rater` -> SQLite, 10-round batches.
 
-    python -m tools.bench_ingest [--json] [--quick] [--devices N] [--batches N] [--repeats N]
+    python -m edgemeter.tools.bench_ingest [--json] [--quick] [--devices N] [--batches N] [--repeats N]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). One run:
 
@@ -51,8 +51,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from cloud.mqttclient import RaterClient
-from tools import benchrows
+from edgemeter.cloud.mqttclient import RaterClient
+from edgemeter.tools import benchrows
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 10
@@ -149,8 +149,8 @@ def _publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int =
 
 
 def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
-    from cloud import accounts, db
-    from cloud import devices as reg
+    from edgemeter.cloud import accounts, db
+    from edgemeter.cloud import devices as reg
 
     engine = db.open_store(url)
     now = int(time.time())
@@ -165,7 +165,7 @@ def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
 
 def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) -> list[tuple[str, bytes]]:
     from firmware_py import proto as P
-    from tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, T0
+    from edgemeter.tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, T0
 
     rounds = [[30 * i] + STANDARD_CHAT for i in range(ROUNDS)]    # a round every 30 s
     out = []
@@ -180,8 +180,8 @@ def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) 
 def _ledger(url: str, since_id: int = 0) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from cloud import db
-    from cloud import schema as S
+    from edgemeter.cloud import db
+    from edgemeter.cloud import schema as S
 
     engine = db.make_engine(url)
     b = S.usage_batches
@@ -197,7 +197,7 @@ def _ledger(url: str, since_id: int = 0) -> dict[str, int]:
 class _Rater:
     def __init__(self, broker_url: str, url: str, workdir: Path):
         self.log = workdir / "rater.log"
-        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker_url, "--db", url,
+        self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", broker_url, "--db", url,
                      "--client-id", "bench-rater", "--housekeeping", "60"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.offset = 0
@@ -236,8 +236,8 @@ def _breakdown(work: Path, devices: int, batches: int, group: int = 500) -> dict
     """Step 5: CPU seconds per batch of the ingest step alone and of its parts."""
     import gc
 
-    from cloud import db, ingest
-    from cloud.rater import tune_gc
+    from edgemeter.cloud import db, ingest
+    from edgemeter.cloud.rater import tune_gc
     from firmware_py import proto as P
 
     url = f"sqlite:///{work / 'breakdown.db'}"
@@ -303,8 +303,8 @@ def _wait_booked(url: str, target: int, since_id: int, timeout: float) -> dict[s
 def run(quick: bool = False, devices: int = 100, batches: int | None = None,
         repeats: int | None = None) -> list[dict[str, Any]]:
     """Every ingest figure as rows {name, value, unit, how}."""
-    from tools.broker import Broker
-    from tools.fleetpub import STANDARD_CHAT_UCNY
+    from edgemeter.tools.broker import Broker
+    from edgemeter.tools.fleetpub import STANDARD_CHAT_UCNY
 
     batches = batches or (30 if quick else 200)
     repeats = repeats or (1 if quick else 4)
@@ -444,7 +444,7 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_ingest", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_ingest", __doc__)
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--batches", type=int)
     ap.add_argument("--repeats", type=int, help="rater drains compared (default 4, --quick 1)")

@@ -1,6 +1,6 @@
 """Benchmark of the journal: bytes written per round, append cost against a bare append, heap.
 
-    python -m tools.bench_journal [--json] [--quick]
+    python -m edgemeter.tools.bench_journal [--json] [--quick]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`).
 
@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from firmware_py import cbor
 from firmware_py.journal import Journal
-from tools import benchrows
-from tools.build_firmware import dev_tool
+from edgemeter.tools import benchrows
+from edgemeter.tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
@@ -189,7 +189,7 @@ def micropython_rows(n: int, reps: int) -> list[dict[str, Any]]:
     if exe is None:
         return [{"name": "journal on MicroPython", "value": None, "unit": "",
                  "how": "skipped: micropython not installed"}]
-    from tools import build_firmware
+    from edgemeter.tools import build_firmware
     d = benchrows.scratch("mp")
     fw = d / "fw"
     build_firmware.build(fw)
@@ -254,7 +254,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_journal", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_journal", __doc__)
     args = ap.parse_args(argv)
     return benchrows.emit(run(quick=args.quick), args.json)
 

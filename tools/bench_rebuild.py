@@ -1,6 +1,6 @@
 """Rebuild benchmark: seconds to recompute every balance from the ledger, per million rounds.
 
-    python -m tools.bench_rebuild [--json] [--quick] [--rounds N] [--pg]
+    python -m edgemeter.tools.bench_rebuild [--json] [--quick] [--rounds N] [--pg]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). A ledger of
 10-round batches is written straight into a fresh store, half from License devices (one pool
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools import benchrows
+from edgemeter.tools import benchrows
 
 ROUNDS_PER_BATCH = 10
 DEVICES = 200
@@ -32,11 +32,11 @@ def _fill(url: str, rounds: int) -> int:
     """A ledger of `rounds` rounds; returns the number of batches."""
     from sqlalchemy import insert
 
-    from cloud import accounts, db, devices, ledger, pools
-    from cloud import schema as S
+    from edgemeter.cloud import accounts, db, devices, ledger, pools
+    from edgemeter.cloud import schema as S
     from firmware_py import pool as PL
     from firmware_py import pricebook
-    from tools.fleetpub import STANDARD_CHAT_UCNY
+    from edgemeter.tools.fleetpub import STANDARD_CHAT_UCNY
 
     book = pricebook.default()
     engine = db.open_store(url)
@@ -94,7 +94,7 @@ def _fill(url: str, rounds: int) -> int:
 
 
 def _measure(url: str, rounds: int) -> dict[str, Any]:
-    from cloud import db, rebuild
+    from edgemeter.cloud import db, rebuild
 
     batches = _fill(url, rounds)
     engine = db.open_store(url)
@@ -124,7 +124,7 @@ def run(quick: bool = False, rounds: int | None = None, pg: bool = False) -> lis
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if pg:
-        from tools import pgcheck
+        from edgemeter.tools import pgcheck
         why = pgcheck.reachable()
         if why:
             rows.append({"name": "rebuild every projection (PostgreSQL): seconds per million rounds", "value": "skipped",
@@ -147,7 +147,7 @@ def run(quick: bool = False, rounds: int | None = None, pg: bool = False) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_rebuild", __doc__)
+    ap = benchrows.parser("edgemeter.tools.bench_rebuild", __doc__)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--pg", action="store_true", help="also on PostgreSQL (EDGEMETER_PG_URL)")
     args = ap.parse_args(argv)

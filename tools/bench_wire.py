@@ -2,7 +2,7 @@
 included (issue 3 targets: a one-round batch <= 64 bytes, <= 20 bytes per round in a
 10-round batch).
 
-    python -m tools.bench_wire [--json]
+    python -m edgemeter.tools.bench_wire [--json]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). Sizes are
 exact byte counts of proto.seal() output, not timings. Realistic values: device id
@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from firmware_py import pricebook, proto as P, rating
-from tools import benchrows
+from edgemeter.tools import benchrows
 
 KEY = bytes(range(32))
 DEV, SEQ, LEASE, BOOT = 1000000, 100000, 1000000, 12
@@ -91,7 +91,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = benchrows.parser("tools.bench_wire", __doc__, quick=False)
+    ap = benchrows.parser("edgemeter.tools.bench_wire", __doc__, quick=False)
     args = ap.parse_args(argv)
     return benchrows.emit(run(), args.json)
 

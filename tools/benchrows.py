@@ -1,4 +1,4 @@
-"""The command line every benchmark module shares: `python -m tools.bench_X [--json] [--quick]`.
+"""The command line every benchmark module shares: `python -m edgemeter.tools.bench_X [--json] [--quick]`.
 
 A benchmark module's run(...) returns rows {name, value, unit, how}; `edgemeter bench`
 aggregates them, and each module's own main() prints them through emit().

@@ -4,7 +4,7 @@
         user, pw = b.add_device(ws=7, dev=1042)      # "7/1042": rewrites passwd, SIGHUP
         ... connect to b.host:b.port (plain) or b.tls_port with b.ca_file ...
         b.restart()                                  # same ports; persistence kept
-    python -m tools.broker --auth --tls              # run one in the foreground (demo, debugging)
+    python -m edgemeter.tools.broker --auth --tls              # run one in the foreground (demo, debugging)
 
 The configuration is deploy/mosquitto/mosquitto.conf with only site values rewritten (file
 paths, ports, bind address 127.0.0.1, log to stderr captured in <workdir>/mosquitto.log, `user`
@@ -40,16 +40,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-ACL_TEMPLATE = ROOT / "deploy" / "mosquitto" / "acl.example"
+from edgemeter.cloud.mosquitto import (ACL_TEMPLATE, DEVICE_PATTERNS, TEMPLATE, BrokerError,  # noqa: F401 (re-exported)
+                                        device_user, render_acl)
+
 HOST = "127.0.0.1"
 ROLES = ("rater", "admin")
-DEVICE_PATTERNS = ("pattern write em/%u/up/#", "pattern read em/%u/down/#")
-
-
-class BrokerError(RuntimeError):
-    """Mosquitto could not be started, reloaded or configured."""
 
 
 def mosquitto_exe() -> str:
@@ -70,27 +65,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-def device_user(ws: int, dev: int) -> str:
-    """The MQTT user name (and client id) of device dev of workspace ws: "<ws>/<dev>", e.g.
-    "7/1042" (contract 5). Mosquitto substitutes it whole for %u, slash included, so the ACL's
-    `pattern write em/%u/up/#` becomes em/7/1042/up/#; digits and one slash only (a user name
-    with + or # gets no pattern access at all)."""
-    if type(ws) is not int or type(dev) is not int or ws < 0 or dev < 0:
-        raise ValueError("workspace and device ids are unsigned integers")
-    return "%d/%d" % (ws, dev)
-
-
-def render_acl(template: Path = ACL_TEMPLATE) -> str:
-    """The whole ACL file: the shipped template as it is (fixed roles and the device patterns;
-    no per-device lines). Refuses a template without the two device patterns."""
-    text = template.read_text()
-    lines = {ln.strip() for ln in text.splitlines()}
-    for need in DEVICE_PATTERNS:
-        if need not in lines:
-            raise BrokerError(f"{template}: no '{need}' line")
-    return text
 
 
 def render_config(template: Path, *, port: int, tls_port: int | None, workdir: Path,
@@ -402,7 +376,7 @@ def _accepts(port: int | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.broker", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m edgemeter.tools.broker", description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--tls-port", type=int, default=0)
     ap.add_argument("--auth", action="store_true", help="password file + ACL (users printed)")

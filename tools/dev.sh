@@ -31,14 +31,14 @@ ensure_system() {
 
 ensure_postgres() {
     # PostgreSQL tests skip with a reason where no server answers, except under CI=true.
-    if [ "${CI:-}" = true ] && ! "$VENV/bin/python" -m tools.pgcheck >/dev/null 2>&1; then
+    if [ "${CI:-}" = true ] && ! "$VENV/bin/python" -m edgemeter.tools.pgcheck >/dev/null 2>&1; then
         say "starting PostgreSQL for CI"
         if ! command -v pg_ctlcluster >/dev/null 2>&1; then
             as_root apt-get update -qq
             DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
         fi
         as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-        for _ in $(seq 30); do "$VENV/bin/python" -m tools.pgcheck && break; sleep 1; done
+        for _ in $(seq 30); do "$VENV/bin/python" -m edgemeter.tools.pgcheck && break; sleep 1; done
     fi
 }
 
@@ -86,7 +86,7 @@ case "$cmd" in
         say "type-checking firmware_py/ against the MicroPython stubs"
         mypy --config-file tools/mypy-firmware.ini firmware_py
         say "compiling firmware_py/ with mpy-cross"
-        python -m tools.build_firmware
+        python -m edgemeter.tools.build_firmware
         say "running the test suite (CPython and the MicroPython unix port)"
         python -m pytest "$@"
         ;;
@@ -101,14 +101,14 @@ case "$cmd" in
         ensure_venv
         ensure_postgres
         raise_fd_limit
-        python -m tools.build_firmware
+        python -m edgemeter.tools.build_firmware
         python -m pytest -m full -o addopts="" "$@"
         ;;
     bench)
         ensure_system
         ensure_venv
         raise_fd_limit
-        python -m tools.build_firmware
+        python -m edgemeter.tools.build_firmware
         exec edgemeter bench "$@"
         ;;
     *)

@@ -2,7 +2,7 @@
 with `vfs.VfsRom` and imports .mpy files from *in place*: the bytecode stays in the image (a
 board's flash partition) instead of being copied into the GC heap.
 
-    python -m tools.romfs [--out build/firmware/romfs.img] [--json]
+    python -m edgemeter.tools.romfs [--out build/firmware/romfs.img] [--json]
 
 The image holds firmware_py/__init__.mpy and the device modules (device_modules(): the import
 closure of firmware_py.main without DEVICE_EXCLUDE), compiled with mpy-cross, at the same
@@ -154,7 +154,7 @@ PRELOAD_CALLS = {"pricebook": "default"}
 def load_order(root: str = "main") -> list[str]:
     """root's module-level import closure (without DEVICE_EXCLUDE), leaf modules first: the
     order in which importing one never imports another not yet loaded."""
-    from tools.build_firmware import SRC as src, _imports
+    from edgemeter.tools.build_firmware import SRC as src, _imports
     order: list[str] = []
     seen: set[str] = set()
 
@@ -183,13 +183,13 @@ def preload_text(root: str = "main") -> bytes:
 def device_modules() -> list[str]:
     """The firmware_py modules a device image holds: __init__, firmware_py.main's import
     closure (tools.build_firmware.image_modules) without DEVICE_EXCLUDE."""
-    from tools.build_firmware import image_modules
+    from edgemeter.tools.build_firmware import image_modules
     return ["__init__"] + [m for m in image_modules() if m not in DEVICE_EXCLUDE]
 
 
 def compile_modules(names: list[str]) -> dict[str, bytes]:
     """{"firmware_py/<m>.mpy": bytecode} for each module, compiled by mpy-cross."""
-    from tools.build_firmware import mpy_cross
+    from edgemeter.tools.build_firmware import mpy_cross
     exe = mpy_cross()
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,7 +222,7 @@ def build_romfs(path: Path, names: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.romfs", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m edgemeter.tools.romfs", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "firmware" / "romfs.img")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tools.build_firmware import dev_tool
+from edgemeter.tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -42,8 +42,8 @@ def image(out: Path, with_loop: bool = True, loop: Path = LOOP,
     adds romfs_loop.mpy at its root, extra ({"fw_driver": Path("tests/firmware/fw_driver.py")})
     other sources compiled to <name>.mpy there: the test's stand-ins for the SDK's code, which
     a board keeps in flash too."""
-    from tools import romfs
-    from tools.build_firmware import mpy_cross
+    from edgemeter.tools import romfs
+    from edgemeter.tools.build_firmware import mpy_cross
     srcs = dict(extra or {})
     if with_loop:
         srcs["romfs_loop"] = loop

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from cloud import db
-from cloud.schema import metadata
+from edgemeter.cloud import db
+from edgemeter.cloud.schema import metadata
 
 config = context.config
 target_metadata = metadata

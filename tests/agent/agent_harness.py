@@ -182,7 +182,7 @@ class AgentProcess:
         self.log_path = config.parent / "agent.log"
         self.sock = socket_path(config)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "agent", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "agent", "--config",
                                           str(config)], cwd=str(ROOT), env=env,
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

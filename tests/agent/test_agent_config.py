@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent import config as C
+from edgemeter.agent import config as C
 from agent_harness import ROOT
 
 KEY = "ab" * 32
@@ -21,7 +21,7 @@ def problems(site, base="."):
 
 
 def run(path):
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "agent", "--config", str(path)],
+    p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "agent", "--config", str(path)],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=30)
     return p.returncode, p.stderr
 
@@ -80,6 +80,6 @@ def test_daemon_reports_bad_toml_and_json(tmp_path):
     assert rc == 2 and "cannot read" in err
     good = tmp_path / "good.toml"
     good.write_text('[device]\nws = 7\ndev = 9\nkey = "%s"\n' % KEY)
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "agent", "--config", str(good),
+    p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "agent", "--config", str(good),
                         "--check"], cwd=str(ROOT), capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "configuration OK" in p.stdout

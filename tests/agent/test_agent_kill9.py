@@ -20,7 +20,7 @@ CASES = [("persist", 1), ("persist", 2), ("append", 1), ("append", 3), ("append"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    from tools.broker import Broker
+    from edgemeter.tools.broker import Broker
     with Broker(auth=True) as broker:
         resp = Responder(broker)
         yield broker, resp

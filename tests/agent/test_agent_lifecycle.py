@@ -9,7 +9,7 @@ import time
 
 from agent_harness import (SDK, AgentProcess, Responder, key_of, start_allowed, wait_for,
                            write_config)
-from agent.api import Agent, RoundRefused
+from edgemeter.agent.api import Agent, RoundRefused
 
 
 def serve(sdk, counts):

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from agent_harness import ROOT, SDK, AgentDied, AgentProcess, write_config
-from cloud import accounts, db, devices, pools
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, devices, pools
+from edgemeter.cloud import schema as S
 from firmware_py import civil, pricebook
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,7 +50,7 @@ def cloud(make_broker, tmp_path):
     engine.dispose()
     log = tmp_path / "rater.log"
     with open(log, "ab") as f:
-        rater = subprocess.Popen([sys.executable, "-m", "tools.cli", "rater", "--broker",
+        rater = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker",
                                   broker.url, "--db", url, "--client-id", "rater-a",
                                   "--housekeeping", "0.5"], cwd=str(ROOT), stdout=f,
                                  stderr=subprocess.STDOUT, env=dict(os.environ,

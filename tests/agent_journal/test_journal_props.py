@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from firmware_py import state
 from firmware_py.jframe import BAD, REC, TORN, encode, scan
 from firmware_py.journal import FULL, NOSPACE, Journal
-from tools.build_firmware import dev_tool
+from edgemeter.tools.build_firmware import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -378,7 +378,7 @@ print("HEAP", base, peak, gc.mem_alloc(), gc.mem_free() + gc.mem_alloc())
 
 def test_mpy_journal_in_a_32k_heap(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from tools import build_firmware
+    from edgemeter.tools import build_firmware
     fw = tmp_path / "fw"
     build_firmware.build(fw)
     script = tmp_path / "heap.py"

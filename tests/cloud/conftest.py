@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import pgcheck
+from edgemeter.tools import pgcheck
 
 
 def _pg_admin_url() -> str:

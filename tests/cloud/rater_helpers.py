@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from cloud import accounts, db, devices, pools
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, devices, pools
+from edgemeter.cloud import schema as S
 from firmware_py import civil, pricebook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ class RaterProc:
     """`edgemeter rater` as a real process (kill -9 able)."""
 
     def __init__(self, broker_url: str, db_url: str, client_id: str, tmp: Path, *extra: str):
-        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", broker_url, "--db", db_url,
+        self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", broker_url, "--db", db_url,
                      "--client-id", client_id, "--housekeeping", "0.5", *extra]
         self.log_path = tmp / f"{client_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cloud import admin, db
-from cloud import schema as S
+from edgemeter.cloud import admin, db
+from edgemeter.cloud import schema as S
 
 
 def _run(capsys, *args):

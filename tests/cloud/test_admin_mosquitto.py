@@ -13,14 +13,14 @@ import time
 import pytest
 
 from rater_helpers import ROOT, RaterProc, ledger_summary
-from tools.broker import ACL_TEMPLATE, Broker
-from tools.fleetpub import Fleet
+from edgemeter.tools.broker import ACL_TEMPLATE, Broker
+from edgemeter.tools.fleetpub import Fleet
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _admin(*args: str) -> dict:
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "admin", *args, "--json"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "admin", *args, "--json"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
@@ -73,8 +73,8 @@ def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
 def test_former_user_names_are_migrated_and_their_password_lines_dropped(store_url, tmp_path):
     from sqlalchemy import insert, select
 
-    from cloud import db, devices
-    from cloud import schema as S
+    from edgemeter.cloud import db, devices
+    from edgemeter.cloud import schema as S
 
     url = store_url                     # SQLite and PostgreSQL
     assert db.migrate(url, "0002") == "0002"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert, select
 
-from cloud import accounts, db, invoices, ledger, pools
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, invoices, ledger, pools
+from edgemeter.cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pool as PL
 from firmware_py import pricebook
@@ -269,7 +269,7 @@ def test_invoice_plan_lines_round_each_amount_once(engine):
 
 
 def test_rebuild_recomputes_every_projection_and_finds_tampering(engine):
-    from cloud import rebuild
+    from edgemeter.cloud import rebuild
     with tx(engine) as conn, conn.begin():
         acc, ws = _license_ws(conn, grant=1_000_000, validity=60)
         p = pools.buy_license(conn, BOOK, ws, "basic", 100, T0)

@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.mqttclient import NO_PROPERTIES, RaterClient
+from edgemeter.cloud.mqttclient import NO_PROPERTIES, RaterClient
 
 
 def _props(msg: Any) -> dict[str, Any]:

@@ -7,11 +7,11 @@ import urllib.request
 import pytest
 from sqlalchemy import select
 
-from cloud import admin, db
-from cloud import schema as S
+from edgemeter.cloud import admin, db
+from edgemeter.cloud import schema as S
 from firmware_py import proto as P
 from rater_helpers import RaterProc, fleet_devices, ledger_summary, setup_store, wait_for
-from tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, Fleet
+from edgemeter.tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, Fleet
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -189,7 +189,7 @@ def test_key_rotation_is_delivered_and_used(rater, fleet, store):
 
 def test_metrics_and_graceful_shutdown(broker, store, tmp_path):
     url, reg = store
-    from tools.broker import free_port
+    from edgemeter.tools.broker import free_port
     port = free_port()
     r = RaterProc(broker.url, url, "rater-m", tmp_path, "--metrics-port", str(port)).start()
     f = Fleet(broker.host, broker.port, fleet_devices(reg, ("postpaid",))).start()

@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 from sqlalchemy import func, select
 
-from cloud import admin, db
-from cloud import schema as S
+from edgemeter.cloud import admin, db
+from edgemeter.cloud import schema as S
 from rater_helpers import RaterProc, fleet_devices, ledger_summary, setup_store, wait_for
-from tools.broker import free_port
-from tools.fleetpub import STANDARD_CHAT_UCNY, Fleet
+from edgemeter.tools.broker import free_port
+from edgemeter.tools.fleetpub import STANDARD_CHAT_UCNY, Fleet
 
 pytestmark = pytest.mark.timeout(300)
 

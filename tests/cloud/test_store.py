@@ -7,8 +7,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from cloud import db
-from cloud import schema as S
+from edgemeter.cloud import db
+from edgemeter.cloud import schema as S
 
 
 def test_url_normalisation():
@@ -73,7 +73,7 @@ def test_a_device_sequence_is_booked_once_forever(store_url):
         with db.write_connect(engine) as conn, conn.begin():
             conn.execute(insert(S.usage_batches).values(_batch(acc, ws, 1)))
     # the portable idempotent form the rater uses books nothing the second time
-    from cloud import ledger
+    from edgemeter.cloud import ledger
     with db.write_connect(engine) as conn, conn.begin():
         assert set(ledger.insert_batches(conn, [_batch(acc, ws, 1), _batch(acc, ws, 2)])) == {(7, 2)}
     with engine.connect() as conn:
@@ -86,7 +86,7 @@ def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_ur
     group of 200 batches (15 columns each) must still book, in statements within that limit."""
     import sqlite3
 
-    from cloud import ledger
+    from edgemeter.cloud import ledger
     engine = db.open_store(sqlite_url)
     with db.write_connect(engine) as conn, conn.begin():
         acc, ws = _minimal_device(conn)

@@ -5,7 +5,7 @@ benchmark messages encode identically with cbor2, and that MicroPython re-encode
 """
 from __future__ import annotations
 
-from tools import bench_codec
+from edgemeter.tools import bench_codec
 
 
 def test_rows_have_the_aggregated_shape() -> None:

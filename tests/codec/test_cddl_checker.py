@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from firmware_py import cbor
-from tools.cddl import CDDLError, CDDLSyntaxError, Schema
+from edgemeter.tools.cddl import CDDLError, CDDLSyntaxError, Schema
 
 CASES = [
     # arrays, occurrence, labels

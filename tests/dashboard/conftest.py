@@ -13,7 +13,7 @@ import pytest
 
 import dashfleet
 from dashfleet import make_tokens
-from tools import pgcheck
+from edgemeter.tools import pgcheck
 
 
 def pg_unavailable() -> str | None:

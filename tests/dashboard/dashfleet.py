@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud import accounts, db, devices, ingest, ledger, pools, tokens
+from edgemeter.cloud import accounts, db, devices, ingest, ledger, pools, tokens
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import lease as L
 from firmware_py.device_session import DeviceSession

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from cloud import accounts, alerts, invoices, pools, queries
-from cloud import schema as S
-from cloud.api import create_app
+from edgemeter.cloud import accounts, alerts, invoices, pools, queries
+from edgemeter.cloud import schema as S
+from edgemeter.cloud.api import create_app
 from firmware_py import civil
 from firmware_py import pool as PL
 
@@ -230,14 +230,14 @@ def test_tokens_missing_unknown_revoked_static(client, ledger):
 
 
 def test_admin_create_token_cli_makes_a_working_tenant_token(client, ledger):
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "admin", "create-token", "--db", ledger["url"],
+    out = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "admin", "create-token", "--db", ledger["url"],
                           "--role", "tenant", "--account", str(ledger["initech"]), "--name", "cli", "--json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     tok = json.loads(out.stdout)["token"]
     r = client.get("/api/v1/accounts", headers={"Authorization": f"Bearer {tok}"})
     assert [a["name"] for a in r.json()["items"]] == ["initech"]
-    bad = subprocess.run([sys.executable, "-m", "tools.cli", "admin", "create-token", "--db", ledger["url"],
+    bad = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "admin", "create-token", "--db", ledger["url"],
                           "--role", "operator", "--account", "1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "operator token sees every account" in bad.stderr
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from cloud import accounts, db, invoices, pools, queries, tokens
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, invoices, pools, queries, tokens
+from edgemeter.cloud import schema as S
 from firmware_py import civil
 
 pytestmark = pytest.mark.browser
@@ -48,7 +48,7 @@ def server(sqlite_ledger: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """`edgemeter dashboard` as a subprocess on a free port; {"url", "proc", "ledger"}."""
     _need_chromium()
     exe = Path(sys.executable).with_name("edgemeter")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgemeter.tools.cli"]
     proc = subprocess.Popen(cmd + ["dashboard", "--db", sqlite_ledger["url"], "--port", "0", "--token", OPERATOR],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -82,7 +82,7 @@ def rater(server: dict[str, Any], mosquitto: Any, tmp_path: Path) -> Iterator[di
     populated fleet switched to publishing through that broker on the real clock."""
     led = server["ledger"]
     exe = Path(sys.executable).with_name("edgemeter")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tools.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgemeter.tools.cli"]
     log_path = tmp_path / "rater.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd + ["rater", "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}", "--db",

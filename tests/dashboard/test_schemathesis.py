@@ -20,8 +20,8 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
                                  status_code_conformance)
 
 import dashfleet
-from cloud import db
-from cloud.api import create_app
+from edgemeter.cloud import db
+from edgemeter.cloud.api import create_app
 from dashfleet import make_tokens
 
 _DIR = Path(tempfile.mkdtemp(prefix="em-schemathesis-"))

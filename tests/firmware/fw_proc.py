@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.broker import Broker
-from tools.build_firmware import build_image, dev_tool, mpy_cross
+from edgemeter.tools.broker import Broker
+from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "fw_driver.py"
@@ -36,7 +36,7 @@ def micropython() -> str:
 
 
 def make_image(out: Path) -> Path:
-    """The device image (python -m tools.build_firmware --image) with fw_driver.mpy beside it."""
+    """The device image (python -m edgemeter.tools.build_firmware --image) with fw_driver.mpy beside it."""
     build_image(out)
     subprocess.run([mpy_cross(), "-o", str(out / "fw_driver.mpy"), "-s", "fw_driver.py",
                     str(DRIVER)], check=True)

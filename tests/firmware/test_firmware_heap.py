@@ -15,8 +15,8 @@ import pytest
 
 import fw_cloud
 import fw_proc
-from tools.broker import Broker
-from tools.build_firmware import ROOT, image_modules
+from edgemeter.tools.broker import Broker
+from edgemeter.tools.build_firmware import ROOT, image_modules
 
 HEAP = "256k"
 WORKING_SET = 16 * 1024  # bytes the loop may hold above the heap at boot

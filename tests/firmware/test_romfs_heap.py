@@ -8,9 +8,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tools import romfs_run as R
+from edgemeter.tools import romfs_run as R
 
-from tools import romfs
+from edgemeter.tools import romfs
 
 # The board heap the device loop is asserted to run in (beside the image). The target
 # is 32 KiB; on the 64-bit unix port with a ROMFS image the imports alone keep about 83 KB

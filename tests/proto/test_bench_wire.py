@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from firmware_py import proto as P
-from tools import bench_wire
+from edgemeter.tools import bench_wire
 
 
 def test_wire_targets_are_met_with_realistic_ids() -> None:

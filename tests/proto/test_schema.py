@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware_py import cbor, proto as P
-from tools.cddl import Schema
+from edgemeter.tools.cddl import Schema
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "core"))

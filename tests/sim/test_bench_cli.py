@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_quick_rating_and_wire(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--quick", "--only", "rating,wire",
+    p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "bench", "--quick", "--only", "rating,wire",
                         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     res = {r["module"]: r for r in json.loads(out.read_text())["results"]}
@@ -25,6 +25,6 @@ def test_bench_quick_rating_and_wire(tmp_path: Path) -> None:
 
 
 def test_bench_rejects_unknown_module() -> None:
-    p = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "--only", "nope"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "bench", "--only", "nope"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unknown modules" in p.stderr

@@ -22,7 +22,7 @@ FAULT_KINDS = {"power", "partition", "broker", "rater", "dup", "clock-skew", "cl
 
 def run_sim(tmp_path: Path, *args: str, timeout: float) -> dict:
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "sim", "--report", str(report), "--quiet", *args],
+    proc = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "sim", "--report", str(report), "--quiet", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert report.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_answers_and_audits_on_sigint(tmp_path: Path) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "tools.cli", "demo", "--devices", "24", "--rate", "1",
+    p = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "demo", "--devices", "24", "--rate", "1",
                           "--port", "0", "--duration", "120", "--workdir", str(tmp_path)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tools import pgcheck
+from edgemeter.tools import pgcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def pg_db() -> str:
 
 def test_three_raters_on_postgresql(pg_db: str, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "sim", "--devices", "100", "--rounds", "10000",
+    proc = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "sim", "--devices", "100", "--rounds", "10000",
                            "--raters", "3", "--db", pg_db, "--faults", "rater,dup,power,broker,partition",
                            "--seed", "4", "--quiet", "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 import mqttprobe
-from tools import broker as tb
+from edgemeter.tools import broker as tb
 
 WS, DEV = 7, 9501
 OWN_UP = f"em/{WS}/{DEV}/up/usage"

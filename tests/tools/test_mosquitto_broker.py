@@ -10,7 +10,7 @@ import pytest
 
 import mqttprobe
 from firmware_py import mqtt_codec as mc
-from tools import broker as tb
+from edgemeter.tools import broker as tb
 
 SITE_KEYS = {"password_file", "acl_file", "persistence_location", "user", "certfile", "keyfile",
              "log_dest", "listener", "allow_anonymous"}

@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--db", help="store URL (default: SQLite in the work directory)")
     ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker that lets the devices in "
-                                     "(anonymous, e.g. `python -m tools.broker`; default: start Mosquitto with "
+                                     "(anonymous, e.g. `python -m edgemeter.tools.broker`; default: start Mosquitto with "
                                      "auth); the raters use EDGEMETER_MQTT_USER/_PASSWORD; no broker restarts")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--workdir", help="keep journals, logs and the store here (default: a temp dir, removed)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgemeter sim: unknown faults {sorted(bad)}" if bad else
               "edgemeter sim: need --devices >= 2, --raters >= 1, --rounds >= 1", file=sys.stderr)
         return 2
-    from tools.sim.run import Simulation
+    from edgemeter.tools.sim.run import Simulation
     own = args.workdir is None
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgemeter-sim-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from cloud import db, pools, rebuild
-from cloud import schema as S
+from edgemeter.cloud import db, pools, rebuild
+from edgemeter.cloud import schema as S
 
 
 def ledger_by_device(conn, workspaces: list[int]) -> dict[int, dict[str, int]]:

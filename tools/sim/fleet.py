@@ -23,8 +23,8 @@ from collections import Counter
 from typing import Any
 
 from firmware_py import meter as fm, rating
-from tools.sim import workload as W
-from tools.sim.net import UP, Link, Net
+from edgemeter.tools.sim import workload as W
+from edgemeter.tools.sim.net import UP, Link, Net
 
 
 class PowerCut(BaseException):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.build_firmware import build_image, dev_tool, mpy_cross
+from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -134,7 +134,7 @@ class MicroFleet:
         self.argv = [micropython(), "-X", f"heapsize={heap}", "-m", "firmware_py.main"]
         self.rom_heap = 0
         if romfs:   # the firmware's bytecode in a ROMFS image, as in a board's flash
-            from tools import romfs_run
+            from edgemeter.tools import romfs_run
             img = romfs_run.image(root / "rom", with_loop=False)
             budget = _bytes(heap)
             self.rom_heap = romfs_run.heapsize(img, budget=budget)

@@ -12,10 +12,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from firmware_py import meter as fm
-from tools.broker import Broker
-from tools.sim import audit, stack
-from tools.sim.fleet import Fleet
-from tools.sim.net import UP
+from edgemeter.tools.broker import Broker
+from edgemeter.tools.sim import audit, stack
+from edgemeter.tools.sim.fleet import Fleet
+from edgemeter.tools.sim.net import UP
 
 METER_CFG = {"age": 2, "rto": 5, "rto_max": 20, "retry": 5, "max_events": 1024}
 FULL_CFG = {"max_bytes": 1024, "segment_bytes": 256}
@@ -44,7 +44,7 @@ class Simulation:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         a = self.a
-        from tools.sim import raise_nofile
+        from edgemeter.tools.sim import raise_nofile
         self.nofile = raise_nofile(3 * (a.devices + a.micropython) + 1024)
         self.url = a.db or f"sqlite:///{self.work / 'ledger.db'}"
         n = a.devices + a.micropython
@@ -90,7 +90,7 @@ class Simulation:
                 d.offset = self.rng.choice((-1, 1)) * self.rng.randint(30, 250)
                 self.counts["clock-skew"] += 1
         if a.micropython:
-            from tools.sim.mp import MicroFleet
+            from edgemeter.tools.sim.mp import MicroFleet
             self.mp = MicroFleet(self.work / "mp", host, port, self.mp_regs, a.mp_heap, a.mp_rounds, a.seed,
                                  "power" in self.faults, self.note)
 

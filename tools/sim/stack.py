@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from cloud import accounts, db, devices, ledger, pools
-from cloud import schema as S
+from edgemeter.cloud import accounts, db, devices, ledger, pools
+from edgemeter.cloud import schema as S
 from firmware_py import billing, civil, pricebook
-from tools.broker import Broker
+from edgemeter.tools.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ class Rater:
         """broker: our Broker (its rater user), or the URL of a running one (the rater's
         credentials, if it needs any, from EDGEMETER_MQTT_USER / EDGEMETER_MQTT_PASSWORD)."""
         burl = broker if isinstance(broker, str) else broker.url
-        self.args = [sys.executable, "-m", "tools.cli", "rater", "--broker", burl, "--db", url,
+        self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", burl, "--db", url,
                      "--client-id", name, "--housekeeping", "1"]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if not isinstance(broker, str):
