@@ -25,11 +25,22 @@ rater's MQTT CPU. RaterClient changes only those two things:
      which only a QoS 0 message has, is skipped. With a logger attached, paho's ack() per mid.
 Everything else (sessions, keepalive, TLS, reconnects, publishing) is paho's.
 tests/cloud/test_mqttclient.py checks both paths against a stock Client on a real Mosquitto.
+
+ Q4. Q1-Q3 lean on paho's private names (HOOKS). They are checked once, when the rater picks its
+     client class (client_class()): where one is missing or its parameters changed (a paho
+     release outside the range CI tests: pyproject pins it, tools/dev.sh runs these tests on the
+     lowest and highest allowed versions), the rater logs a warning naming them and uses
+     StockClient, paho's public paths only (same interface: buffered() is always False, ack_many
+     acknowledges one message at a time); EDGEMETER_RATER_CLIENT=stock asks for it outright.
 """
 from __future__ import annotations
 
+import inspect
+import logging
+import os
 import struct
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -128,3 +139,63 @@ class RaterClient(mqtt.Client):
 
 
 _PUBACK = struct.Struct("!BBH")
+
+
+class StockClient(mqtt.Client):
+    """paho's Client through its public API only, with RaterClient's interface (rule Q4)."""
+
+    def buffered(self) -> bool:
+        return False
+
+    def loop_read(self, max_packets: int = 0) -> mqtt.MQTTErrorCode:
+        return super().loop_read()
+
+    def ack_many(self, mids: Sequence[int]) -> mqtt.MQTTErrorCode:
+        """paho's ack() for each QoS 1 message of mids, in order (nothing without manual_ack)."""
+        if self._manual_ack:
+            for m in mids:
+                if m:
+                    self.ack(m, 1)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+# Rule Q4: the private methods RaterClient overrides or calls, with the parameters it passes,
+# and the private attributes it reads on a connected-or-not Client.
+HOOKS = {"_sock_recv": ("bufsize",), "_handle_publish": (), "_handle_on_message": ("message",),
+         "_send_puback": ("mid",), "_packet_queue": ("command", "packet", "mid", "qos")}
+ATTRIBUTES = ("_sock", "_in_packet", "_protocol", "_manual_ack", "_logger", "_on_log")
+
+
+def missing_hooks(base: type = mqtt.Client) -> list[str]:
+    """The names of HOOKS and ATTRIBUTES that `base` lacks or whose parameters differ (rule Q4)."""
+    missing = []
+    for name, params in HOOKS.items():
+        fn = getattr(base, name, None)
+        if not callable(fn):
+            missing.append(name)
+            continue
+        try:
+            have = tuple(inspect.signature(fn).parameters)[1:1 + len(params)]
+        except (TypeError, ValueError):
+            have = ()
+        if have != params:
+            missing.append("%s(%s)" % (name, ", ".join(params)))
+    try:
+        probe = base(mqtt.CallbackAPIVersion.VERSION2, client_id="edgemeter-probe", protocol=mqtt.MQTTv5)
+    except Exception as e:  # a constructor that changed is itself a reason not to patch it
+        return missing + ["%s() (%s)" % (base.__name__, e)]
+    missing += [a for a in ATTRIBUTES if not hasattr(probe, a)]
+    return missing
+
+
+def client_class(log: logging.Logger | None = None, base: type = mqtt.Client) -> type:
+    """RaterClient when paho has every hook it needs, else StockClient with a warning (rule Q4)."""
+    log = log or logging.getLogger("edgemeter.rater")
+    if os.environ.get("EDGEMETER_RATER_CLIENT", "") == "stock":
+        return StockClient
+    missing = missing_hooks(base)
+    if missing:
+        log.warning("paho-mqtt %s lacks what the rater's fast receive path needs (%s): using paho's "
+                    "public paths (slower, same guarantees)", version("paho-mqtt"), ", ".join(missing))
+        return StockClient
+    return RaterClient

@@ -35,7 +35,7 @@ Rules:
  M9. The client is cloud.mqttclient.RaterClient: paho's Client reading the socket in 64 KiB
      chunks, parsing property-less PUBLISHes without building paho's Properties tables and
      writing a group's PUBACKs at once (rules Q1-Q3 there); the loop does not wait on select()
-     while bytes are buffered.
+     while bytes are buffered. Where paho lacks a hook it needs, StockClient (rule Q4 there).
 Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ from sqlalchemy.exc import OperationalError
 
 from edgemeter.cloud import accounts, db, ingest, pools
 from edgemeter.cloud.metrics import Metrics
-from edgemeter.cloud.mqttclient import RaterClient
+from edgemeter.cloud.mqttclient import client_class
 from edgemeter.cloud import schema as S
 from firmware_py import proto as P
 
@@ -159,7 +159,7 @@ class Rater:
             raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {broker_url!r}")
         self.host, self.port = u.hostname, u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
         self.client_id = client_id
-        c = self.client = RaterClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+        c = self.client = client_class(self.log)(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                        manual_ack=True)
         # Our own QoS 1 publishes (acks, grants, commands) in flight at once: the shipped broker
         # announces Receive Maximum 100 (max_inflight_messages in deploy/mosquitto) and MQTT 5

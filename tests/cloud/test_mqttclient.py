@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgemeter.cloud.mqttclient import NO_PROPERTIES, RaterClient
+from edgemeter.cloud.mqttclient import NO_PROPERTIES, RaterClient, StockClient, client_class, missing_hooks
 
 
 def _props(msg: Any) -> dict[str, Any]:
@@ -221,3 +221,65 @@ def test_rater_client_over_tls_matches_stock_paho(secure_broker: Any) -> None:
         _stop(pub)
         stock.close()
         ours.close()
+
+
+def test_installed_paho_has_every_hook_the_fast_path_needs() -> None:
+    """Q4: on the paho versions CI runs (pyproject's lowest and highest), nothing is missing."""
+    assert missing_hooks() == []
+    assert client_class() is RaterClient
+
+
+def test_a_paho_without_a_hook_gets_the_stock_client_with_a_warning(caplog: Any) -> None:
+    """Q4: a paho whose _sock_recv is gone, or whose _packet_queue takes other parameters, is
+    named in a warning and the rater gets StockClient."""
+    class Renamed(mqtt.Client):
+        _sock_recv = None   # type: ignore[assignment]
+
+        def _packet_queue(self, command: Any, packet: Any, mid: Any, qos: Any, info: Any = None,
+                          extra: Any = None) -> Any:
+            return super()._packet_queue(command, packet, mid, qos, info)
+
+    class Reordered(mqtt.Client):
+        def _packet_queue(self, packet: Any, command: Any, mid: Any, qos: Any, info: Any = None) -> Any:
+            return super()._packet_queue(command, packet, mid, qos, info)
+
+    assert missing_hooks(Renamed) == ["_sock_recv"]
+    assert missing_hooks(Reordered) == ["_packet_queue(command, packet, mid, qos)"]
+    with caplog.at_level("WARNING"):
+        assert client_class(base=Reordered) is StockClient
+    assert "_packet_queue(command, packet, mid, qos)" in caplog.text
+
+
+def test_stock_client_receives_and_acks_groups_like_rater_client(make_broker: Any) -> None:
+    """Q4: the fallback keeps the interface the rater uses (buffered, loop_read(n), ack_many) on a
+    real Mosquitto: a manual-ack session acknowledges a group and the broker redelivers nothing."""
+    broker = make_broker()
+    got: list[Any] = []
+    c = StockClient(CallbackAPIVersion.VERSION2, client_id="q4-stock", protocol=mqtt.MQTTv5, manual_ack=True)
+    c.on_message = lambda client, userdata, msg: got.append(msg)
+    sub = threading.Event()
+    c.on_subscribe = lambda *a: sub.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    _connect(c, broker.host, broker.port, clean_start=False, properties=props)
+    c.subscribe("q4/#", qos=1)
+    assert sub.wait(10)
+    pub = _publisher(broker.host, broker.port, "q4-pub")
+    for i in range(20):
+        pub.publish("q4/%d" % i, b"x%d" % i, qos=1).wait_for_publish(10)
+    _wait_until(lambda: len(got) == 20)
+    assert sorted(m.payload for m in got) == sorted(b"x%d" % i for i in range(20))
+    assert not c.buffered()
+    assert c.ack_many([0] + [m.mid for m in got]) == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    time.sleep(0.5)
+    _stop(c)
+    again: list[Any] = []
+    c2 = StockClient(CallbackAPIVersion.VERSION2, client_id="q4-stock", protocol=mqtt.MQTTv5, manual_ack=True)
+    c2.on_message = lambda client, userdata, msg: again.append(msg)
+    up = threading.Event()
+    c2.on_connect = lambda *a: up.set()
+    _connect(c2, broker.host, broker.port, clean_start=False, properties=props)
+    assert up.wait(10)
+    time.sleep(1.0)
+    _stop(c2, pub)
+    assert again == []   # every message of the group was acknowledged: nothing redelivered
