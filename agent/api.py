@@ -14,7 +14,7 @@ One lock serializes every call into the meter (the network thread of agent.sync,
 threads of agent.sockapi and the SDK's own threads share it). Time is int(time.time()) unless a
 clock is given. The journal directory is written with fsync: every record and state slot is
 os.fsync'ed before the call that wrote it returns, and the directory is fsync'ed when a file
-is created in it, so a round reported OK survives a power cut (meter rule M2).
+is created in it, so a round reported OK survives a power cut (meter_base rule M2).
 
 Test hook: EDGEMETER_AGENT_CRASH="point:n" kills the process with SIGKILL at the n-th pass
 through point (persist: after the meter state is on disk; append: after a journal record is;

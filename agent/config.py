@@ -172,7 +172,7 @@ def validate(site: dict[str, Any], base_dir: str = ".") -> dict[str, dict[str, A
         with open(m["password_file"], encoding="utf-8") as f:
             m["password"] = f.read().strip()
     if type(d["ws"]) is int and type(d["dev"]) is int and not m["username"]:
-        m["username"] = "%d/%d" % (d["ws"], d["dev"])  # contracts 5: the broker ACL's %u
+        m["username"] = "%d/%d" % (d["ws"], d["dev"])  # docs/protocol.md, Topics: the broker ACL's %u
     j = cfg["journal"]
     if (type(j["max_bytes"]) is int and type(j["segment_bytes"]) is int
             and j["segment_bytes"] > j["max_bytes"]):

@@ -8,7 +8,7 @@ MQTT supervisor (agent.sync) and the local Unix-socket API (agent.sockapi). Logs
 
 Lifecycle:
  A1. Start: validate the configuration (every problem printed with its key, exit 2), open the
-     journal (recovery after a power cut or kill -9: meter rule M7), then the socket API and
+     journal (recovery after a power cut or kill -9: meter_base rule M7), then the socket API and
      the network thread. The report of the recovery is logged.
  A2. Run: Meter.tick every agent.tick_ms (unended rounds, batches due, resends, lease renewal,
      checkpoints and compaction); events are logged.

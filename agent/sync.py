@@ -1,7 +1,7 @@
 """The Linux agent's MQTT shell: one paho-mqtt 2.x client driven by one thread.
 
 Rules:
- Y1. Per-device credentials: user name and client id "<ws>/<dev>" (contracts 5; the broker
+ Y1. Per-device credentials: user name and client id "<ws>/<dev>" (docs/protocol.md, Topics; the broker
      ACL's pattern on %u confines it to em/<ws>/<dev>/), MQTT 3.1.1 with a persistent session
      (clean_session false), so the broker keeps the QoS 1 downlink (acks, grants, commands,
      price books) of em/<ws>/<dev>/down/# while the device is away.
@@ -12,7 +12,7 @@ Rules:
      mqtt.backoff_cap_ms, os.urandom as the random source) and tries again; a CONNACK resets
      the backoff. paho's own reconnect is off, so this is the one supervisor.
  Y4. After every CONNACK: subscribe to the down topics, then Meter.connected() re-sends every
-     unacked batch (flagged RETX, rule D4) and pending lease messages; the cloud books each
+     unacked batch (flagged RETX, device_session rule D4) and pending lease messages; the cloud books each
      (dev, seq) once, so re-sends and broker redeliveries are harmless.
  Y5. What the meter publishes while the link is down is dropped here (the session re-sends it,
      D4); the journal, not the MQTT client, is what keeps usage.

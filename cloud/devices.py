@@ -2,7 +2,7 @@
 
 Rules:
  D1. A device gets the next numeric id (or a given unused one), MQTT user name and client id
-     "<ws>/<dev>", e.g. "7/1042" (contracts 5), a random 24-byte password of which only the
+     "<ws>/<dev>", e.g. "7/1042" (docs/protocol.md, Topics), a random 24-byte password of which only the
      Mosquitto hash is kept, and key id 1 with a random 32-byte HMAC key. The password and key
      are shown once.
  D2. The password hash is Mosquitto's own format, `$7$<iterations>$<salt b64>$<hash b64>`

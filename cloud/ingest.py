@@ -1,7 +1,7 @@
 """The rater's group step, free of MQTT: a group of received messages in, one committed
 transaction and the downlink to publish out. cloud/rater.py feeds it from the broker.
 
-For each message, in order (rules G1-G8; the protocol rules are firmware_py.cloud_session's):
+For each message, in order (rules G1-G9; the protocol rules are firmware_py.cloud_session's):
  G1. Screening before any database work: a payload over proto.MAX_MSG is `oversized`; a topic
      that is not em/<ws>/<dev>/up/<kind> is `wrong_topic`; a device the registry does not know
      is `unknown_device`; a device publishing under another workspace's tree is `wrong_topic`.
@@ -95,7 +95,7 @@ class Outcome:
 
 
 class Ingest:
-    """Books groups of messages into the store (rules G1-G8)."""
+    """Books groups of messages into the store (rules G1-G9)."""
 
     def __init__(self, engine: Engine, now_ms: Callable[[], int] | None = None):
         self.engine = engine
@@ -298,7 +298,7 @@ class Ingest:
         want = {sess.s["lease"]} - {0}
         outcome, msg = P.check(payload, sess.keys, sess.dev)
         if outcome == P.OK and msg.get("lease"):
-            want.add(msg["lease"])   # only a verified message names a lease to load (W1)
+            want.add(msg["lease"])   # only a verified message names a lease to load (proto W1)
         # anything else: the session rejects it (malformed, unknown kid, bad MAC, wrong device)
         pool = cache.get(ws)
         if pool is None:

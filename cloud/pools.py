@@ -256,7 +256,7 @@ def lease_close(conn: Connection, ws_id: int, dev: int, lid: int, used: int, now
 
 def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int, int]],
                   now: int) -> dict[int, str]:
-    """Booked batches as reports (P5): items = [(lease id, device, rated units, batch id)] in
+    """Booked batches as reports (pool P5): items = [(lease id, device, rated units, batch id)] in
     booking order.
 
     Adds the units to each lease's booked total and reports that total to the core as a lower

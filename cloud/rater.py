@@ -7,15 +7,15 @@
 Rules:
  M1. One paho-mqtt 2.x client, MQTT 5, persistent session (clean_start false, session expiry a
      day) under a stable client id, QoS 1 shared subscription $share/raters/em/+/+/up/#
-     (contracts 5): several raters split the devices' messages; a restarted rater gets the
+     (docs/protocol.md, Topics): several raters split the devices' messages; a restarted rater gets the
      messages it had not acknowledged.
  M2. Manual acknowledgement: a message's PUBACK goes to the broker only after the transaction
      that booked (or dead-lettered) it has committed and its downlink (device acks, grants,
      commands, all signed, QoS 1) has been handed to the client. A rater killed at any
      instant loses nothing: unacknowledged messages are redelivered (to it, or after session
      expiry the device resends them) and (device, seq) is booked once (cloud.ingest G3).
- M3. One thread drives the client (Client.loop) and the store, so no lock is shared with the
-     network: it reads every message already waiting, up to --group, then books them in one
+ M3. One thread drives the client (paho's external loop: loop_read, loop_write, loop_misc)
+     and the store, so no lock is shared with the network: it reads every message already waiting, up to --group, then books them in one
      transaction (group commit) and acknowledges them; the broker's in-flight window bounds
      a group.
  M4. Every --housekeeping seconds: expire ended licences, reclaim silent leases, push
@@ -35,7 +35,7 @@ Rules:
  M9. The client is cloud.mqttclient.RaterClient: paho's Client reading the socket in 64 KiB
      chunks, parsing property-less PUBLISHes without building paho's Properties tables and
      writing a group's PUBACKs at once (rules Q1-Q3 there); the loop does not wait on select()
-     while bytes are buffered. Where paho lacks a hook it needs, StockClient (rule Q4 there).
+     while bytes are buffered. Where paho lacks a hook it needs, StockClient (mqttclient rule Q4).
 Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
 """
 from __future__ import annotations

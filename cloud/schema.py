@@ -1,6 +1,6 @@
 """The ledger schema (SQLAlchemy Core), one for SQLite and PostgreSQL; Alembic migrations create it.
 
-Money is integer µCNY; pool units are µCNY of rated list-price usage (contracts §3). Times are
+Money is integer µCNY; pool units are µCNY of rated list-price usage (docs/rating.md, Money and units). Times are
 integer Unix seconds (`*_at`) except the rater's receive/booking stamps, which are Unix
 milliseconds (`*_ms`) so that ingest lag can be measured.
 

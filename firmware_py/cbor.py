@@ -12,7 +12,7 @@ Encoding (dumps) follows RFC 8949 section 4.2.1 "core deterministic encoding":
   E3. definite lengths only.
 NOTE: cbor2's `canonical=True` sorts map keys length-first (the older RFC 7049 section 3.9 rule).
 The two orders differ only for maps mixing a negative key with a key whose head is longer
-(e.g. {24: .., -1: ..}); we follow RFC 8949, as docs/protocol.cddl and the contract say.
+(e.g. {24: .., -1: ..}); we follow RFC 8949, as docs/protocol.cddl and docs/protocol.md say.
 
 Decoding (loads) is strict, so that an item has exactly one encoding and a MAC or hash over
 received bytes means the same as one over re-encoded values (the decoder is deterministic):

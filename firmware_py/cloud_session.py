@@ -15,12 +15,12 @@ own deduction), ucny (what to book: the core's re-rating; the device's claim whe
 book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), ...].
   C1. Nothing is acted on before the tag verifies under the kid's key and the body names this
       device (proto W1); malformed, unknown-kid, bad-MAC and wrong-topic input is rejected.
-  C2. Batches: seq <= acked or booked(seq) is a duplicate, else a booking (contracts 6).
-  C3. Every round is re-rated with the book of the batch's version (W4); a total different
+  C2. Batches: seq <= acked or booked(seq) is a duplicate, else a booking (docs/protocol.md, Sequencing).
+  C3. Every round is re-rated with the book of the batch's version (proto W4); a total different
       from the device's deduction is V_MISMATCH, a round the core rejects V_INVALID (booked
       at 0, kept), a version the cloud does not know V_UNKNOWN_BOOK.
   C4. ack(booked) acks the highest seq a such that every seq <= a is booked (cumulative).
-  C5. Control messages must be fresh by (boot, n) (W3): a later boot, or in this boot an n
+  C5. Control messages must be fresh by (boot, n) (proto W3): a later boot, or in this boot an n
       above the highest seen or one of the 32 below it not seen yet (the sliding anti-replay
       window of RFC 4303 section 3.4.3, so reordering is no replay); else rejected.
   C6. Leases: a request while the device holds a live lease nothing was reported on re-sends
@@ -29,7 +29,7 @@ book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), 
       A return closes the lease and is confirmed by a grant flagged CLOSED (lease L7).
   C7. Downlink numbers (gn, cn) increase by one per message; the rater persists state()
       with the message before publishing it. Key rotation: command(OP_ROTATE, kid, key)
-      wraps the key (W5); the first uplink under the new kid switches downlink to it.
+      wraps the key (proto W5); the first uplink under the new kid switches downlink to it.
 """
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import pool as PL

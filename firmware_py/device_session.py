@@ -14,9 +14,9 @@ A served round is a record rec = [k, t, ver, lease, ucny, wire] (serial, effecti
 price-book version, lease id or 0, rated uCNY, rating.round_to_wire) that the shell journals;
 seal() turns journaled records into a batch.
   D1. Sequence numbers start at 1 and never repeat: next_seq travels in the "persist" that
-      precedes the batch's "outbox" and "publish" (contracts section 6).
+      precedes the batch's "outbox" and "publish" (docs/protocol.md, Sequencing).
   D2. At most cfg["window"] batches are unacked; seal() seals nothing beyond (the journal
-      keeps the rounds), and one batch holds one (price-book version, lease) pair (W4).
+      keeps the rounds), and one batch holds one (price-book version, lease) pair (proto W4).
   D3. Acks are cumulative: ack a drops every batch <= a; an ack above the last sealed seq is
       bogus (event "bad_ack") and changes nothing.
   D4. Unacked batches are resent, flagged RETX and re-signed, after cfg["rto"] seconds,

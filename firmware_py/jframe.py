@@ -86,7 +86,7 @@ def _resync(buf, mv, i: int, n: int, base: int, prev: int) -> int:
 
 
 def scan(buf, base: int):
-    """Events of segment bytes buf (rule J2), in order:
+    """Events of segment bytes buf (journal rule J2), in order:
     (REC, offset, end, recno, payload start) -- payload is buf[start:end - 4];
     (BAD, offset, end, recno before it, reason index into REASONS);
     (TORN, offset, end, recno before it, 0) -- only ever the last event."""

@@ -1,9 +1,9 @@
 """Power-safe journal: append-only framed records (firmware_py.jframe) in bounded segments.
 
 Rules (the record format and the scanning rules F1-F2 are in jframe):
- J1. A segment file j<base:08x>.log holds records from recno base on (F1).  The newest
+ J1. A segment file j<base:08x>.log holds records from recno base on (jframe F1).  The newest
      segment takes appends; a new one starts when a record would take it past segment_bytes.
- J2. open() scans every segment (F2): valid records are kept; nothing else is ever yielded.
+ J2. open() scans every segment (jframe F2): valid records are kept; nothing else is ever yielded.
  J3. A torn tail of the newest segment is cut off (truncate; on MicroPython, which has no
      truncate, copy the good prefix and rename it over), so the next append starts clean;
      the torn record was never acknowledged by append() and its recno is reused.  A torn tail

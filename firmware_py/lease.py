@@ -2,7 +2,7 @@
 lease cache the firmware and the Linux agent keep. The cloud's side is firmware_py/pool.py.
 No I/O: integers and `now` (Unix seconds) in, verdicts, requests and events out.
 
-Units: 1 pool unit = 1 uCNY of rated list-price usage (contracts section 3), so a round's
+Units: 1 pool unit = 1 uCNY of rated list-price usage (docs/rating.md, Money and units), so a round's
 rated total is also the units it consumes. Grants are cumulative: `total` is the running sum
 of every grant on the lease, so a repeated or reordered grant cannot add units twice.
 

@@ -22,7 +22,7 @@ key's type; firmware_py/README.md (Firmware) says what each means. Rules:
   F3. Connect with capped exponential backoff and equal jitter (backoff B1-B3, randomness from
       os.urandom): never before the delay is over, never a hot loop. A CONNACK resets it;
       then subscribe em/<ws>/<dev>/down/# (QoS 1) and meter.connected(now), which resends
-      every unacked batch and pending lease message (D4). clean_session=False, so downlink
+      every unacked batch and pending lease message (device_session D4). clean_session=False, so downlink
       the broker queued while the device was away is delivered too.
   F4. Publishes go out QoS 1 while connected. Offline, or with the inflight window full, they
       are dropped: the meter resends unacked batches and lease messages on its timers and at
@@ -205,7 +205,7 @@ class Firmware:
         if cfg["ca"] is not None:
             from firmware_py.mqtt_tls import tls_context  # only a TLS image carries it
             ssl = tls_context(cfg["ca"])
-        user = cfg["user"] or "%d/%d" % (cfg["ws"], dev)  # contracts 5
+        user = cfg["user"] or "%d/%d" % (cfg["ws"], dev)  # docs/protocol.md, Topics
         self.client = MQTTClient(user, cfg["host"], cfg["port"], user=user,
                                  password=cfg["password"], keepalive=cfg["keepalive"], ssl=ssl,
                                  server_hostname=cfg["sni"], callback=self._message,
@@ -245,7 +245,7 @@ class Firmware:
 
     # ---------------------------------------------------------------- lifecycle
     def open(self):
-        """Recover the meter (M7); prints `fw boot ...`."""
+        """Recover the meter (meter_base M7); prints `fw boot ...`."""
         rep = self.meter.open(_now())
         j = rep["journal"]
         out("fw boot dev=%d boot=%d records=%d unacked=%d torn=%d damaged=%d rededucted=%d "

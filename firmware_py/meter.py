@@ -19,14 +19,14 @@ JOURNAL_FULL, DISK_FULL, UNKNOWN_ROUND, TOO_MANY_OPEN, CLOSED.
 Rules (M2-M4 and M7, storage and recovery, are in firmware_py.meter_base):
   M1. start_round answers from the account state (suspended), the lease and its offline policy
       (lease L3) for the caller's cost hint plus the hints of rounds already open, and from
-      the journal's room (M3); a refused round gets no id. DEGRADED: serve with the light
+      the journal's room (meter_base M3); a refused round gets no id. DEGRADED: serve with the light
       components only (LIGHT at the base model); other items are still billed as recorded,
-      with an event "degrade_exceeded". end_round rates, deducts and journals (M2); an
+      with an event "degrade_exceeded". end_round rates, deducts and journals (meter_base M2); an
       invalid round raises RatingError and stays open; a refused append keeps it open too.
   M5. Agent sessions (billing.txt special cases): a launch item (pricebook U_LAUNCH: voice
       translation, news radio, children's stories) recorded with launch=None launches its
       agent (count 1) unless its session is open, when the round continues it (count 0: no
-      launch fee; TTS may still count one call per spoken sentence, rule R10). A session
+      launch fee; TTS may still count one call per spoken sentence, rating rule R10). A session
       ends on leave_agent(), when a round records another LLM capability or agent, or after
       cfg["agent_idle"] seconds without a round recording it. launch=True/False overrides.
       Tour-guide image analyses are recorded as "tour-guide-image" calls (one per analysis).
@@ -140,7 +140,7 @@ class Meter(MeterBase):
 
     def end_round(self, rid, now):
         """(code, uCNY): OK and the rated total, or a refusal; RatingError for an invalid
-        round, which stays open (M2, M3). A round with nothing recorded costs 0."""
+        round, which stays open (meter_base M2, M3). A round with nothing recorded costs 0."""
         self._check()
         r = self.rounds.get(rid)
         if r is None:

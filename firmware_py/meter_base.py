@@ -13,7 +13,7 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       ENOSPC) undoes the deduction and returns JOURNAL_FULL / DISK_FULL.
   M4. Persistence: the state store holds {0: DeviceSession.state(), 1: jp}, jp = the journal's
       next recno when it was written, so every round record below jp is in the state's counts
-      and recovery re-deducts those from jp on (rule D6). A seal journals a seal record (before
+      and recovery re-deducts those from jp on (device_session rule D6). A seal journals a seal record (before
       its publish) instead of writing the state; an ack's persist waits for the next
       checkpoint (every cfg["checkpoint"] rounds, when room runs low, at close): a lost ack
       only makes batches be resent, and the cloud books (dev, seq) once. Every other persist
@@ -23,8 +23,8 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       newest state slot is found damaged (state rule S4), the older one with its jp still
       finds every round and seal record after it, and the boot counter skips one ahead.
   M7. open() recovers: the journal's own recovery (report["journal"]), the state, the price
-      book last pushed, rounds after jp re-deducted (D6), unacked batches rebuilt from seal
-      records and resent as retransmissions (G1-G2), then DeviceSession.start (a boot
+      book last pushed, rounds after jp re-deducted (device_session D6), unacked batches rebuilt from seal
+      records and resent as retransmissions (meter_log G1-G2), then DeviceSession.start (a boot
       counted, the D5 gap fill). Open rounds live in RAM: a power cut loses them unbilled.
 Caller mistakes raise ValueError; storage errors other than a full journal or disk (OSError)
 pass through to the shell.
@@ -209,7 +209,7 @@ class MeterBase:
             elif k == "book":
                 self.bs.save({0: a[1]})
                 self.book = self.s.book
-            # "outbox" comes only from start()'s empty re-seals (D5): redone at each start
+            # "outbox" comes only from start()'s empty re-seals (device_session D5): redone at each start
 
     def _free(self):
         return self.j.max_bytes - self.j.used_bytes
@@ -300,7 +300,7 @@ class MeterBase:
             self.out.append((acts[2][1], acts[2][2]))
 
     def tick(self, now):
-        """Timers: unended rounds (M6), batches due, retransmissions and lease messages,
+        """Timers: unended rounds (meter M6), batches due, retransmissions and lease messages,
         idle lease return (cfg["idle"] seconds, 0: never), checkpoint and compaction (M4)."""
         s = self._check()
         self._settle(now, False)
@@ -316,7 +316,7 @@ class MeterBase:
         self._compact(False)
 
     def connected(self, now):
-        """The link is up (after every CONNACK): resend unacked batches (D4)."""
+        """The link is up (after every CONNACK): resend unacked batches (device_session D4)."""
         self._run(self._check().connected(now))
         self._seal(now)
 
@@ -326,7 +326,7 @@ class MeterBase:
         self._seal(now)
 
     def drain(self, now, release=True):
-        """Before a clean shutdown: settle every open round (M6), seal every pending round,
+        """Before a clean shutdown: settle every open round (meter M6), seal every pending round,
         and, when release, return the lease (lease L8). Publish, wait for acks, then close()."""
         s = self._check()
         self.closing = True

@@ -10,7 +10,7 @@ Record payloads (deterministic CBOR arrays; the journal frames each with 10 byte
 t is the round's effective time (Unix seconds), ver the price-book version, lease the lease id
 (0: none), ucny the rated total, wire rating.round_to_wire(). A standard voice-chat round is
 15 bytes of payload, 25 in the journal. The round's serial k (DeviceSession's `served`) is not
-stored: it is the round's position among the round records (meter rule M2).
+stored: it is the round's position among the round records (meter_base rule M2).
 
   G1. Sealing takes rounds from the head of the unsealed ones, in journal order, so the rounds
       of batch seq are exactly the round records first..last that no earlier seal covers, and
@@ -74,7 +74,7 @@ def scan(journal, acked, jnext, feed, keep):
 
     acked: the persisted DeviceSession.acked; jnext: the journal position persisted with it;
     feed(rec): called in order for every round with recno >= jnext (served after the last
-    persist: DeviceSession.recover re-deducts them, rule D6; k is left 0 for the caller);
+    persist: DeviceSession.recover re-deducts them, device_session rule D6; k is left 0 for the caller);
     keep: how many unsealed rounds to return in memory.
     Returns a dict: seqs {seq: [boot, [(recno, rec), ...]]} (unacked batches to resend),
     top (the highest seq sealed), pend [(recno, rec)] (the first `keep` unsealed rounds),

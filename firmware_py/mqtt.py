@@ -30,7 +30,7 @@ Rules:
  C6 no reconnect policy here: the caller's supervisor reconnects after a backoff.py delay.
  C7 a PUBLISH over max_packet is skipped unbuffered (mqtt_codec R11): not for the callback, but
     counted in .oversized and told to .on_oversized(topic or None, length) if set; QoS 1 is acked
-    as in C3 (no redelivery). Any other packet over max_packet is a protocol error (R1)."""
+    as in C3 (no redelivery). Any other packet over max_packet is a protocol error (mqtt_codec R1)."""
 import errno
 import select
 import socket

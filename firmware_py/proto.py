@@ -2,7 +2,7 @@
 
 Every message is the deterministic CBOR of an array [type, kid, dev, ...fields] (the table
 MESSAGES below is the whole layout; docs/protocol.cddl is the same as a schema), carried in
-the signed envelope of contracts section 7:
+the signed envelope of docs/protocol.md, Envelope:
 
     envelope = [body: bstr, tag: bstr .size 16]     tag = mac.tag(key[kid], body)
 
@@ -11,7 +11,7 @@ the signed envelope of contracts section 7:
   W2. Decoding is strict: the CBOR layer's rules (canonical, no floats/tags, limits), then
       the message's arity, field types and ranges here. Malformed input raises ProtoError
       (or cbor.CBORError) with the byte offset and the reason, never KeyError/IndexError.
-  W3. Uplink freshness: usage batches by (dev, seq), booked once forever (contracts 6);
+  W3. Uplink freshness: usage batches by (dev, seq), booked once forever (docs/protocol.md, Sequencing);
       control messages (lease, status) by (boot, n), n counting from 1 in each boot.
       Downlink freshness: grants by gn, commands by cn, price books by version, each strictly
       increasing per device; acks are cumulative, so an old one is harmless.
@@ -176,7 +176,7 @@ def encode(msg):
 
 
 def sign(key, body_bytes):
-    """The envelope [body, tag] of an encoded body (contracts section 7)."""
+    """The envelope [body, tag] of an encoded body (docs/protocol.md, Envelope)."""
     return cbor.dumps([body_bytes, mac.tag(key, body_bytes)])
 
 

@@ -29,7 +29,7 @@ Building a round adds: add-conflict (an item added again with another model/imag
 sentences-need-tts (from_flags: sentences without a TTS tier), images-need-tour-guide
 (from_flags: proactive image analyses without the tour guide).
 
-Wire form (contracts.md section 4): an array of entries in increasing item id, each in its
+Wire form (docs/rating.md, Wire form): an array of entries in increasing item id, each in its
 shortest form: `item` (count 1, base model), `[item, count]`, `[item, count, model]`, or
 `[item, count, model, w, h, direct]`. The standard voice chat round is [2, 4, 5, 6] (5 bytes
 of CBOR), the lightweight one [1, 3, 6] (4 bytes).

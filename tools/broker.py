@@ -11,7 +11,7 @@ paths, ports, bind address 127.0.0.1, log to stderr captured in <workdir>/mosqui
 set to whoever runs the tests); auth=False drops password_file/acl_file and allows anonymous
 clients, tls=False drops the TLS listener. The ACL is deploy/mosquitto/acl.example as shipped:
 the raters' and operators' blocks and two `pattern` lines on the user name that confine every
-device ("<ws>/<dev>", contract 5) to its own topics, so adding a device adds only its password.
+device ("<ws>/<dev>", docs/protocol.md, Topics) to its own topics, so adding a device adds only its password.
 Passwords are hashed by `mosquitto_passwd -U` (Debian package `mosquitto`).
 
 Mosquitto 2.0 reloads password_file and acl_file on SIGHUP (mosquitto.conf(5): "Reloaded on

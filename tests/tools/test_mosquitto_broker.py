@@ -1,5 +1,5 @@
 """tools/broker.py and deploy/mosquitto/: the shipped configuration, rendered, run by a real
-Mosquitto, enforces the roles of contract 5 (devices, raters, admin) and reloads users live."""
+Mosquitto, enforces the roles of docs/protocol.md, Topics (devices, raters, admin) and reloads users live."""
 from __future__ import annotations
 
 import socket

@@ -10,7 +10,7 @@ the journal's sync hook tears the round record being appended at a random byte b
 first byte and its end (a third of them just after its last byte; ftruncate of the
 segment), then raises PowerCut out of
 end_round(); the device's objects are dropped without any further write and a new Meter is
-opened on the same directory (recovery, rule M7). The simulator chose the byte, so it knows
+opened on the same directory (recovery, meter_base rule M7). The simulator chose the byte, so it knows
 independently whether the record is complete (the round was served: the SDK just never heard
 OK) or torn (it was not). Open rounds and agent sessions in RAM are lost, as on a real cut.
 """

@@ -5,7 +5,7 @@ Each scenario is a list of meter.record(rid, item, count=.., model=.., image=..,
 calls. The mix covers the named mixes of firmware_py.billing.SCENARIOS (standard, lite and
 text chat, knowledge base, translation, video, news radio) plus premium models (multipliers),
 agent sessions that span rounds (translation and stories: the launch fee once, later rounds of
-the session free, rule M5), photo analysis in direct mode within the 640x480 constraint and the
+the session free, meter rule M5), photo analysis in direct mode within the 640x480 constraint and the
 tour guide with proactive image analyses.
 """
 from __future__ import annotations
