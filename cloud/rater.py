@@ -15,8 +15,9 @@ Rules:
      instant loses nothing: unacknowledged messages are redelivered (to it, or after session
      expiry the device resends them) and (device, seq) is booked once (cloud.ingest G3).
  M3. One thread drives the client (paho's external loop: loop_read, loop_write, loop_misc)
-     and the store, so no lock is shared with the network: it reads every message already waiting, up to --group, then books them in one
-     transaction (group commit) and acknowledges them; the broker's in-flight window bounds
+     and the store, so no lock is shared with the network: it reads every message already
+     waiting, up to --group, then books them in one transaction (group commit) and
+     acknowledges them; the broker's in-flight window bounds
      a group.
  M4. Every --housekeeping seconds: expire ended licences, reclaim silent leases, push
      suspend/resume commands that accounts now need (e.g. after a top-up), deliver new HMAC
