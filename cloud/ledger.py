@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -145,11 +145,6 @@ def record_dead_letter(conn: Connection, reason: str, topic: str, payload: bytes
     conn.execute(stmt)
 
 
-def record_dead_letters(conn: Connection, items: Iterable[tuple[str, str, bytes, str, int]]) -> None:
-    for reason, topic, payload, detail, now_ms in items:
-        record_dead_letter(conn, reason, topic, payload, detail, now_ms)
-
-
 def raise_acked(conn: Connection, acked: Mapping[int, int], seen_ms: int) -> None:
     """devices.acked_seq = max(acked_seq, new) and last_seen_ms = now for each device (rule L4)."""
     if not acked:
@@ -159,26 +154,6 @@ def raise_acked(conn: Connection, acked: Mapping[int, int], seen_ms: int) -> Non
         acked_seq=case((d.c.acked_seq < bindparam("b_acked"), bindparam("b_acked")), else_=d.c.acked_seq),
         last_seen_ms=bindparam("b_seen"))
     conn.execute(stmt, [{"b_id": k, "b_acked": v, "b_seen": seen_ms} for k, v in acked.items()])
-
-
-def contiguous_from(conn: Connection, device_id: int, acked: int, limit: int = 10_000) -> int:
-    """The highest seq h >= acked such that every seq in (acked, h] is booked for the device."""
-    while True:
-        seqs = conn.execute(
-            select(S.usage_batches.c.seq).where(S.usage_batches.c.device_id == device_id,
-                                                S.usage_batches.c.seq > acked)
-            .order_by(S.usage_batches.c.seq).limit(limit)).scalars().all()
-        for s in seqs:
-            if s != acked + 1:
-                return acked
-            acked = s
-        if len(seqs) < limit:
-            return acked
-
-
-def max_seq(conn: Connection, device_id: int) -> int:
-    return conn.execute(select(func.coalesce(func.max(S.usage_batches.c.seq), 0))
-                        .where(S.usage_batches.c.device_id == device_id)).scalar_one()
 
 
 def ensure_books(conn: Connection, now: int) -> dict[int, dict]:

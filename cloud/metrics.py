@@ -58,7 +58,9 @@ class BulkHistogram(Collector):
         for bound, c in zip([*map(_le, self.bounds), "+Inf"], counts):
             acc += c
             cum.append((bound, acc))
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=cum, sum_value=total)
+        fam = HistogramMetricFamily(self.name, self.documentation, buckets=cum, sum_value=total)
+        fam.add_sample(self.name + "_created", {}, self.created)   # as Histogram exposes it
+        yield fam
 
     def describe(self) -> Iterator[Any]:
         yield HistogramMetricFamily(self.name, self.documentation)

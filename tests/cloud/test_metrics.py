@@ -12,9 +12,13 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 
 def _lines(reg: CollectorRegistry) -> dict[str, float]:
+    """The exposition's samples by name; _created (a creation time: differs) as 1 when present."""
     out = {}
     for line in generate_latest(reg).decode().splitlines():
-        if line.startswith("#") or "_created" in line:
+        if line.startswith("#"):
+            continue
+        if "_created" in line:
+            out[line.rsplit(" ", 1)[0]] = 1.0
             continue
         name, value = line.rsplit(" ", 1)
         out[name] = float(value)
