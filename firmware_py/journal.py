@@ -346,6 +346,15 @@ class Journal:
             except OSError:
                 pass
 
+    def release(self) -> None:
+        """Close the newest segment's file handle; the next append reopens it (nothing else
+        changes). For hosts that keep many journals open at once, and for a simulated power cut."""
+        self._close()
+
+    def tail_size(self) -> int:
+        """Valid bytes of the newest segment (where the next record starts)."""
+        return self._segs[-1][1] if self._segs else 0
+
     def close(self) -> None:
         self._close()
         self._open = False

@@ -32,6 +32,9 @@ def test_each_check_finds_its_kind_of_defect(tmp_path: Path) -> None:
                             '    from firmware_py import a\n',
         "cloud/c.py": '"""C."""\nimport tests.helpers\nLOOP = "tests/firmware/loop.py"\n',
         "tools/d.py": '"""D (see b B1 and (B1))."""\ndef big():\n' + long_body,
+        "tools/e.py": '"""E."""\nimport os\nfrom firmware_py import a\nclass K:\n    def __init__(self):\n'
+                      '        self._mine = 1\n    def peek(self, other):\n        return other._mine + self._x\n'
+                      'def f(j):\n    os._exit(0)\n    return a._hidden(j._segs)\n',
     })
     assert checks.cycles(checks.import_graph(root)) == [["firmware_py.a", "firmware_py.b"]]
     assert checks.test_imports(root) == ["K2 edgemeter.cloud.c imports tests.helpers",
@@ -44,3 +47,7 @@ def test_each_check_finds_its_kind_of_defect(tmp_path: Path) -> None:
     assert checks.bad_citations(root) == [
         "K5 firmware_py.b:1 cites Z9, which neither b nor a module named there defines"]
     assert "| `a.A1` | `firmware_py.a` | the first rule. |" in checks.render_rules(table)
+    # K6: a's private function and j's private attribute are reaches; the module's own _mine on
+    # another instance of its class, self._x and os._exit are not.
+    assert checks.private_reaches(root) == ["K6 edgemeter.tools.e:11 reaches into a._hidden",
+                                            "K6 edgemeter.tools.e:11 reaches into j._segs"]

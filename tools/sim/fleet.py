@@ -67,7 +67,7 @@ class SimDevice:
         f.flush()
         if self.cut_armed and f.name.endswith(".log"):
             self.cut_armed = False
-            start = self.meter.j._segs[-1][1]   # the segment's good size before this record
+            start = self.meter.j.tail_size()   # the segment's good size before this record
             end = f.tell()
             # a third of the cuts land just after the record's last byte (complete: served)
             at = end if self.rng.random() < 0.33 else self.rng.randrange(start, end)
@@ -98,7 +98,7 @@ class SimDevice:
                 self.fleet.sent_usage(self, suffix, data)
         self.link.flush()
         if self.fleet.spare_fds:   # many devices: do not keep a journal segment open each
-            self.meter.j._close()   # (the next append reopens it; nothing else changes)
+            self.meter.j.release()   # (the next append reopens it; nothing else changes)
 
     def drain_events(self) -> None:
         for name, _ in self.meter.events():
@@ -156,7 +156,7 @@ class SimDevice:
         if pc.complete:
             self._served(expect)
         old = self.meter
-        old.j._close()                   # the dead process's file handles; nothing is written
+        old.j.release()                  # the dead process's file handles; nothing is written
         self.pending_end = []            # open rounds die with the RAM
         self.link.close(0.5 + self.rng.random())   # the device reboots: its connection drops
         self._open()
