@@ -52,23 +52,9 @@ from firmware_py import cloud_session as CS
 from firmware_py import proto as P
 from firmware_py import rating
 
-REASONS = (("malformed", "malformed"), ("unknown key id", "unknown_kid"), ("bad MAC", "bad_mac"),
-           ("wrong device", "wrong_device"), ("replay", "replay"), ("return of lease", "foreign_lease"))
 MEMO_MAX = 100_000
 LIVE_MAX = 20_000
 LINE_COLS = ("batch_id", "item", "multiplier", "calls", "ucny")
-
-
-def reason_code(text: str) -> str:
-    """The dead-letter reason code of a session rejection (rule G2)."""
-    for prefix, code in REASONS:
-        if text.startswith(prefix):
-            return code
-    if "is not an uplink message" in text or " on topic " in text:
-        return "wrong_topic"
-    if "no pool" in text:
-        return "no_pool"
-    return "rejected"
 
 
 @dataclass
@@ -275,7 +261,7 @@ class Ingest:
                 elif kind == "publish":
                     out.publish.append((P.topic(ws, dev, a[1]), a[2]))
                 elif kind == "reject":
-                    dead.append((reason_code(a[1]), m.topic, m.payload, a[1]))
+                    dead.append((a[1], m.topic, m.payload, a[2]))
                 elif kind == "event":
                     if a[1] == "status":
                         status_of[dev] = json.dumps({k: v for k, v in a[2].items() if k not in ("kid",)},

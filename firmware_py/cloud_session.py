@@ -7,7 +7,9 @@ rater executes in order, inside one transaction with the session's state():
     ("duplicate", seq)         already booked: change nothing, send ack(...)
     ("pool", entry)            a pool ledger entry, already applied to the given pool: store it
     ("publish", suffix, data)  publish on proto.topic(ws, dev, suffix) after the commit
-    ("reject", reason)         dead-letter the message; nothing else changed
+    ("reject", reason, detail) dead-letter the message; nothing else changed. reason is a code
+                               (proto.CHECK_REASONS or this module's REJECT_*), detail the
+                               words for people (logs, the dead-letter table); nothing parses it
     ("event", name, detail)    "status" (the status dict), "rotated" (kid), "clock_skew" (s)
 
 A booking is a dict: dev, seq, boot, ver, lease, t0, retx, kid, device_ucny (the device's
@@ -33,6 +35,11 @@ book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), 
 """
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import pool as PL
+
+REJECT_WRONG_TOPIC = "wrong_topic"       # not an uplink message, or not on its own topic
+REJECT_REPLAY = "replay"                 # a control message that is not fresh (C5)
+REJECT_NO_POOL = "no_pool"               # a lease message from a postpaid device
+REJECT_FOREIGN_LEASE = "foreign_lease"   # a return of a lease the device does not hold
 
 _UP = (P.USAGE, P.LEASE_REQUEST, P.LEASE_RENEW, P.LEASE_RETURN, P.STATUS)
 STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "win": 0, "acked": 0,
@@ -66,13 +73,13 @@ class CloudSession:
     def receive(self, data, now, booked, pool=None, suffix=None):
         code, msg = P.check(data, self.keys, self.dev)
         if code != P.OK:
-            return [("reject", P.CHECKS[code] + ": " + msg)]
+            return [("reject", P.CHECK_REASONS[code], P.CHECKS[code] + ": " + msg)]
         acts: list = []
         mt = msg["type"]
         if mt not in _UP:
-            return [("reject", "%s is not an uplink message" % P.name(mt))]
+            return [("reject", REJECT_WRONG_TOPIC, "%s is not an uplink message" % P.name(mt))]
         if suffix and suffix != P.suffix(mt):
-            return [("reject", "%s on topic %s" % (P.name(mt), suffix))]
+            return [("reject", REJECT_WRONG_TOPIC, "%s on topic %s" % (P.name(mt), suffix))]
         if msg["kid"] == self.s["pending"]:
             self.s["kid"] = msg["kid"]
             self.s["pending"] = 0
@@ -80,7 +87,7 @@ class CloudSession:
         if mt == P.USAGE:
             return acts + self._usage(msg, booked)
         if not self._fresh(msg["boot"], msg["n"]):
-            return [("reject", "replay: boot %d n %d" % (msg["boot"], msg["n"]))]
+            return [("reject", REJECT_REPLAY, "replay: boot %d n %d" % (msg["boot"], msg["n"]))]
         if mt == P.STATUS:
             acts.append(("event", "status", msg))
             if abs(msg["t"] - now) > self.skew:
@@ -90,7 +97,7 @@ class CloudSession:
                 acts.append(("pool", pool.report(msg["lease"], msg["used"], now)))
             return acts
         if pool is None:
-            return [("reject", "%s: no pool (postpaid device)" % P.name(mt))]
+            return [("reject", REJECT_NO_POOL, "%s: no pool (postpaid device)" % P.name(mt))]
         return acts + self._lease(msg, now, pool)
 
     def _fresh(self, boot, n):
@@ -158,7 +165,7 @@ class CloudSession:
         es = []
         if mt == P.LEASE_RETURN:
             if not mine:
-                return [("reject", "return of lease %d: not this device's" % msg["lease"])]
+                return [("reject", REJECT_FOREIGN_LEASE, "return of lease %d: not this device's" % msg["lease"])]
             op = pool.report if r[1] == PL.CLOSED else pool.close
             es.append(op(msg["lease"], msg["used"], now))
             if held == msg["lease"]:

@@ -287,7 +287,8 @@ MALFORMED = const(1)
 UNKNOWN_KID = const(2)
 BAD_MAC = const(3)
 WRONG_DEVICE = const(4)
-CHECKS = ("ok", "malformed", "unknown key id", "bad MAC", "wrong device")
+CHECKS = ("ok", "malformed", "unknown key id", "bad MAC", "wrong device")      # words for people
+CHECK_REASONS = ("ok", "malformed", "unknown_kid", "bad_mac", "wrong_device")  # reason codes
 
 
 def check(data, keys, dev):
