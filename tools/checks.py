@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write-rules", action="store_true", help="regenerate docs/rules.md, then check")
     a = ap.parse_args(argv)
+    if not (ROOT / "firmware_py").is_dir() or not (ROOT / "cloud").is_dir():
+        print(f"edgemeter checks: {ROOT} is not a source checkout (they check the project's folders)",
+              file=sys.stderr)
+        return 2
     if a.write_rules:
         RULES_DOC.write_text(render_rules(rule_table()))
     found = findings()
