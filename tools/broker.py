@@ -267,7 +267,7 @@ class Broker:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.config_path)],
                                              stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 self._wait_ready(start_at, timeout)
                 return self

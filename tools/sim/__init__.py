@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full")
+FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full", "tamper")
 
 
 def _parse_size(text: str) -> str:

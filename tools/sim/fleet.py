@@ -205,5 +205,16 @@ class Fleet:
         self.dups_sent += sent
         return sent
 
+    def tamper(self, n: int) -> int:
+        """Republish n already-sent usage batches with the last byte of their MAC tag flipped
+        (a corrupted or forged message, on the device's own link): the rater dead-letters each
+        as bad_mac and books nothing."""
+        sent = 0
+        for d, suffix, data in self.rng.sample(self.recent, min(n, len(self.recent))):
+            if d.link.state == UP and d.link.publish(suffix, data[:-1] + bytes([data[-1] ^ 0x5A])):
+                d.link.flush()
+                sent += 1
+        return sent
+
     def totals(self) -> dict[str, int]:
         return {"rounds": sum(d.rounds for d in self.devices), "ucny": sum(d.ucny for d in self.devices)}

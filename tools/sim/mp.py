@@ -73,7 +73,7 @@ class MpDevice:
         cfg.write_text(json.dumps(self.config()))
         self.proc = subprocess.Popen(self.fleet.argv + [str(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     cwd=self.fleet.image, env=self.fleet.env)
+                                     cwd=self.fleet.image, env=self.fleet.env, start_new_session=True)
         q, p = self.q, self.proc
 
         def read() -> None:

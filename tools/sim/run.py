@@ -22,7 +22,7 @@ FULL_CFG = {"max_bytes": 1024, "segment_bytes": 256}
 # fault -> the run's progress fractions at which it fires
 PLAN = {"dup": (0.1, 0.3, 0.5, 0.7, 0.9), "power": (0.15, 0.35, 0.55, 0.75), "partition": (0.2, 0.5),
         "lease": (0.22,), "rater": (0.3, 0.65), "full": (0.28,), "clock": (0.4,), "broker": (0.45,),
-        "book": (0.5,)}
+        "book": (0.5,), "tamper": (0.6,)}
 
 
 class Simulation:
@@ -40,6 +40,9 @@ class Simulation:
         self.stalled: list = []
         self.stop = False          # set from a signal handler: end the serving loop, drain, audit
         self.on_ready: Any = None  # called once every link is up, before serving
+        self.store_opts: dict[str, Any] = {}   # overrides for stack.setup_store (the demo's pool)
+        # [(seconds after serving starts, fault)]: replaces PLAN's fractions of the run (the demo)
+        self.fault_times: list[tuple[float, str]] | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -50,8 +53,8 @@ class Simulation:
         n = a.devices + a.micropython
         n_lic = n // 2
         t = time.monotonic()
-        self.ids = stack.setup_store(self.url, n_lic, n - n_lic, validity=a.lease_validity, grant=545_000,
-                                        units=3 * 20_000 * (a.rounds + a.micropython * a.mp_rounds))
+        opts = {"units": 3 * 20_000 * (a.rounds + a.micropython * a.mp_rounds), **self.store_opts}
+        self.ids = stack.setup_store(self.url, n_lic, n - n_lic, validity=a.lease_validity, grant=545_000, **opts)
         regs = [(r, False) for r in self.ids["license"]] + [(r, True) for r in self.ids["postpaid"]]
         # interleave License and postpaid devices; the MicroPython ones are the last K
         regs.sort(key=lambda x: x[0]["id"])
@@ -106,6 +109,8 @@ class Simulation:
         now = time.monotonic()
         if kind == "dup":
             self.note("dup", batches=f.duplicate(50))
+        elif kind == "tamper":
+            self.note("tamper", batches=f.tamper(3))
         elif kind == "power":
             k = max(2, len(devs) // 50)
             idx = rng.sample(range(len(devs)), k)
@@ -178,7 +183,8 @@ class Simulation:
         for i, d in enumerate(devs):
             d.quota = total // n + (1 if i < total % n else 0)
         target = sum(d.quota for d in devs)
-        plan = sorted((p, k) for k in self.faults for p in PLAN[k])
+        plan = sorted(self.fault_times if self.fault_times is not None else
+                      [(p, k) for k in self.faults for p in PLAN[k]])
         interval = 1.0 / a.rate if a.rate else 0.0
         heap = [(time.monotonic() + self.rng.random() * interval, i) for i in range(n)]
         heapq.heapify(heap)
@@ -196,7 +202,7 @@ class Simulation:
         while True:
             now = time.monotonic()
             frac = (now - t_serve) / a.duration if a.duration else f.served_rounds / max(1, target)
-            while plan and plan[0][0] <= frac:
+            while plan and plan[0][0] <= (frac if self.fault_times is None else now - t_serve):
                 self.fire(plan.pop(0)[1])
             if self.later:
                 self._later()
@@ -245,7 +251,7 @@ class Simulation:
                 self.progress(frac, target, now - t_serve)
                 last_prog = now
         for _, kind in plan:     # a run that ended early still fires what was planned
-            if not self.stop:
+            if not self.stop and self.fault_times is None:
                 self.fire(kind)
         serve_s = time.monotonic() - t_serve
         drained = self.drain()

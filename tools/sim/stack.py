@@ -25,11 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, grant: int,
-                units: int = 0, now: int | None = None) -> dict[str, Any]:
+                units: int = 0, now: int | None = None, exact: bool = False, low: int | None = None,
+                expiring: bool = False) -> dict[str, Any]:
     """Account "sim" with the postpaid trial, a savings plan and a large top-up (never
     suspended), a License workspace with a pool (standard licences, activated a month ago)
     and a postpaid workspace; n_license + n_postpaid devices registered. The pool holds at
-    least `units` (pool units = µCNY of list-price use)."""
+    least `units` (pool units = µCNY of list-price use); with `exact`, only as many licences
+    are activated as `units` needs (the rest of the purchase stays unactivated), so the pool
+    runs down visibly. low: the workspace's low_units term (pool_low alerts below it).
+    expiring: also a purchase made 11.5 months ago and never activated, whose activation
+    window closes within the month (a license_expiring alert)."""
     now = now or int(time.time())
     engine = db.open_store(url)
     out: dict[str, Any] = {"license": [], "postpaid": []}
@@ -40,15 +45,18 @@ def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, gra
         accounts.buy_plan(conn, book, acc, 1_000_000_000, now)          # CNY 1,000 commitment
         accounts.top_up(conn, acc, 10**13, now, "sim")
         lic = accounts.create_workspace(conn, acc, "sim-license", "license", now, policy="continue",
-                                        grant=grant, max=grant * 10, validity=validity)
+                                        grant=grant, max=grant * 10, validity=validity, low=low)
         pp = accounts.create_workspace(conn, acc, "sim-postpaid", "postpaid", now)
         per = billing.allowance(book, "standard")
-        n_lic_buy = max(100, n_license, -(-units // per))   # enough for `units` of use
+        need = max(1, -(-units // per))                    # licences enough for `units` of use
+        n_lic_buy = max(100, n_license, need)
         back = civil.add_months(now, -1)
         p = pools.buy_license(conn, book, lic, "standard", n_lic_buy, back)
-        _, why = pools.activate(conn, book, p, n_lic_buy, back)
+        _, why = pools.activate(conn, book, p, need if exact else n_lic_buy, back)
         if why:
             raise RuntimeError("activation refused: %s" % why)
+        if expiring:
+            pools.buy_license(conn, book, lic, "standard", 100, civil.add_months(now, -12) + 15 * 86400)
         for _ in range(n_license):
             out["license"].append(devices.register(conn, lic, now))
         for _ in range(n_postpaid):
@@ -115,7 +123,7 @@ class Rater:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, stdin=subprocess.DEVNULL)
+                                         env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if '"subscribed"' in self.log_path.read_text(errors="replace")[offset:]:
