@@ -1,7 +1,7 @@
 """`edgemeter demo`: the whole system on one machine (the one you run it on), until Ctrl-C.
 
     edgemeter demo [--devices 300] [--rate 0.2] [--port 8080] [--duration S] [--workdir DIR]
-                   [--keep] [--faults LIST] [--pool-minutes 30]
+                   [--keep] [--faults LIST] [--fault-every 30] [--pool-minutes 30]
 
 Starts Mosquitto (the shipped configuration, passwords and ACL), one `edgemeter rater` on a
 SQLite ledger, the dashboard and HTTP API (`edgemeter dashboard`), and a simulated fleet
@@ -20,7 +20,7 @@ What an operator sees (rules D1-D3):
      is empty the License devices refuse rounds (counted, never lost) until licences are
      bought and activated (`edgemeter admin buy-license`, `activate`).
  D2. Faults (--faults, default partition,rater,tamper) fire one after another, one every
-     FAULT_EVERY seconds from the start of serving: devices cut off for a few seconds, a rater
+     --fault-every seconds (default 30) from the start of serving: devices cut off for a few seconds, a rater
      killed and restarted, corrupted copies of batches (dead letters with reason bad_mac in
      Operations). --faults '' runs without any.
  D3. Stopping: Ctrl-C (SIGINT to the terminal's foreground process group), SIGTERM or the end of
@@ -51,7 +51,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_UCNY = 6_700        # the sim workload's average list price per round (campaign figures)
-FAULT_EVERY = 30.0        # seconds between the demo's faults (rule D2)
 DEFAULT_FAULTS = "partition,rater,tamper"
 
 
@@ -65,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
                                       "temporary directory, removed after a passing audit)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     ap.add_argument("--faults", default=DEFAULT_FAULTS,
-                    help=f"tools.sim faults, one every {FAULT_EVERY:.0f} s (default {DEFAULT_FAULTS}; '' for none)")
+                    help=f"tools.sim faults, one after another (default {DEFAULT_FAULTS}; '' for none)")
+    ap.add_argument("--fault-every", type=float, default=30.0, help="seconds between the faults (default 30)")
     ap.add_argument("--pool-minutes", type=float, default=30.0,
                     help="the License pool lasts about this long at --rate (default 30)")
     ap.add_argument("--seed", type=int, default=1)
@@ -178,7 +178,7 @@ def demo_simulation(args: argparse.Namespace, work: Path) -> Any:
     s = Simulation(sargs, set(faults), work)
     units = int(args.pool_minutes * 60 * args.rate * (args.devices // 2) * ROUND_UCNY)
     s.store_opts = {"units": units, "exact": True, "low": units * 2 // 3, "expiring": True}
-    s.fault_times = [(FAULT_EVERY * (i + 1), f.strip()) for i, f in enumerate(faults)]
+    s.fault_times = [(args.fault_every * (i + 1), f.strip()) for i, f in enumerate(faults)]
     return s
 
 
@@ -187,8 +187,8 @@ def check_args(args: argparse.Namespace) -> str | None:
 
     if args.devices < 2 or args.rate <= 0:
         return "need --devices >= 2 and --rate > 0"
-    if args.pool_minutes <= 0:
-        return "need --pool-minutes > 0"
+    if args.pool_minutes <= 0 or args.fault_every <= 0:
+        return "need --pool-minutes > 0 and --fault-every > 0"
     bad = {f.strip() for f in args.faults.split(",") if f.strip()} - set(sim.FAULTS)
     if bad:
         return f"unknown faults {sorted(bad)}; known: {', '.join(sim.FAULTS)}"
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         report = s.run()
     except Interrupted:
         ignore_signals()
-        print("edgemeter demo: stopped at once: " + (not_drained(s) if s is not None else "before set-up"),
+        print("\nedgemeter demo: stopped at once: " + (not_drained(s) if s is not None else "before set-up"),
               file=sys.stderr, flush=True)
     finally:
         ignore_signals()      # the clean-up is bounded; a Ctrl-C now would leave children behind
