@@ -16,6 +16,20 @@ from edgemeter.cloud.routes.common import API, ApiContext, Conn, Ctx, Who, princ
 
 router = APIRouter(prefix=API, tags=["live"])
 
+EVENTS_DOC: dict[int | str, dict[str, Any]] = {200: {
+    "description": "Server-Sent Events: `retry: 2000` first, then `event: change` with the fingerprint "
+                   "of /api/v1/changes as JSON data whenever it moves, `: ping` comments as a heartbeat; "
+                   "the server ends the stream after at most its max_s seconds and the client reconnects "
+                   "(EventSource does so by itself)",
+    "content": {"text/event-stream": {
+        # one event, as schemathesis and OpenAPI 3.2's itemSchema read an event-stream schema
+        "schema": {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "enum": ["change"]},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"type": "object", "additionalProperties": {"type": "integer"}}}}},
+        "example": ('retry: 2000\n\nevent: change\ndata: {"activation": 3, "batch": 42, "charge": 40, "dead": 0, '
+                    '"devices": 12, "mismatch": 0, "payment": 0, "pool": 97, "seen": 1764750000000}\n\n')}}}}
+
 
 @router.get("/changes", response_model=dict[str, int],
             summary="A fingerprint that moves whenever something on the dashboard changes")
@@ -32,7 +46,8 @@ def fingerprint(ctx: ApiContext, scope: int | None) -> dict[str, int]:
     return fp
 
 
-@router.get("/events", include_in_schema=False)
+@router.get("/events", response_class=StreamingResponse, responses=EVENTS_DOC,
+            summary="The /changes fingerprint as a Server-Sent Events stream, sent whenever it moves")
 async def events(request: Request, ctx: Ctx,
                  who: Annotated[tokmod.Principal, Depends(principal_brief)]) -> StreamingResponse:
     scope = who.scope

@@ -338,3 +338,20 @@ def test_openapi_document_lists_every_route(client):
     for asset in ("/static/app.js", "/static/charts.js", "/static/app.css"):
         assert client.get(asset).status_code == 200
     assert "http" not in index.text.replace("http-equiv", "")   # no external asset in the page
+
+
+def test_the_event_stream_is_in_the_openapi_document_and_streams_the_fingerprint(ledger):
+    """GET /api/v1/events (rule H6) is documented as text/event-stream behind the bearer token,
+    and what it streams is the /changes fingerprint of the caller's scope."""
+    c = TestClient(create_app(engine=ledger["fleet"].engine, events_interval_s=0.05, events_max_s=0.3))
+    op = c.get("/openapi.json").json()["paths"]["/api/v1/events"]["get"]
+    assert list(op["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert op["security"] == [{"HTTPBearer": []}] and "401" in op["responses"]
+    for who in ("operator", "globex"):
+        r = c.get("/api/v1/events", headers={"Authorization": f"Bearer {ledger['tokens'][who]}"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.text.startswith("retry: 2000\n\n")
+        changes = [json.loads(block.split("\ndata: ", 1)[1]) for block in r.text.split("\n\n")
+                   if block.startswith("event: change")]
+        assert changes and changes[0] == get(c, ledger, "/changes", who)
+    assert c.get("/api/v1/events").status_code == 401

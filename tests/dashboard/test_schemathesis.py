@@ -27,7 +27,7 @@ from dashfleet import make_tokens
 _DIR = Path(tempfile.mkdtemp(prefix="em-schemathesis-"))
 _URL = f"sqlite:///{_DIR / 'ledger.db'}"
 _ENGINE = db.open_store(_URL)
-APP = create_app(engine=_ENGINE)
+APP = create_app(engine=_ENGINE, events_interval_s=0.05, events_max_s=0.2)   # /events: short streams
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 TOKENS: dict[str, str] = {}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
