@@ -11,7 +11,7 @@ Rules:
  Q2. Pages are limit/offset over a stable order (the primary key); `total` counts the whole
      filtered set.
  Q3. Usage is attributed to the device time of its batch (usage_batches.t0), bucketed on the
-     billing calendar (UTC+8, firmware_py.civil): hour, day or month. Invoices, by contrast,
+     billing calendar (UTC+8, firmware_py.civil): minute, hour, day or month. Invoices, by contrast,
      follow the cloud's booking time (cloud.invoices rule I1).
  Q4. Pool history replays the workspace's immutable pool entries through the core's
      firmware_py.pool.Pool (the same replay as `edgemeter admin rebuild`), incrementally: a
@@ -39,7 +39,7 @@ from firmware_py import civil, pricebook
 from firmware_py import pool as PL
 
 TZ = civil.BILLING_TZ
-BUCKETS = {"hour": 3600, "day": 86400}
+BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 LEASE_STATES = {PL.LIVE: "live", PL.RECLAIMED: "reclaimed", PL.CLOSED: "closed"}
 STATE_IDS = {v: k for k, v in LEASE_STATES.items()}
 
@@ -382,7 +382,7 @@ def usage_over_time(conn: Connection, account: int | None, bucket: str = "day", 
                     device_id: int | None = None) -> list[dict]:
     """Calls and rated µCNY per bucket and billable item (all multipliers together)."""
     b, u = S.usage_batches, S.usage_lines
-    size = BUCKETS["hour" if bucket == "hour" else "day"]
+    size = BUCKETS.get(bucket, BUCKETS["day"])      # months are summed from days
     key = ((b.c.t0 + TZ) // size).label("k")   # floor division on both back ends (SQLAlchemy 2 //)
     q = (select(key, u.c.item, func.sum(u.c.calls), func.sum(u.c.ucny)).join(b, b.c.id == u.c.batch_id)
          .group_by(key, u.c.item).order_by(key, u.c.item))

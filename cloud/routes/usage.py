@@ -34,7 +34,7 @@ def usage_devices(who: Who, conn: Conn, since: OptTime = None, until: OptTime = 
 
 @router.get("/usage/time", response_model=Page[UsageBucket], responses=CSV_DOC,
             summary="Calls and rated µCNY per time bucket (billing calendar) and billable item")
-def usage_time(who: Who, conn: Conn, bucket: Literal["hour", "day", "month"] = "day", since: OptTime = None,
+def usage_time(who: Who, conn: Conn, bucket: Literal["minute", "hour", "day", "month"] = "day", since: OptTime = None,
                until: OptTime = None, account_id: OptId = None, workspace_id: OptId = None,
                device_id: OptId = None, limit: Limit = 1000, offset: Offset = 0, format: Fmt = "json") -> Any:
     rows = queries.usage_over_time(conn, who.scope, bucket, since, until, account_id, workspace_id, device_id)

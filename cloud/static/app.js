@@ -117,7 +117,7 @@ function table({ id, title, columns, rows, csv, empty = "nothing to show", pager
   const body = h("tbody", {}, rows.map((r) => h("tr", { "data-id": r.id ?? "" }, columns.map((c) => {
     const raw = c.value ? c.value(r) : r[c.key];
     const node = c.cell ? c.cell(r) : (c.text ? c.text(r) : (raw ?? ""));
-    return h("td", { class: c.num ? "num" : "", "data-col": c.key, "data-value": typeof raw === "object" ? "" : raw ?? "" }, node);
+    return h("td", { class: c.num ? "num" : c.wrap ? "wrap" : "", "data-col": c.key, "data-value": typeof raw === "object" ? "" : raw ?? "" }, node);
   }))));
   const tbl = h("table", { "data-testid": id }, h("thead", {}, head), body);
   const exportCsv = () => {
@@ -334,25 +334,37 @@ views.licenses = async () => {
   return [h("h1", {}, "Licenses"), table({ id: "purchases", title: "Purchases", columns: cols, rows: purchases }), activationsTable(acts, now)];
 };
 
-const RANGES = [["1", "last 24 h"], ["7", "last 7 days"], ["30", "last 30 days"], ["365", "last year"], ["all", "everything"]];
+const RANGES = [["1h", "last hour"], ["1", "last 24 h"], ["7", "last 7 days"], ["30", "last 30 days"], ["365", "last year"], ["all", "everything"]];
+
+// Minutes, hours and days without usage as empty buckets up to now, so the time axis is even
+// (at most 400 buckets; months have no fixed size and keep the buckets the API returned).
+function fillBuckets(starts, bucket) {
+  const size = { minute: 60, hour: 3600, day: 86400 }[bucket];
+  if (!size || !starts.length) return starts;
+  const last = Math.max(starts[starts.length - 1], Math.floor((nowS() + TZ) / size) * size - TZ);
+  if ((last - starts[0]) / size > 400) return starts;
+  const out = [];
+  for (let t = starts[0]; t <= last; t += size) out.push(t);
+  return out;
+}
 
 views.usage = async ({ params }) => {
   const bucket = params.bucket || "day";
   const range = params.range || "30";
-  const since = range === "all" ? undefined : nowS() - Number(range) * 86400;
+  const since = range === "all" ? undefined : nowS() - (range === "1h" ? 3600 : Number(range) * 86400);
   const filt = { since, workspace_id: params.workspace };
   const [wss, time, items, devs] = await Promise.all([all("/workspaces"), all("/usage/time", { ...filt, bucket }),
     all("/usage/items", filt), api("/usage/devices", { ...filt, limit: 100, offset: Number(params.offset || 0) })]);
-  const starts = [...new Set(time.map((r) => r.start))].sort((a, b) => a - b);
+  const starts = fillBuckets([...new Set(time.map((r) => r.start))].sort((a, b) => a - b), bucket);
   const names = [...new Set(time.map((r) => r.name))];
   const idx = new Map(starts.map((s, i) => [s, i]));
   const stacks = names.map((n, i) => ({ name: n, color: PALETTE[i % PALETTE.length], values: starts.map(() => 0) }));
   for (const r of time) stacks[names.indexOf(r.name)].values[idx.get(r.start)] += r.ucny;
   const chart = h("div", { class: "chart-box", "data-testid": "usage-chart" });
-  const label = (t) => { const d = fmtTime(t); return bucket === "month" ? d.slice(0, 7) : bucket === "day" ? d.slice(5, 10) : d.slice(5, 16); };
+  const label = (t) => { const d = fmtTime(t); return bucket === "month" ? d.slice(0, 7) : bucket === "day" ? d.slice(5, 10) : bucket === "minute" ? d.slice(11, 16) : d.slice(5, 16); };
   stackedBars(chart, { starts, stacks, yFormat: (v) => fmtCny(Math.round(v)), bucketLabel: label, width: 1100, height: 300 });
   const controls = h("div", { class: "controls" },
-    select("Bucket", "bucket", [["hour", "hour"], ["day", "day"], ["month", "month"]], bucket, (v) => setParam("bucket", v)),
+    select("Bucket", "bucket", [["minute", "minute"], ["hour", "hour"], ["day", "day"], ["month", "month"]], bucket, (v) => setParam("bucket", v)),
     select("Range", "range", RANGES, range, (v) => setParam("range", v)),
     select("Workspace", "workspace", [["", "all"], ...wss.map((w) => [w.id, `${w.name} (#${w.id})`])], params.workspace, (v) => setParam("workspace", v)));
   const icols = [
@@ -421,7 +433,7 @@ views.invoices = async ({ params }) => {
   ];
   return [h("h1", {}, `Invoice ${month} — ${acct.name}`), controls, cards,
     table({ id: "invoice-lines", title: "Lines (one per billable item and multiplier)", columns: cols, rows: inv.lines, csv: `invoice-${account}-${month}-shown`, empty: "no postpaid usage this month" }),
-    h("div", { class: "grid2" }, bal, table({ id: "plans", title: "Savings plans", columns: pcols, rows: acct.plans, empty: "no savings plans" }))];
+    h("div", { class: "grid2 wide-right" }, bal, table({ id: "plans", title: "Savings plans", columns: pcols, rows: acct.plans, empty: "no savings plans" }))];
 };
 
 views.alerts = async ({ params }) => {
@@ -433,7 +445,7 @@ views.alerts = async ({ params }) => {
     { key: "severity", label: "Severity", cell: (a) => badge(a.severity, a.severity), text: (a) => a.severity },
     { key: "kind", label: "Kind" }, { key: "subject", label: "Subject" },
     { key: "account_id", label: "Account", text: (a) => acctName(a.account_id) },
-    { key: "message", label: "Detail" }, { key: "at", label: "At", text: (a) => fmtTime(a.at) },
+    { key: "message", label: "Detail", wrap: true }, { key: "at", label: "At", text: (a) => fmtTime(a.at) },
   ];
   return [h("h1", {}, "Alerts"), h("div", { class: "controls" }, num("pool_low_units", "Pool below (units)", "workspace low_units"),
     num("silent_minutes", "Silent after (min)", "60"), num("expiring_days", "Expiring within (days)", "30")),
@@ -453,7 +465,7 @@ views.ops = async () => {
     const dead = await all("/dead-letters");
     const dcols = [
       { key: "id", label: "Id", num: true }, { key: "reason", label: "Reason" }, { key: "count", label: "Count", num: true },
-      { key: "topic", label: "Topic" }, { key: "detail", label: "Detail" }, { key: "size", label: "Bytes", num: true },
+      { key: "topic", label: "Topic" }, { key: "detail", label: "Detail", wrap: true }, { key: "size", label: "Bytes", num: true },
       { key: "last_seen_ms", label: "Last seen", text: (d) => fmtTime(Math.floor(d.last_seen_ms / 1000)) },
     ];
     out.push(table({ id: "dead-letters", title: `Dead letters (${dead.reduce((a, d) => a + d.count, 0)})`, columns: dcols, rows: dead, empty: "no dead letters" }));

@@ -1,5 +1,7 @@
 // Small SVG charts for the dashboard: no libraries, no network. Each function fills a container
-// element with one <svg> and returns it. Values are plain numbers (units, µCNY); x is Unix seconds.
+// element with an HTML legend (it wraps instead of running out of the picture) and one <svg>, and
+// returns the <svg>. Axis labels stay inside the picture: the left margin fits the longest
+// y label, and x labels near an edge are anchored at that edge. Values are plain numbers (units, µCNY); x is Unix seconds.
 //   lineChart(el, {series: [{name, color, dash, points: [[t, y], ...]}], yLabel, yFormat, markers})
 //   stackedBars(el, {starts: [t, ...], stacks: [{name, color, values: [...]}], yFormat, bucket})
 const NS = "http://www.w3.org/2000/svg";
@@ -40,27 +42,43 @@ export function fmtTick(t, span) {
   return `${p2(p.h)}:${p2(p.mi)}`;
 }
 
-function frame(el, w, h) {
+function frame(el, w, h, items = []) {
   el.replaceChildren();
+  if (items.length) el.append(legend(items));
   const root = svg("svg", { viewBox: `0 0 ${w} ${h}`, width: "100%", role: "img", class: "chart" });
   el.append(root);
   return root;
 }
 
-function legend(root, items, x, y) {
-  let cx = x;
+function legend(items) {
+  const box = document.createElement("div");
+  box.className = "chart-legend";
   for (const it of items) {
-    const g = svg("g", { class: "legend-item" },
-      svg("rect", { x: cx, y: y - 9, width: 10, height: 10, fill: it.color, rx: 2 }),
-      svg("text", { x: cx + 14, y, class: "legend" }, it.name));
-    root.append(g);
-    cx += 22 + it.name.length * 6.5;
+    const item = document.createElement("span");
+    item.className = "legend-item";
+    item.append(svg("svg", { width: 10, height: 10, viewBox: "0 0 10 10" }, svg("rect", { width: 10, height: 10, rx: 2, fill: it.color })),
+      document.createTextNode(it.name));
+    box.append(item);
   }
+  return box;
+}
+
+const CHAR_PX = 6.6;   // width of one tick-label character at 11px (digits and separators)
+
+// Left margin for y labels: the longest label plus the gap to the axis.
+const leftMargin = (labels) => Math.max(40, Math.ceil(12 + CHAR_PX * Math.max(...labels.map((s) => s.length))));
+
+// An x label centred on x, or anchored at the picture's edge when centring would cut it off.
+function xLabel(x, y, text, width) {
+  const half = (CHAR_PX * text.length) / 2;
+  const anchor = x + half > width - 2 ? "end" : x - half < 2 ? "start" : "middle";
+  const at = anchor === "end" ? Math.min(x + half, width - 2) : anchor === "start" ? Math.max(x - half, 2) : x;
+  return svg("text", { x: at, y, "text-anchor": anchor, class: "tick" }, text);
 }
 
 export function lineChart(el, { series, yFormat = String, markers = [], width = 640, height = 240 }) {
-  const root = frame(el, width, height);
-  const m = { l: 70, r: 16, t: 30, b: 28 };
+  const root = frame(el, width, height, series.map((s) => ({ name: s.name, color: s.color })));
+  const m = { l: 70, r: 16, t: 18, b: 28 };
   const pts = series.flatMap((s) => s.points);
   if (!pts.length) {
     root.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "empty" }, "no entries yet"));
@@ -72,6 +90,7 @@ export function lineChart(el, { series, yFormat = String, markers = [], width = 
   const ymax = Math.max(1, ...pts.map((p) => p[1]));
   const yt = niceTicks(0, ymax, 4);
   const y1 = yt[yt.length - 1];
+  m.l = leftMargin(yt.map(yFormat));
   const X = (x) => m.l + (x - x0) / (x1 - x0) * (width - m.l - m.r);
   const Y = (y) => height - m.b - y / y1 * (height - m.t - m.b);
   for (const v of yt) {
@@ -80,7 +99,7 @@ export function lineChart(el, { series, yFormat = String, markers = [], width = 
   }
   const span = x1 - x0;
   for (const t of niceTicks(x0, x1, 5).filter((t) => t >= x0 && t <= x1)) {
-    root.append(svg("text", { x: X(t), y: height - 8, "text-anchor": "middle", class: "tick" }, fmtTick(t, span)));
+    root.append(xLabel(X(t), height - 8, fmtTick(t, span), width));
   }
   for (const s of series) {
     if (!s.points.length) continue;
@@ -95,13 +114,12 @@ export function lineChart(el, { series, yFormat = String, markers = [], width = 
     root.append(svg("line", { x1: X(mk.x), x2: X(mk.x), y1: m.t, y2: height - m.b, class: "marker" }));
     root.append(svg("text", { x: Math.min(X(mk.x), width - m.r - 4), y: m.t - 4, "text-anchor": "end", class: "marker-label" }, mk.label));
   }
-  legend(root, series.map((s) => ({ name: s.name, color: s.color })), m.l, 14);
   return root;
 }
 
 export function stackedBars(el, { starts, stacks, yFormat = String, width = 720, height = 260, bucketLabel = fmtTick }) {
-  const root = frame(el, width, height);
-  const m = { l: 70, r: 12, t: 30, b: 40 };
+  const root = frame(el, width, height, stacks.map((s) => ({ name: s.name, color: s.color })));
+  const m = { l: 70, r: 12, t: 10, b: 40 };
   if (!starts.length) {
     root.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "empty" }, "no usage in this range"));
     return root;
@@ -109,6 +127,7 @@ export function stackedBars(el, { starts, stacks, yFormat = String, width = 720,
   const totals = starts.map((_, i) => stacks.reduce((a, s) => a + (s.values[i] || 0), 0));
   const yt = niceTicks(0, Math.max(1, ...totals), 4);
   const y1 = yt[yt.length - 1];
+  m.l = leftMargin(yt.map(yFormat));
   const bw = (width - m.l - m.r) / starts.length;
   const Y = (y) => height - m.b - y / y1 * (height - m.t - m.b);
   for (const v of yt) {
@@ -130,11 +149,9 @@ export function stackedBars(el, { starts, stacks, yFormat = String, width = 720,
     }
     root.append(g);
     if (i % every === 0) {
-      root.append(svg("text", { x: m.l + i * bw + bw / 2, y: height - m.b + 16, "text-anchor": "middle", class: "tick" },
-        bucketLabel(t, span)));
+      root.append(xLabel(m.l + i * bw + bw / 2, height - m.b + 16, bucketLabel(t, span), width));
     }
   });
-  legend(root, stacks.map((s) => ({ name: s.name, color: s.color })), m.l, 14);
   return root;
 }
 

@@ -79,14 +79,15 @@ def test_overview_and_usage_equal_the_booked_batches(client, ledger):
     assert sk["device_ucny"] - sk["rated_ucny"] == 200 * 3 * sk["batches"]   # chat at 2.40 instead of 2.20
 
 
-@pytest.mark.parametrize("bucket", ["hour", "day", "month"])
+@pytest.mark.parametrize("bucket", ["minute", "hour", "day", "month"])
 def test_usage_over_time_buckets_on_the_billing_calendar(client, ledger, bucket):
     rows = get(client, ledger, "/usage/time", bucket=bucket, limit=1000)["items"]
     items = get(client, ledger, "/usage/items", limit=1000)["items"]
     assert sum(r["ucny"] for r in rows) == sum(i["ucny"] for i in items)
     for r in rows:
         y, m, d, hh, mm, ss = civil.from_unix(r["start"])
-        assert (mm, ss) == (0, 0) and (bucket == "hour" or hh == 0) and (bucket != "month" or d == 1)
+        assert ss == 0 and (bucket == "minute" or mm == 0) and (bucket in ("minute", "hour") or hh == 0) \
+            and (bucket != "month" or d == 1)
     since = ledger["end"] - 86400
     recent = get(client, ledger, "/usage/time", bucket=bucket, since=since, limit=1000)["items"]
     b = S.usage_batches

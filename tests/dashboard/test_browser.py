@@ -330,3 +330,64 @@ def test_the_dashboard_needs_a_token(browser, server):
         page.wait_for_selector("#signin-error:has-text('refused')")
     finally:
         ctx.close()
+
+
+# JS run in the page: what does not fit. Tables whose wrapper scrolls sideways, a page wider than the
+# window, chart text (ticks, legends, markers) outside its SVG, legend entries that overlap.
+LAYOUT_PROBLEMS = """() => {
+  const out = [];
+  const inside = (r, box) => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  if (document.documentElement.scrollWidth > window.innerWidth) out.push(`page ${document.documentElement.scrollWidth}px wide`);
+  document.querySelectorAll('.table-wrap').forEach((w) => {
+    if (w.scrollWidth > w.clientWidth + 1) {
+      const t = w.querySelector('table');
+      out.push(`table ${t && t.dataset.testid} scrolls: ${w.scrollWidth}px in ${w.clientWidth}px`);
+    }
+  });
+  document.querySelectorAll('svg.chart').forEach((s, i) => {
+    const box = s.getBoundingClientRect();
+    s.querySelectorAll('text').forEach((t) => {
+      if (!inside(t.getBoundingClientRect(), box)) out.push(`chart ${i}: text "${t.textContent}" clipped`);
+    });
+    const holder = s.parentElement.getBoundingClientRect();
+    const items = [...s.parentElement.querySelectorAll('.legend-item')].map((g) => [g.textContent, g.getBoundingClientRect()]);
+    items.forEach(([n, r]) => { if (!inside(r, holder)) out.push(`chart ${i}: legend "${n}" outside its box`); });
+    items.forEach(([n, r], j) => items.slice(j + 1).forEach(([m, q]) => { if (overlap(r, q)) out.push(`chart ${i}: legend "${n}" overlaps "${m}"`); }));
+  });
+  return out;
+}"""
+
+
+def test_every_view_fits_1400px_without_clipped_labels(browser, server, tmp_path):
+    """At 1400 px, no table needs sideways scrolling, no chart label or legend is cut off or
+    overlaps another. Screenshots of every view land in tmp_path (EDGEMETER_SCREENSHOTS=DIR:
+    there instead, to look at)."""
+    led = server["ledger"]
+    shots = Path(os.environ.get("EDGEMETER_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    pg = Page(browser, server, OPERATOR)
+    pg.page.set_viewport_size({"width": 1400, "height": 900})
+    month = "%04d-%02d" % civil.from_unix(led["end"])[:2]
+    views = [("workspaces", "#/workspaces", "[data-testid=workspaces]"),
+             ("workspace", f"#/workspace/{led['shops']}", "[data-testid=workspace-detail]"),
+             ("pools", "#/pools", "[data-testid=pools]"), ("pool", f"#/pools/{led['shops']}", "[data-testid=pool]"),
+             ("licenses", "#/licenses", "[data-testid=activations]"),
+             ("usage", "#/usage?range=all", "[data-testid=usage-items]"),
+             ("usage-hour", "#/usage?range=7&bucket=hour", "[data-testid=usage-items]"),
+             ("usage-minute", "#/usage?range=1h&bucket=minute", "[data-testid=usage-items]"),
+             ("invoices", f"#/invoices?account={led['acme']}&month={month}", "[data-testid=invoice-lines]"),
+             ("alerts", "#/alerts", "[data-testid=alerts]"), ("ops", "#/ops", "[data-testid=dead-letters]"),
+             ("fleet", "#/fleet", "[data-testid=devices]")]
+    problems = {}
+    try:
+        for name, frag, ready in views:
+            page = pg.view(frag, ready)
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+            found = page.evaluate(LAYOUT_PROBLEMS)
+            if found:
+                problems[name] = found
+        assert problems == {}
+        assert pg.errors == []
+    finally:
+        pg.close()
