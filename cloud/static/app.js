@@ -264,7 +264,7 @@ views.pools = async ({ arg, params }) => {
   if (!pools.length) return [h("h1", {}, "Pools"), h("p", { class: "muted" }, "No License workspaces.")];
   const shown = pools.slice(0, 24);
   const details = await Promise.all(shown.map((p) => api(`/workspaces/${p.workspace_id}/pool`, { points: 200 })));
-  const grid = h("div", { class: "grid2" }, details.map((p) => {
+  const grid = h("div", { class: "grid2 fill" }, details.map((p) => {
     const chart = h("div", { class: "chart-box" });
     burnChart(chart, p, now);
     return h("section", { class: "panel", "data-testid": "pool", "data-ws": p.workspace_id },

@@ -333,7 +333,8 @@ def test_the_dashboard_needs_a_token(browser, server):
 
 
 # JS run in the page: what does not fit. Tables whose wrapper scrolls sideways, a page wider than the
-# window, chart text (ticks, legends, markers) outside its SVG, legend entries that overlap.
+# window, chart text (ticks, legends, markers) outside its SVG, legend entries that overlap, a chart
+# blown up far beyond the size it was drawn for (its labels then grow with it).
 LAYOUT_PROBLEMS = """() => {
   const out = [];
   const inside = (r, box) => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
@@ -347,6 +348,8 @@ LAYOUT_PROBLEMS = """() => {
   });
   document.querySelectorAll('svg.chart').forEach((s, i) => {
     const box = s.getBoundingClientRect();
+    const scale = box.width / s.viewBox.baseVal.width;
+    if (scale > 1.3) out.push(`chart ${i}: drawn at ${scale.toFixed(2)}x its size`);
     s.querySelectorAll('text').forEach((t) => {
       if (!inside(t.getBoundingClientRect(), box)) out.push(`chart ${i}: text "${t.textContent}" clipped`);
     });

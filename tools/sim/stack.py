@@ -31,8 +31,8 @@ def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, gra
     suspended), a License workspace with a pool (standard licences, activated a month ago)
     and a postpaid workspace; n_license + n_postpaid devices registered. The pool holds at
     least `units` (pool units = µCNY of list-price use); with `exact`, only as many licences
-    are activated as `units` needs (the rest of the purchase stays unactivated), so the pool
-    runs down visibly. low: the workspace's low_units term (pool_low alerts below it).
+    are activated as `units` needs, now (the rest of the purchase stays unactivated), so the
+    pool's history starts now and runs down visibly. low: the workspace's low_units term (pool_low alerts below it).
     expiring: also a purchase made 11.5 months ago and never activated, whose activation
     window closes within the month (a license_expiring alert)."""
     now = now or int(time.time())
@@ -52,7 +52,7 @@ def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, gra
         n_lic_buy = max(100, n_license, need)
         back = civil.add_months(now, -1)
         p = pools.buy_license(conn, book, lic, "standard", n_lic_buy, back)
-        _, why = pools.activate(conn, book, p, need if exact else n_lic_buy, back)
+        _, why = pools.activate(conn, book, p, need if exact else n_lic_buy, now if exact else back)
         if why:
             raise RuntimeError("activation refused: %s" % why)
         if expiring:
