@@ -104,7 +104,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 "romboot preload (leaf-first imports, gc.collect() after each)"},
         {"name": "  the same without the preload", "value": best_np // 1024, "unit": "KiB",
          "how": "romboot --no-preload: modules imported by the loop's own imports"},
-        {"name": "  target", "value": 32, "unit": "KiB", "how": "issue 4: full loop in 32 KiB"},
+        {"name": "  target", "value": 32, "unit": "KiB", "how": "the full firmware loop in a 32 KiB heap"},
     ]
 
 
