@@ -18,6 +18,10 @@ Mosquitto 2.0 reloads password_file and acl_file on SIGHUP (mosquitto.conf(5): "
 reload signal"); reload() waits for the broker's "Reloading config." log line, after which
 the single-threaded broker serves no client before the new files are in force.
 
+Mosquitto (and mosquitto_passwd) run in a session of their own: a terminal's Ctrl-C reaches
+only the process that started them, which stops them when it is done with them (the demo
+drains its devices first).
+
 Errors: BrokerError(RuntimeError) when Mosquitto cannot be started or configured (the message
 carries the tail of its log); ValueError for caller mistakes.
 """
@@ -241,8 +245,8 @@ class Broker:
         plain = self.workdir / "passwd.plain"
         plain.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
         plain.chmod(0o600)
-        proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],   # own session: a Ctrl-C
+                              capture_output=True, text=True, start_new_session=True)  # is the caller's
         if proc.returncode != 0:
             raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
         os.replace(plain, self.workdir / "passwd")

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULT_KINDS = {"power", "partition", "broker", "rater", "dup", "clock-skew", "clock-rollback", "lease",
-               "book", "full"}
+               "book", "full", "tamper"}
 
 
 def run_sim(tmp_path: Path, *args: str, timeout: float) -> dict:
@@ -46,6 +46,8 @@ def check(r: dict, rounds: int) -> None:
     assert r["refused"].get("journal full", 0) > 0                # the tiny journal refused, lost nothing
     assert r["duplicates_sent"] > 0
     assert r["drain"]["not_acked"] == 0
+    tampered = sum(e["batches"] for e in r["fault_log"] if e["fault"] == "tamper")
+    assert tampered > 0 and a["dead_letters"].get("bad_mac", 0) == tampered   # each copy refused, none booked
     ev = r["events"]   # the devices' own meter events show the faults took effect
     assert ev.get("lapsed", 0) > 0 and ev.get("book", 0) > 0 and ev.get("clock_rollback", 0) > 0, ev
 

@@ -103,7 +103,8 @@ def book_versions(url: str) -> list[int]:
 
 
 class Rater:
-    """One `edgemeter rater` process (kill -9 able)."""
+    """One `edgemeter rater` process (kill -9 able), in a session of its own so that a terminal's
+    Ctrl-C reaches only the simulation, which stops it after the drain."""
 
     def __init__(self, broker: Broker | str, url: str, name: str, workdir: Path) -> None:
         """broker: our Broker (its rater user), or the URL of a running one (the rater's
