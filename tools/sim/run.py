@@ -160,6 +160,11 @@ class Simulation:
                     r.start()
             self.note("book", version=ver)
 
+    def fault_plan(self) -> list[tuple[float, str]]:
+        """[(when, fault)] in order: PLAN's fractions of the run, or the demo's fault_times (seconds)."""
+        return sorted(self.fault_times if self.fault_times is not None else
+                      [(p, k) for k in self.faults for p in PLAN[k]])
+
     def _later(self) -> None:
         now = time.monotonic()
         keep = []
@@ -183,8 +188,7 @@ class Simulation:
         for i, d in enumerate(devs):
             d.quota = total // n + (1 if i < total % n else 0)
         target = sum(d.quota for d in devs)
-        plan = sorted(self.fault_times if self.fault_times is not None else
-                      [(p, k) for k in self.faults for p in PLAN[k]])
+        plan = self.fault_plan()
         interval = 1.0 / a.rate if a.rate else 0.0
         heap = [(time.monotonic() + self.rng.random() * interval, i) for i in range(n)]
         heapq.heapify(heap)
