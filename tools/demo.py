@@ -56,9 +56,9 @@ DEFAULT_FAULTS = "partition,rater,tamper"
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgemeter demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--devices", type=int, default=300, help="simulated devices (half License, half postpaid)")
-    ap.add_argument("--rate", type=float, default=0.2, help="rounds per second per device")
-    ap.add_argument("--port", type=int, default=8080, help="dashboard port (0: any free port)")
+    ap.add_argument("--devices", type=int, default=300, help="simulated devices, half License, half postpaid (default 300)")
+    ap.add_argument("--rate", type=float, default=0.2, help="rounds per second per device (default 0.2)")
+    ap.add_argument("--port", type=int, default=8080, help="dashboard port on 127.0.0.1 (default 8080; 0: any free port)")
     ap.add_argument("--duration", type=float, help="stop by itself after this many seconds")
     ap.add_argument("--workdir", help="where the ledger, journals and logs go, kept (default: a new "
                                       "temporary directory, removed after a passing audit)")
