@@ -174,11 +174,11 @@ def demo_simulation(args: argparse.Namespace, work: Path) -> Any:
                                      "--duration", str(duration), "--seed", str(args.seed),
                                      "--rounds", str(min(expect_rounds, 10_000_000)), "--faults", args.faults,
                                      "--lease-validity", "300"])
-    faults = [f for f in args.faults.split(",") if f.strip()]
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     s = Simulation(sargs, set(faults), work)
     units = int(args.pool_minutes * 60 * args.rate * (args.devices // 2) * ROUND_UCNY)
     s.store_opts = {"units": units, "exact": True, "low": units * 2 // 3, "expiring": True}
-    s.fault_times = [(args.fault_every * (i + 1), f.strip()) for i, f in enumerate(faults)]
+    s.fault_times = [(args.fault_every * (i + 1), f) for i, f in enumerate(faults)]
     return s
 
 
