@@ -72,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class DemoError(RuntimeError):
+    """A part of the demo could not start (the message says which and why)."""
+
+
 class Interrupted(BaseException):
     """A second Ctrl-C or SIGTERM: stop at once (rule D3)."""
 
@@ -95,9 +99,10 @@ class Dashboard:
                 self.address = text.split("serving ", 1)[1].split()[0]
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError("the dashboard exited:\n" + text[-2000:])
+                last = (text.strip().splitlines() or ["(no output)"])[-1]
+                raise DemoError(f"the dashboard did not start: {last} (log: {self.log})")
             time.sleep(0.1)
-        raise RuntimeError("the dashboard did not start:\n" + self.log.read_text()[-2000:])
+        raise DemoError(f"the dashboard did not answer within 60 s (log: {self.log})")
 
     def get(self, path: str) -> bytes:
         req = urllib.request.Request(self.address.rstrip("/") + path, headers={"Authorization": f"Bearer {self.token}"})
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     s: Any = None
     dash: list[Dashboard] = []
     report = None
+    failed = False
     try:
         s = demo_simulation(args, work)
         stopper.attach(s)
@@ -218,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         ignore_signals()
         print("\nedgemeter demo: stopped at once: " + (not_drained(s) if s is not None else "before set-up"),
               file=sys.stderr, flush=True)
+    except DemoError as e:
+        print(f"\nedgemeter demo: {e}", file=sys.stderr, flush=True)
+        failed = True
     finally:
         ignore_signals()      # the clean-up is bounded; a Ctrl-C now would leave children behind
         for d in dash:
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         stopper.restore()
     if report is None:
         print(f"work directory kept: {work}")
-        return 130
+        return 1 if failed else 130
     from edgemeter.tools import sim
 
     print(sim.summary(report))

@@ -40,8 +40,9 @@ class Demo:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.tmp = tmp_path
+        port = [] if "--port" in args else ["--port", "0"]
         self.p = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "demo", "--devices", "12", "--rate", "1",
-                                   "--port", "0", "--duration", "300", *args],
+                                   *port, "--duration", "300", *args],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   process_group=0, env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path)))
         self.lines: list[str] = []
@@ -182,3 +183,21 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
                            capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(tmp_path)), timeout=60)
         assert p.returncode == 2 and what in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_busy_dashboard_port_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        d = Demo(tmp_path, "--port", str(port), "--faults", "")
+        try:
+            rc = d.finish(timeout=120)
+        finally:
+            d.kill()
+    assert rc == 1 and "Traceback" not in d.text, d.text[-3000:]
+    m = re.search(r"edgemeter demo: the dashboard did not start: (.+)", d.text)
+    assert m and str(port) in m.group(1), d.text[-3000:]     # the dashboard's own one-line reason
+    assert children(tmp_path) == {}, "a child outlived the demo"
