@@ -31,8 +31,8 @@ What an operator sees (rules D1-D3):
      after the drain. A second Ctrl-C (or SIGTERM) stops everything at once and says what was not
      drained (exit status 130; the work directory is kept). The scratch work directory is
      removed after a passing audit unless --keep or --workdir was given.
-Exit status 0 when the audit passes, 1 when it finds a difference, 2 for bad arguments, 130
-when stopped at once.
+Exit status 0 when the audit passes, 1 when it finds a difference or a part could not start
+(one line says which and why), 2 for bad arguments, 130 when stopped at once.
 """
 from __future__ import annotations
 
