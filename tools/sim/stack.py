@@ -32,9 +32,9 @@ def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, gra
     and a postpaid workspace; n_license + n_postpaid devices registered. The pool holds at
     least `units` (pool units = µCNY of list-price use); with `exact`, only as many licences
     are activated as `units` needs, now (the rest of the purchase stays unactivated), so the
-    pool's history starts now and runs down visibly. low: the workspace's low_units term (pool_low alerts below it).
-    expiring: also a purchase made 11.5 months ago and never activated, whose activation
-    window closes within the month (a license_expiring alert)."""
+    pool's history starts now and runs down visibly. low: the workspace's low_units term
+    (pool_low alerts below it). expiring: also a purchase made 11.5 months ago and never
+    activated, whose activation window closes within the month (a license_expiring alert)."""
     now = now or int(time.time())
     engine = db.open_store(url)
     out: dict[str, Any] = {"license": [], "postpaid": []}
