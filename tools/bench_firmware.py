@@ -19,7 +19,7 @@ measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross o
   store writes (checkpoints).
 - Heap of the full loop: `micropython -m firmware_py.main` from the `--image` build, 60 rounds
   with a lease, synced to a real Mosquitto (tools.broker) and acked by the CloudSession
-  responder of tests/firmware/fw_cloud.py: the high-water mark the firmware prints (live heap
+  responder of tools/fw_cloud.py: the high-water mark the firmware prints (live heap
   after gc.collect() at its named points), the live heap at boot, and the smallest -X heapsize
   (KiB) in which the loop completes.
 - Image: the sum of the .mpy files of `python -m edgemeter.tools.build_firmware --image`.
@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from edgemeter.tools import benchrows, build_firmware
-
-ROOT = Path(__file__).resolve().parent.parent
 
 _MP_COST = r"""
 import sys, time, gc
@@ -172,9 +170,7 @@ def _fs(path: Path) -> str:
 
 
 def heap_rows(rounds: int) -> list[dict[str, Any]]:
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "firmware")]
-    import fw_cloud  # the tests' CloudSession responder (paho-mqtt 2.x)
-    import fw_proc
+    from edgemeter.tools import fw_cloud, fw_proc   # the CloudSession responder, the process
     from edgemeter.tools.broker import Broker
 
     d = benchrows.scratch("fw-heap")

@@ -3,8 +3,8 @@
     python -m edgemeter.tools.bench_firmware_heap [--json] [--quick]
 
 `run()` returns rows {name, value, unit, how} (aggregated by `edgemeter bench`). The image is
-tools/romfs.py's (the device modules, a preload list, plus the test loop tests/firmware/
-romfs_loop.mpy); tools/romboot.py reads it into one heap buffer, mounts it with
+tools/romfs.py's (the device modules, a preload list, plus the measuring loop
+tools/romfs_loop.py as romfs_loop.mpy); tools/romboot.py reads it into one heap buffer, mounts it with
 vfs.VfsRom and imports from it in place, so the figures below are the heap BEYOND that buffer
 (what a board whose flash holds the image needs). The loop: every device module imported,
 the meter on a real journal (32 KiB bound, 2 KiB segments) and an MQTTClient's buffers
@@ -34,7 +34,6 @@ from typing import Any
 
 from edgemeter.tools import benchrows
 
-ROOT = Path(__file__).resolve().parent.parent
 QSTR = re.compile(r"n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)")
 _QSTR_SCRIPT = "import micropython\nmicropython.qstr_info()\n"
 

@@ -1,6 +1,6 @@
 """Running MicroPython code in an emulated board heap, with the firmware in a ROMFS image
-(tools/romboot.py), for test_romfs_heap.py, tools/bench_firmware_heap.py and the
-firmware tests.
+(tools/romboot.py), for tools/bench_firmware_heap.py, the simulator's MicroPython devices and
+the firmware tests.
 
     img = image(out_dir)                        # build/.../romfs.img, + romfs_loop.mpy
     h = heapsize(img, budget=32768)             # -X heapsize for a 32 KiB board heap
@@ -22,10 +22,9 @@ from typing import Any
 
 from edgemeter.tools.build_firmware import dev_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "romboot.py"
-LOOP = ROOT / "tests" / "firmware" / "romfs_loop.py"  # the test loop, only with with_loop=True
+LOOP = HERE / "romfs_loop.py"  # the measuring loop (not firmware), only with with_loop=True
 ROM_LINE = re.compile(r"rom image=(\d+) buf=(\d+) base=(\d+) heap=(\d+)")
 
 
@@ -39,7 +38,7 @@ def micropython() -> str:
 def image(out: Path, with_loop: bool = True, loop: Path = LOOP,
           extra: dict[str, Path] | None = None) -> Path:
     """Build the device ROMFS image (tools.romfs.build_romfs) into out/romfs.img; with_loop
-    adds romfs_loop.mpy at its root, extra ({"fw_driver": Path("tests/firmware/fw_driver.py")})
+    adds romfs_loop.mpy at its root, extra ({"fw_driver": fw_proc.DRIVER})
     other sources compiled to <name>.mpy there: the test's stand-ins for the SDK's code, which
     a board keeps in flash too."""
     from edgemeter.tools import romfs

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import fw_cloud
-import fw_proc
+from edgemeter.tools import fw_cloud, fw_proc
 from edgemeter.tools.broker import Broker
 from edgemeter.tools.build_firmware import ROOT, image_modules
 

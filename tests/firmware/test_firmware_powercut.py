@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-import fw_cloud
-import fw_proc
 from firmware_py import jframe
+from edgemeter.tools import fw_cloud, fw_proc
 from edgemeter.tools.broker import Broker
 
 SCHEDULE = tuple(range(1, 13)) + (14, 16, 19, 23, 27, 32, 38, 45, 53, 62, 72, 84, 97, 111)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-import fw_proc
+from edgemeter.tools import fw_proc
 from edgemeter.cloud import db
 from edgemeter.cloud import schema as S
 from firmware_py import pricebook

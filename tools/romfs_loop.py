@@ -1,4 +1,4 @@
-# The device loop for the ROMFS heap test and bench (not part of the firmware): imports every
+# The device loop for the ROMFS heap bench and test (not part of the firmware): imports every
 # module the firmware's loop needs, builds the MQTT client's buffers, and serves rounds through
 # firmware_py.meter.Meter with a real journal; the cloud (tools/romfs_run.py) is the
 # parent process, reached over stdin/stdout instead of a broker (the firmware tests cover MQTT).

@@ -1,4 +1,4 @@
-"""The cloud side of the firmware tests: a paho-mqtt 2.x client with the broker's "rater"
+"""The cloud side of the firmware bench and tests: a paho-mqtt 2.x client with the broker's "rater"
 credentials running the real firmware_py.cloud_session.CloudSession per device and a real
 firmware_py.pool.Pool for the workspace. It books usage batches once per (dev, seq), acks
 cumulatively, grants leases and confirms returns: what cloud/rater.py does around
@@ -20,9 +20,8 @@ from firmware_py import pricebook, rating
 from firmware_py import proto as P
 from firmware_py.cloud_session import CloudSession
 from firmware_py.pool import Pool
+from edgemeter.tools import fw_driver
 from edgemeter.tools.broker import Broker
-
-import fw_driver
 
 
 class Cloud:

@@ -1,5 +1,5 @@
-"""Running the firmware for the tests: the `tools.build_firmware --image` image (firmware_py.main
-and only the modules it imports) plus the test driver
+"""Running the firmware for the firmware bench and tests: the `tools.build_firmware --image` image
+(firmware_py.main and only the modules it imports) plus the SDK stand-in tools/fw_driver.py
 compiled beside it, executed as `micropython -m firmware_py.main CONFIG` (the documented entry
 point) with MICROPYPATH=<image>:.frozen and the image directory as the working directory, so
 only .mpy files are imported. Every stdout line is kept; with lockstep (FW_LOCKSTEP=1, see
@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +24,7 @@ from typing import Any
 from edgemeter.tools.broker import Broker
 from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "firmware" / "fw_driver.py"
+DRIVER = Path(__file__).resolve().parent / "fw_driver.py"
 KEY = bytes(range(32))
 
 
@@ -68,9 +68,11 @@ class Fw:
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ)
         if runtime == "cpython":
+            cwd = cfg_path.parent / "fw_driver_py"   # fw_driver alone; firmware_py as installed
+            cwd.mkdir(exist_ok=True)
+            shutil.copy(DRIVER, cwd / "fw_driver.py")
             argv = [sys.executable, "-m", "firmware_py.main", str(cfg_path)]
-            env["PYTHONPATH"] = f"{ROOT}:{DRIVER.parent}"
-            cwd = ROOT
+            env["PYTHONPATH"] = str(cwd)
         else:
             argv = [micropython(), "-X", f"heapsize={heap}", "-m", "firmware_py.main",
                     str(cfg_path)]
