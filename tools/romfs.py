@@ -31,8 +31,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "firmware_py"
+from edgemeter.tools.paths import FIRMWARE_SRC as SRC, build_dir
+
+ROOT = SRC.parent   # the folder that holds firmware_py/ (a checkout, or site-packages)
 
 HEADER = b"\xd2\xcd\x31"
 KIND_DATA = 2
@@ -223,7 +224,7 @@ def build_romfs(path: Path, names: list[str] | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgemeter.tools.romfs", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "build" / "firmware" / "romfs.img")
+    ap.add_argument("--out", type=Path, default=build_dir("firmware", "romfs.img"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = build_romfs(args.out)

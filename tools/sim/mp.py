@@ -25,7 +25,6 @@ from typing import Any
 from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
 
 def _bytes(size: str) -> int:

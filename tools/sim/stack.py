@@ -21,7 +21,6 @@ from edgemeter.cloud import schema as S
 from firmware_py import billing, civil, pricebook
 from edgemeter.tools.broker import Broker
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, grant: int,
@@ -123,7 +122,7 @@ class Rater:
     def start(self, wait: float = 30.0) -> "Rater":
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
