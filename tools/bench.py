@@ -17,12 +17,17 @@ sides timed back to back on this machine), never asserted in tests. Modules:
              (tools/bench_ingest.py)
   rebuild    seconds per million rounds to rebuild and check every projection
              (tools/bench_rebuild.py)
-A module that is missing or fails is reported as such in the table (exit status 1).
+A module that fails is reported as such in the table (exit status 1). A module whose
+prerequisites (NEEDS) are not installed is reported as skipped with what to install, and the
+others run (exit status 0): a plain `pip install edgemeter` lacks cbor2 (the `dev` extra) and
+the MicroPython unix port (the `micropython` extra); modules that only lose some rows without
+the port (codec, journal, rating) say so in those rows.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -34,12 +39,29 @@ from pathlib import Path
 from typing import Any
 
 from edgemeter.tools.build_firmware import dev_tool
-
-ROOT = Path(__file__).resolve().parent.parent
+from edgemeter.tools.paths import FIRMWARE_SRC
 MODULES = [("rating", "edgemeter.tools.bench"), ("codec", "edgemeter.tools.bench_codec"), ("wire", "edgemeter.tools.bench_wire"),
            ("journal", "edgemeter.tools.bench_journal"), ("firmware", "edgemeter.tools.bench_firmware"),
            ("firmware_heap", "edgemeter.tools.bench_firmware_heap"),
            ("ingest", "edgemeter.tools.bench_ingest"), ("rebuild", "edgemeter.tools.bench_rebuild")]
+
+# What a module cannot run at all without: ("package", import name, extra) or ("tool", command,
+# extra). The extras are pyproject's.
+NEEDS = {"codec": [("package", "cbor2", "dev")],
+         "firmware": [("tool", "micropython", "micropython")],
+         "firmware_heap": [("tool", "micropython", "micropython")]}
+
+
+def missing(name: str) -> str | None:
+    """Why benchmark module `name` cannot run here (a prerequisite is not installed), or None."""
+    for kind, what, extra in NEEDS.get(name, ()):
+        absent = importlib.util.find_spec(what) is None if kind == "package" else dev_tool(what) is None
+        if absent:
+            label = f"the Python package {what}" if kind == "package" else f"the `{what}` command"
+            return (f"needs {label}: pip install 'edgemeter[{extra}]' "
+                    f"(from a source checkout: pip install '.[{extra}]')")
+    return None
+
 
 # the MicroPython half of the rating benchmark: the same mix, the same loop
 _MP_RATING = """
@@ -76,7 +98,7 @@ def _micropython_rating(n: int) -> float | None:
     best = 0.0
     for _ in range(3):
         out = subprocess.run([exe, "-X", "heapsize=4m", "-c", _MP_RATING % n], capture_output=True, text=True,
-                             env=dict(os.environ, MICROPYPATH=str(ROOT)), cwd=ROOT, timeout=300)
+                             env=dict(os.environ, MICROPYPATH=str(FIRMWARE_SRC.parent)), cwd="/", timeout=300)
         if out.returncode != 0:
             raise RuntimeError("micropython: " + out.stderr.strip()[-500:])
         k, us = map(int, out.stdout.split())
@@ -92,7 +114,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     how = f"rating.rate(book, round) over billing.SCENARIOS in turn, {n} rounds, best of 3"
     rows = [{"name": "rating speed, CPython", "value": round(cp), "unit": "rounds/s",
              "how": how + f" (CPython {platform.python_version()})"}]
-    if mp is not None:
+    if mp is None:
+        rows.append({"name": "rating speed, MicroPython", "value": "skipped", "unit": "",
+                     "how": "needs the `micropython` command: pip install 'edgemeter[micropython]'"})
+    else:
         rows.append({"name": "rating speed, MicroPython", "value": round(mp), "unit": "rounds/s",
                      "how": how + " (micropython unix port, -X heapsize=4m, sources from firmware_py/)"})
         rows.append({"name": "rating speed ratio CPython / MicroPython", "value": round(cp / mp, 2), "unit": "x",
@@ -114,6 +139,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(f"\n## {res['module']} ({res['source']}, {res['seconds']:.1f} s)")
         if res.get("error"):
             lines.append(f"  FAILED: {res['error']}")
+            continue
+        if res.get("skipped"):
+            lines.append(f"  SKIPPED: {res['skipped']}")
             continue
         w = max((len(r["name"]) for r in res["rows"]), default=10)
         for r in res["rows"]:
@@ -140,11 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.monotonic()
         res: dict[str, Any] = {"module": name, "source": modname.replace(".", "/") + ".py", "rows": []}
+        why = missing(name)
         try:
-            mod = sys.modules[__name__] if modname == "edgemeter.tools.bench" else importlib.import_module(modname)
-            res["rows"] = mod.run(quick=args.quick)
-        except Exception as exc:   # noqa: BLE001 - one failing benchmark must not hide the others
-            res["error"] = f"{type(exc).__name__}: {exc}"
+            if why:
+                res["skipped"] = why
+            else:
+                mod = sys.modules[__name__] if modname == "edgemeter.tools.bench" else importlib.import_module(modname)
+                res["rows"] = mod.run(quick=args.quick)
+        except (Exception, SystemExit) as exc:   # noqa: BLE001 - one failing benchmark must not hide the others
+            res["error"] = str(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
             res["trace"] = traceback.format_exc()[-2000:]
             status = 1
         res["seconds"] = time.monotonic() - t0

@@ -125,11 +125,16 @@ def render_config(template: Path, *, port: int, tls_port: int | None, workdir: P
 
 def make_certs(workdir: Path, hosts: Iterable[str] = ("localhost", HOST)) -> Path:
     """A throwaway CA (ca.crt) and a broker certificate/key it signed (server.crt/server.key,
-    EC P-256, SAN = hosts) in workdir; returns the CA file's path."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    EC P-256, SAN = hosts) in workdir; returns the CA file's path. Needs the Python package
+    cryptography (the `dev` extra: only TLS listeners use it)."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:
+        raise BrokerError("a TLS listener needs the Python package cryptography for its throwaway "
+                          "CA: pip install 'edgemeter[dev]'") from exc
 
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())

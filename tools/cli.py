@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
-        if exc.name and (exc.name == mod_name or mod_name.startswith(exc.name + ".")):
-            print(f"edgemeter: command {name!r} is not built yet ({mod_name} missing)", file=sys.stderr)
-            return 2
-        raise
+        # every command ships in the package: a missing module is a broken installation
+        print(f"edgemeter {name}: cannot load {mod_name}: the module {exc.name!r} is not "
+              "installed; reinstall edgemeter with its dependencies (pip install edgemeter, "
+              "or pip install . from a source checkout)", file=sys.stderr)
+        return 1
     result = getattr(mod, func_name)(rest)
     return int(result or 0)
 
