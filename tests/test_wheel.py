@@ -58,6 +58,7 @@ class Install:
     env: dict[str, str]
     wheel: Path
     sdist: Path
+    src: Path           # the copy of the checkout the sdist was built from
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """`edgemeter ARGS` in its own process group, killed with everything it started in that
@@ -132,7 +133,7 @@ def inst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
                           cwd=work, env=env, capture_output=True, text=True, timeout=600), "pip install WHEEL")
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True, env=env, cwd=work).stdout.strip())
-    yield Install(venv, site, work, env, wheel, sdist)
+    yield Install(venv, site, work, env, wheel, sdist, src)
 
 
 def test_sdist_and_wheel_carry_every_file_and_no_generic_top_level_name(inst: Install) -> None:
@@ -155,6 +156,18 @@ def test_quote_rates_a_round(inst: Install) -> None:
     p = inst.run("quote", "--asr", "standard", "--intent", "--tts", "standard", "--llm", "chat", "--json")
     _check(p, "edgemeter quote")
     assert json.loads(p.stdout)["total_ucny"] == 5450     # docs/rating.md: the standard voice chat
+
+
+def test_every_file_of_the_shipped_folders_is_in_the_wheel(inst: Install) -> None:
+    """Each file under firmware_py/, agent/, cloud/, tools/ and deploy/ (a new sub-package, a
+    static file, a template) is in the wheel at its mapped name, and nothing else is."""
+    names = {n for n in zipfile.ZipFile(inst.wheel).namelist() if ".dist-info/" not in n}
+    want = set()
+    for inside, folder in SOURCE_OF.items():
+        for f in (inst.src / folder).rglob("*"):
+            if f.is_file() and "__pycache__" not in f.parts:
+                want.add(inside + str(f.relative_to(inst.src / folder)))
+    assert sorted(want - names) == [] and sorted(names - want) == []
 
 
 def test_admin_migrate_show_and_register_device(inst: Install) -> None:
