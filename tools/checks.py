@@ -6,7 +6,7 @@
 Over the shipped code (firmware_py/, agent/, cloud/, tools/; generated migrations excepted):
  K1. No import cycle between modules, imports inside functions included (a cycle through a
      lazy import is still two modules that cannot be read or shipped apart).
- K2. Shipped code neither imports tests/ nor reads files from it.
+ K2. Shipped code neither imports tests/ (the package, or its modules by bare name) nor reads it.
  K3. No function longer than MAX_FUNCTION_LINES lines (decorators excluded).
  K4. Rule glossary: a rule is defined once, in its module's docstring, as a line starting with
      its id (" P1. ...", " C7 ...", "  R11 name ..."); its glossary id is <module>.<ID>
@@ -141,13 +141,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_imports(root: Path = ROOT) -> list[str]:
-    """K2: shipped modules that import tests or name a path under tests/."""
+    """K2: shipped modules that import tests, import a module of tests/ by its bare name, or
+    name a path under tests/."""
     found = []
+    helpers = {p.stem for p in (root / TESTS).rglob("*.py")} - {"__init__"}
     for mod, path in shipped_files(root):
         tree = ast.parse(path.read_text(), str(path))
+        heads = set()
         for t in _imports(tree, mod, path.name == "__init__.py"):
             if t == TESTS or t.startswith(TESTS + "."):
                 found.append(f"K2 {mod} imports {t}")
+            elif t.split(".")[0] in helpers:
+                heads.add(t.split(".")[0])
+        found += [f"K2 {mod} imports {h}, a module of {TESTS}/" for h in sorted(heads)]
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and (node.value == TESTS or node.value.startswith(TESTS + "/")):
                 found.append(f"K2 {mod}:{node.lineno} names {node.value!r}")

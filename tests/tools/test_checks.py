@@ -30,7 +30,8 @@ def test_each_check_finds_its_kind_of_defect(tmp_path: Path) -> None:
         "firmware_py/a.py": '"""A.\n\n A1. the first rule.\n"""\nfrom firmware_py import b\n',
         "firmware_py/b.py": '"""B (rule A1 of a; rule Z9).\n\n B1. a rule.\n"""\ndef f():\n'
                             '    from firmware_py import a\n',
-        "cloud/c.py": '"""C."""\nimport tests.helpers\nLOOP = "tests/firmware/loop.py"\n',
+        "cloud/c.py": '"""C."""\nimport tests.helpers\nLOOP = "tests/firmware/loop.py"\nimport fw_thing\n',
+        "tests/firmware/fw_thing.py": "",
         "tools/d.py": '"""D (see b B1 and (B1))."""\ndef big():\n' + long_body,
         "tools/e.py": '"""E."""\nimport os\nfrom firmware_py import a\nclass K:\n    def __init__(self):\n'
                       '        self._mine = 1\n    def peek(self, other):\n        return other._mine + self._x\n'
@@ -38,6 +39,7 @@ def test_each_check_finds_its_kind_of_defect(tmp_path: Path) -> None:
     })
     assert checks.cycles(checks.import_graph(root)) == [["firmware_py.a", "firmware_py.b"]]
     assert checks.test_imports(root) == ["K2 edgemeter.cloud.c imports tests.helpers",
+                                         "K2 edgemeter.cloud.c imports fw_thing, a module of tests/",
                                          "K2 edgemeter.cloud.c:3 names 'tests/firmware/loop.py'"]
     assert checks.long_functions(root) == ["K3 edgemeter.tools.d.big is 86 lines (at most 80)"]
     table = checks.rule_table(root)
