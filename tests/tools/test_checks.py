@@ -53,3 +53,13 @@ def test_each_check_finds_its_kind_of_defect(tmp_path: Path) -> None:
     # another instance of its class, self._x and os._exit are not.
     assert checks.private_reaches(root) == ["K6 edgemeter.tools.e:11 reaches into a._hidden",
                                             "K6 edgemeter.tools.e:11 reaches into j._segs"]
+
+
+def test_the_services_do_not_import_the_developer_harness() -> None:
+    """The cloud, the agent and the core import nothing from edgemeter.tools (simulator,
+    benchmarks, the test broker), lazily or not: a service runs without the harness."""
+    graph = checks.import_graph()
+    reaches = sorted(f"{m} -> {t}" for m, targets in graph.items() if not m.startswith("edgemeter.tools")
+                     for t in targets if t.startswith("edgemeter.tools"))
+    assert reaches == []
+    assert any(t.startswith("edgemeter.cloud") for t in graph["edgemeter.tools.sim.stack"])  # edges are seen
