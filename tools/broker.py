@@ -393,6 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", action="append", default=[], metavar="WS/DEV",
                     help="create a device user (repeatable; needs --auth)")
     args = ap.parse_args(argv)
+    try:
+        return _serve(ap, args)
+    except BrokerError as exc:   # no mosquitto, no cryptography for --tls, a port in use
+        print(f"{ap.prog}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     b = Broker(args.port, auth=args.auth, tls=args.tls, tls_port=args.tls_port)
     for spec in args.device:
         m = re.fullmatch(r"(\d+)/(\d+)", spec)
