@@ -33,7 +33,6 @@ from firmware_py.journal import Journal
 from edgemeter.tools import benchrows
 from edgemeter.tools.build_firmware import dev_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
 
 
