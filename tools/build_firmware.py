@@ -21,13 +21,14 @@ the format `mpremote romfs build` writes), and report its size.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from edgemeter.cloud import cliargs
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "firmware_py"
@@ -141,7 +142,7 @@ def build_image(out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "firmware")
     ap.add_argument("--image", type=Path, default=None,
                     help="write only the device image (firmware_py.main and its imports) here")

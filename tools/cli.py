@@ -3,6 +3,10 @@
 Each target is `module:function` taking `argv` (the arguments after the subcommand) and
 returning an exit status. Importing lazily keeps `edgemeter quote` free of the cloud's
 dependencies and fast to start.
+
+Errors: each command reports what it expects to go wrong itself; anything that still escapes
+one is turned into one line and an exit status here (cloud.cliargs.fail: 2 for a caller
+mistake, 1 for a failed operation), never a traceback (EDGEMETER_DEBUG=1 shows it).
 """
 from __future__ import annotations
 
@@ -51,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edgemeter: command {name!r} is not built yet ({mod_name} missing)", file=sys.stderr)
             return 2
         raise
-    result = getattr(mod, func_name)(rest)
+    try:
+        result = getattr(mod, func_name)(rest)
+    except Exception as exc:  # noqa: BLE001 - the one edge that turns any escape into a line
+        from edgemeter.cloud import cliargs
+        return cliargs.fail(name, exc)
+    except KeyboardInterrupt as exc:
+        from edgemeter.cloud import cliargs
+        return cliargs.fail(name, exc)
     return int(result or 0)
 
 

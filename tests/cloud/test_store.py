@@ -21,7 +21,7 @@ def test_url_normalisation():
 
 
 def test_sqlite_runs_in_wal_with_normal_sync_and_busy_timeout(sqlite_url):
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1   # NORMAL
@@ -65,7 +65,7 @@ def _batch(acc, ws, seq):
 
 
 def test_a_device_sequence_is_booked_once_forever(store_url):
-    engine = db.open_store(store_url)
+    engine = db.open_store(store_url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc, ws = _minimal_device(conn)
         conn.execute(insert(S.usage_batches).values(_batch(acc, ws, 1)))
@@ -87,7 +87,7 @@ def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_ur
     import sqlite3
 
     from edgemeter.cloud import ledger
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc, ws = _minimal_device(conn)
         conn.connection.dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
@@ -100,7 +100,7 @@ def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_ur
 
 
 def test_sqlite_writers_serialise_instead_of_deadlocking(sqlite_url):
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     a, b = db.write_connect(engine), db.write_connect(engine)
     with a.begin():
         a.execute(text("INSERT INTO meta(key, value) VALUES ('x', '1')"))

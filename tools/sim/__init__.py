@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgemeter.cloud import cliargs
+
 FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full", "tamper")
 
 
@@ -48,7 +50,7 @@ def _parse_size(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgemeter sim", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter sim", description=__doc__.split("\n")[0], types=cliargs.SIM_TYPES)
     ap.add_argument("--devices", type=int, default=50, help="simulated meter devices in this process")
     ap.add_argument("--rounds", type=int, default=5000, help="rounds to serve in total (all devices)")
     ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
@@ -61,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--raters", type=int, default=1, help="rater processes sharing the subscription")
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--db", help="store URL (default: SQLite in the work directory)")
+    ap.add_argument("--db", help="store URL, created or migrated by the simulator (default: SQLite in the work directory)")
     ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker that lets the devices in "
                                      "(anonymous, e.g. `python -m edgemeter.tools.broker`; default: start Mosquitto with "
                                      "auth); the raters use EDGEMETER_MQTT_USER/_PASSWORD; no broker restarts")
