@@ -49,6 +49,32 @@ def test_migrations_build_exactly_the_schema_and_are_idempotent(store_url):
     assert diff == []
 
 
+def test_only_migrate_creates_or_upgrades_a_store(store_url, tmp_path):
+    """cloud.db rule 3 on both back ends: open_store refuses an empty store and one at an older
+    revision, names the command to run, and changes nothing; migrate() then makes it usable."""
+    missing = f"sqlite:///{tmp_path / 'no' / 'ledger.db'}"
+    with pytest.raises(db.StoreError, match="no ledger at .*directory .* does not exist.*admin migrate"):
+        db.open_store(missing)
+    with pytest.raises(db.StoreError, match="directory .* does not exist"):
+        db.migrate(missing)
+    assert not (tmp_path / "no").exists()
+    if store_url.startswith("sqlite"):
+        db.sqlite_path(store_url).write_bytes(b"")          # an empty file: no ledger in it
+    with pytest.raises(db.StoreError, match="the database is empty.*admin migrate"):
+        db.open_store(store_url)
+    if store_url.startswith("sqlite"):
+        assert db.sqlite_path(store_url).stat().st_size == 0    # read, not written
+    assert db.migrate(store_url, "0002") == "0002"
+    with pytest.raises(db.StoreError, match=f"at schema revision 0002, this edgemeter needs {_head()}"):
+        db.open_store(store_url)
+    engine = db.make_engine(store_url)
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == "0002"
+    engine.dispose()
+    assert db.migrate(store_url) == _head()
+    db.open_store(store_url).dispose()
+
+
 def _minimal_device(conn, now=1_800_000_000):
     acc = conn.execute(insert(S.accounts).values(name="acme", created_at=now)).inserted_primary_key[0]
     ws = conn.execute(insert(S.workspaces).values(account_id=acc, name="w", billing="postpaid",
