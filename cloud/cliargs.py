@@ -160,6 +160,17 @@ def broker_url(text: str) -> str:
 broker_url.__name__ = "broker URL"
 
 
+def in_file(text: str) -> str:
+    """An argparse type: a file that exists and can be read now."""
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: "
+                                         + ("no such file" if not os.path.exists(text) else "not a readable file"))
+    return text
+
+
+in_file.__name__ = "input file"
+
+
 def out_file(text: str) -> str:
     """An argparse type: a file to write later, in a directory that exists now (so a long run
     does not end by failing to save its result)."""
@@ -219,9 +230,11 @@ def iso_time(text: str) -> str:
     from firmware_py import civil
 
     try:
-        civil.parse_iso(text)
+        t = civil.parse_iso(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e} (expected YYYY-MM-DD[THH:MM[:SS]][+HH:MM])") from None
+    if t < 0:
+        raise argparse.ArgumentTypeError(f"a time from 1970-01-01T00:00Z on, got {text!r}")
     return text
 
 

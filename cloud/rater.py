@@ -361,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--client-id", default=f"rater-{socket.gethostname()}", help="stable MQTT client id")
     ap.add_argument("--username", default=os.environ.get("EDGEMETER_MQTT_USER"))
     ap.add_argument("--password", default=os.environ.get("EDGEMETER_MQTT_PASSWORD"))
-    ap.add_argument("--ca-file", help="CA certificate for mqtts://")
+    ap.add_argument("--ca-file", type=cliargs.in_file, help="CA certificate for mqtts://")
     ap.add_argument("--group", type=cliargs.int_in(1, 100_000, "a message count"), default=500,
                     help="most messages per transaction (1 .. 100,000)")
     ap.add_argument("--housekeeping", type=cliargs.float_in(0, 86400, "a number of seconds", lo_open=True),

@@ -27,8 +27,8 @@ EDGEMETER = str(Path(sys.executable).with_name("edgemeter"))
 BIG = "9223372036854775808"          # 2**63: one past the int64 store's largest id
 
 # (argv, exit status, phrase in stderr, options: absent=[paths that must not exist after], lines=N)
-# Placeholders: {db} a migrated ledger with account 1, postpaid workspace 1 and License workspace
-# 2; {tmp} a scratch directory; {broker} a running Mosquitto; {busy} a port already listening.
+# Placeholders: {db} a migrated ledger with account 1, postpaid workspace 1, License workspace 2
+# and its purchase 1 of 100 licences; {tmp} a scratch directory; {broker} a running Mosquitto; {busy} a port already listening.
 CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["nope"], 2, "unknown command 'nope'", {}),
     # quote / estimate: flags and the rating rules
@@ -59,6 +59,8 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["rater", "--broker", "mqtt://127.0.0.1:1", "--db", "{db}"], 1,
      "cannot connect to the broker at mqtt://127.0.0.1:1", {}),
     (["rater", "--broker", "{broker}", "--db", "{db}", "--group", "0"], 2, "--group", {}),
+    (["rater", "--broker", "mqtts://127.0.0.1:8883", "--db", "{db}", "--ca-file", "{tmp}/ca.pem"], 2,
+     "cannot read {tmp}/ca.pem: no such file", {}),
     (["rater", "--broker", "{broker}", "--db", "{db}", "--metrics-port", "70000"], 2, "--metrics-port", {}),
     (["rater", "--broker", "{broker}", "--db", "{db}", "--housekeeping", "-1"], 2, "--housekeeping", {}),
     # dashboard
@@ -104,7 +106,11 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
      "no workspace 99", {}),
     (["admin", "activate", "--db", "{db}", "--purchase", "99"], 2, "no licence purchase 99", {}),
     (["admin", "activate", "--db", "{db}", "--purchase", "1", "--count", "0"], 2, "--count", {}),
+    (["admin", "activate", "--db", "{db}", "--purchase", "1", "--device", "99"], 2, "no device 99 in workspace 2", {}),
+    (["admin", "activate", "--db", "{db}", "--purchase", "1", "--count", "101"], 2, "100 of 100 left to activate", {}),
     (["admin", "create-account", "--db", "{db}", "--name", "x", "--at", "2026-99-01"], 2, "not an ISO date/time", {}),
+    (["admin", "create-account", "--db", "{db}", "--name", "x", "--at", "1969-12-31"], 2, "from 1970-01-01", {}),
+    (["admin", "create-account", "--db", "{db}", "--name", ""], 2, "an account name is 1..200 characters", {}),
     (["admin", "create-workspace", "--db", "{db}", "--account", "99", "--name", "w", "--billing", "postpaid"], 2,
      "no account 99", {}),
     (["admin", "create-workspace", "--db", "{db}", "--account", "1", "--name", "w", "--billing", "license",
@@ -173,6 +179,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any) -> dict[in
     _admin(db, "create-account", "--name", "acme")
     _admin(db, "create-workspace", "--account", "1", "--name", "pp", "--billing", "postpaid")
     _admin(db, "create-workspace", "--account", "1", "--name", "lic", "--billing", "license")
+    _admin(db, "buy-license", "--workspace", "2", "--tier", "basic", "--devices", "100")
     (tmp / "empty.db").write_bytes(b"")
     (tmp / "junk.db").write_text("not a database\n" * 100)
     (tmp / "rater").mkdir()
