@@ -149,6 +149,7 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["demo", "--port", "70000"], 2, "from 0 to 65,535", {}),
     (["demo", "--devices", "1"], 2, "a device count must be from 2", {}),
     (["demo", "--rate", "0"], 2, "must be above 0", {}),
+    (["demo", "--faults", "nope"], 2, "unknown faults ['nope']", {}),
     (["bench", "--only", "nope"], 2, "unknown modules ['nope']", {}),
     (["bench", "--json", "{tmp}/bench/x.json"], 2, "directory {tmp}/bench does not exist", {}),
     (["build-firmware", "--out", "/proc/x"], 1, "/proc/x: No such file or directory", {}),

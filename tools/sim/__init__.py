@@ -49,8 +49,20 @@ def _parse_size(text: str) -> str:
     return t
 
 
+def faults_arg(text: str) -> str:
+    """An argparse type: a comma list of FAULTS, or `all`."""
+    bad = {f.strip() for f in text.split(",") if f.strip()} - set(FAULTS) if text.strip() != "all" else set()
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown faults {sorted(bad)}; known: {', '.join(FAULTS)}, or all")
+    return text
+
+
+faults_arg.__name__ = "fault list"
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = cliargs.Parser(prog="edgemeter sim", description=__doc__.split("\n")[0], types=cliargs.SIM_TYPES)
+    ap = cliargs.Parser(prog="edgemeter sim", description=__doc__.split("\n")[0],
+                        types={**cliargs.SIM_TYPES, "faults": faults_arg})
     ap.add_argument("--devices", type=int, default=50, help="simulated meter devices in this process")
     ap.add_argument("--rounds", type=int, default=5000, help="rounds to serve in total (all devices)")
     ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
