@@ -4,9 +4,10 @@ Every `edgemeter` subcommand parses with `Parser` and types its flags with the c
 that a bad argument is one line naming the flag, the value and what is allowed, with exit
 status 2, before anything reaches the store or the network:
 
-    edgemeter admin top-up: argument --cny: at most CNY 1000000000 per operation, got '9999999999999' (...)
+    edgemeter admin top-up: argument --cny: a CNY amount must be from 0.000001 to 1,000,000,000,
+    got '9999999999999' (`edgemeter admin top-up --help` lists the arguments)        [one line]
 
-Bounds (cloud/README.md, "Limits"; the --help text of each flag shows its own). The store keeps
+Bounds (the table in cloud/README.md, Admin; the --help text of each flag shows its range). The store keeps
 money as integer µCNY and every id, count and unit in 64-bit signed integers (PostgreSQL
 BIGINT, SQLite INTEGER); each bound leaves room for many times its value in one sum:
   B1. Ids (accounts, workspaces, devices, purchases, tokens): 1 .. 2**63 - 1.
@@ -50,9 +51,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`PROG: MESSAGE (PROG --help ...)`, exit 2).
 
     types: {dest: argparse type}, one table per command: every flag added later (sub-parsers
-    included) whose dest is in it, and that has no choices and no type other than int, gets that
-    type (replacing a plain int or float) and the type's range in its help ("(1 .. 10,000,000)"), so a subcommand added later is
-    bounded like the others without repeating the check."""
+    included) whose dest is in it, has no choices and no type or a plain int or float, gets
+    that type and the type's range in its help ("(1 .. 10,000,000)"), so that a subcommand
+    added later is bounded like the others without repeating the check."""
 
     def __init__(self, *args: Any, types: dict[str, Callable[[str], Any]] | None = None, **kw: Any) -> None:
         self.types = dict(types or {})   # before super(): argparse adds --help in __init__
@@ -86,7 +87,8 @@ def int_in(lo: int, hi: int, what: str = "an integer") -> Callable[[str], int]:
         try:
             v = int(text.strip().replace("_", ""), 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} from {_group(lo)} to {_group(hi)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what} from {_group(lo)} to {_group(hi)}, "
+                                             f"got {text!r}") from None
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"{what} must be from {_group(lo)} to {_group(hi)}, got {text!r}")
         return v
@@ -199,22 +201,6 @@ def db_url(text: str) -> str:
 db_url.__name__ = "database URL"
 
 
-def fail(cmd: str, exc: BaseException) -> int:
-    """Print `edgemeter CMD: what went wrong` for an exception and return its exit status."""
-    if os.environ.get("EDGEMETER_DEBUG"):
-        raise exc
-    if isinstance(exc, KeyboardInterrupt):
-        print(f"edgemeter {cmd}: interrupted", file=sys.stderr)
-        return 130
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        text = f"{exc.filename}: {exc.strerror}"
-    if not isinstance(exc, (ValueError, OSError, RuntimeError)):
-        text = f"unexpected {type(exc).__name__}: {text} (EDGEMETER_DEBUG=1 shows where)"
-    print(f"edgemeter {cmd}: {text}", file=sys.stderr)
-    return 2 if isinstance(exc, ValueError) else 1
-
-
 def cny_text(text: str) -> str:
     """An argparse type: `cny` checked (B2), the text kept for the command to convert."""
     cny(text)
@@ -251,3 +237,19 @@ SIM_TYPES: dict[str, Callable[[str], Any]] = {
     "lease_validity": int_in(1, MAX_VALIDITY_S, "a validity in seconds"),
     "drain_timeout": float_in(0, 86400, "a number of seconds", lo_open=True),
     "port": listen_port, "db": db_url, "broker": broker_url, "report": out_file}
+
+
+def fail(cmd: str, exc: BaseException) -> int:
+    """Print `edgemeter CMD: what went wrong` for an exception and return its exit status."""
+    if os.environ.get("EDGEMETER_DEBUG"):
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"edgemeter {cmd}: interrupted", file=sys.stderr)
+        return 130
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    if not isinstance(exc, (ValueError, OSError, RuntimeError)):
+        text = f"unexpected {type(exc).__name__}: {text} (EDGEMETER_DEBUG=1 shows where)"
+    print(f"edgemeter {cmd}: {text}", file=sys.stderr)
+    return 2 if isinstance(exc, ValueError) else 1

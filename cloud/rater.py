@@ -379,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         return cliargs.fail("rater", e)
     try:
         rater.connect()
-    except (OSError, ValueError) as e:
+    except OSError as e:
         rater.engine.dispose()
-        print(f"edgemeter rater: cannot connect to the broker at {db.redact(args.broker)}: {e.strerror or e}"
-              if isinstance(e, OSError) else f"edgemeter rater: {e}", file=sys.stderr)
+        print(f"edgemeter rater: cannot connect to the broker at {db.redact(args.broker)}: {e.strerror or e}",
+              file=sys.stderr)
         return 1
     if args.metrics_port:
         try:
@@ -395,6 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     signal.signal(signal.SIGTERM, rater.stop)
     signal.signal(signal.SIGINT, rater.stop)
-    log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db), "pid": os.getpid(),
-                                           "metrics_port": args.metrics_port}})
+    log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
+                                           "pid": os.getpid(), "metrics_port": args.metrics_port}})
     return rater.run()

@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         result = getattr(mod, func_name)(rest)
-    except Exception as exc:  # noqa: BLE001 - the one edge that turns any escape into a line
-        from edgemeter.cloud import cliargs
-        return cliargs.fail(name, exc)
-    except KeyboardInterrupt as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one edge that turns any escape into a line
         from edgemeter.cloud import cliargs
         return cliargs.fail(name, exc)
     return int(result or 0)
