@@ -9,7 +9,7 @@ cloud.db rule 3), does its work in one transaction and prints a readable result,
 --at YYYY-MM-DD[THH:MM[:SS]][+HH:MM] (billing calendar UTC+8 when no offset) sets them, for
 back-dated entries and tests. Money is given in CNY as a decimal (`--cny 100`, `--cny 0.05`)
 and converted exactly to integer µCNY. Ids, counts, amounts and lease terms are bounded before
-anything reaches the store (TYPES below; the bounds are cloud.cliargs B1-B4, each flag's --help
+anything reaches the store (TYPES below; the bounds are cloud.cliargs B1-B5, each flag's --help
 shows its range).
 
 Exit status: 0 done; 1 a business refusal (activation window closed, rebuild --check found
@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import func, select
-
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 
 from edgemeter.cloud import accounts, cliargs, db, devices, invoices, ledger, pools, rebuild
 from edgemeter.cloud import schema as S
@@ -261,7 +260,8 @@ TYPES = {"db": cliargs.db_url, "at": cliargs.iso_time, "cny": cliargs.cny_text,
          "grant": cliargs.units, "max": cliargs.units, "offline_units": cliargs.units, "low": cliargs.units,
          "validity": cliargs.int_in(1, cliargs.MAX_VALIDITY_S, "a validity in seconds"),
          "renew_pct": cliargs.int_in(0, 100, "a percentage"), "limit": cliargs.int_in(1, 10_000, "a row count"),
-         "csv": cliargs.out_file}
+         "csv": cliargs.out_file, "name": cliargs.text_in(1, 200, "a name"),
+         "ref": cliargs.text_in(0, 128, "a payment reference")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -331,7 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("create-token", cmd_create_token, "create an HTTP API token (printed once; only its hash is kept)")
     p.add_argument("--role", choices=("operator", "tenant"), required=True)
     p.add_argument("--account", type=int, help="the one account a tenant token sees")
-    p.add_argument("--name", help="a note: who or what uses the token")
+    p.add_argument("--name", type=cliargs.text_in(0, 64, "a note"),
+                   help="a note: who or what uses the token (at most 64 characters)")
     p = add("revoke-token", cmd_revoke_token, "revoke an HTTP API token by id")
     p.add_argument("--id", type=int, required=True)
     return ap
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as e:
         print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
         return 1
+    except DataError as e:     # a value the store's column refuses: a caller mistake
+        print(f"edgemeter admin {args.cmd}: the store refused a value: {db.reason(e)}", file=sys.stderr)
+        return 2
     except DBAPIError as e:
         print(f"edgemeter admin {args.cmd}: the store at {db.redact(args.db)} failed: {db.reason(e)}", file=sys.stderr)
         return 1

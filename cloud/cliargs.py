@@ -18,8 +18,11 @@ BIGINT, SQLite INTEGER); each bound leaves room for many times its value in one 
       costs CNY 100,000,000 and adds 10**14 pool units).
   B4. Lease terms in pool units (grant, max, offline allowance, low): 0 .. 10**15; validity
       1 s .. 366 days; renew at 0 .. 100 %.
-  B5. TCP ports 0 .. 65535 where 0 means any free port (listening), 1 .. 65535 where we connect.
-  B6. The simulator and the demo (SIM_TYPES): 2 .. 100,000 devices, 1 .. 1,000,000,000 rounds,
+  B5. Names: 1 .. 200 characters (accounts, workspaces), token notes at most 64, payment
+      references at most 128: the widths of their columns, which PostgreSQL enforces and SQLite
+      does not.
+  B6. TCP ports 0 .. 65535 where 0 means any free port (listening), 1 .. 65535 where we connect.
+  B7. The simulator and the demo (SIM_TYPES): 2 .. 100,000 devices, 1 .. 1,000,000,000 rounds,
       1 .. 32 raters, 0 .. 64 MicroPython processes, a duration of at most 10**9 s and a rate
       of at most 1,000 rounds/s per device.
 
@@ -82,7 +85,7 @@ def _group(n: int) -> str:
 
 
 def int_in(lo: int, hi: int, what: str = "an integer") -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi] (B1-B5)."""
+    """An argparse type: an integer in [lo, hi] (B1-B4, B6, B7)."""
     def parse(text: str) -> int:
         try:
             v = int(text.strip().replace("_", ""), 10)
@@ -111,6 +114,17 @@ def float_in(lo: float, hi: float, what: str = "a number", lo_open: bool = False
         return v
     parse.__name__ = what
     parse.range = bounds   # type: ignore[attr-defined]
+    return parse
+
+
+def text_in(lo: int, hi: int, what: str = "a text") -> Callable[[str], str]:
+    """An argparse type: a text of lo..hi characters (the store's column width)."""
+    def parse(text: str) -> str:
+        if not lo <= len(text) <= hi:
+            raise argparse.ArgumentTypeError(f"{what} is {lo} to {hi} characters, got {len(text)}")
+        return text
+    parse.__name__ = what
+    parse.range = f"{lo} .. {hi} characters"   # type: ignore[attr-defined]
     return parse
 
 
@@ -227,7 +241,7 @@ def iso_time(text: str) -> str:
 iso_time.__name__ = "time"
 
 
-# B6: the flags `edgemeter sim` and `edgemeter demo` share, by dest.
+# B7: the flags `edgemeter sim` and `edgemeter demo` share, by dest.
 SIM_TYPES: dict[str, Callable[[str], Any]] = {
     "devices": int_in(2, 100_000, "a device count"), "rounds": int_in(1, 10**9, "a round count"),
     "duration": float_in(0, 1e9, "a duration in seconds", lo_open=True),
