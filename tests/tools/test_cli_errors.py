@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from edgemeter.cloud import db as db_mod
 from edgemeter.tools import cli, pgcheck
 
 EDGEMETER = str(Path(sys.executable).with_name("edgemeter"))
@@ -54,6 +55,7 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["rater", "--broker", "{broker}", "--db", "sqlite:///{tmp}/rater/ledger.db"], 1,
      "no ledger at sqlite:///{tmp}/rater/ledger.db", {"absent": ["{tmp}/rater/ledger.db"]}),
     (["rater", "--broker", "{broker}", "--db", "sqlite:///{tmp}/empty.db"], 1, "the database is empty", {}),
+    (["rater", "--broker", "{broker}", "--db", "sqlite:///{tmp}/old.db"], 1, "is at schema revision 0002", {}),
     (["rater", "--broker", "{broker}", "--db", "postgresql://127.0.0.1:1/nope"], 1,
      "cannot open the ledger at postgresql://127.0.0.1:1/nope", {}),
     (["rater", "--broker", "mqtt://127.0.0.1:1", "--db", "{db}"], 1,
@@ -85,6 +87,8 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["admin", "show", "--db", "mysql://x/y"], 2, "unsupported database URL scheme 'mysql'", {}),
     (["admin", "show", "--db", "ledger.db"], 2, "not a database URL", {}),
     (["admin", "show", "--db", "sqlite:///{tmp}/junk.db"], 1, "file is not a database", {}),
+    (["dashboard", "--db", "sqlite:///{tmp}/old.db", "--port", "0"], 1,
+     "run `edgemeter admin migrate --db sqlite:///{tmp}/old.db`", {}),
     (["admin", "nope", "--db", "{db}"], 2, "invalid choice: 'nope'", {}),
     # admin: amounts, counts, ids and times, bounded before the store
     (["admin", "top-up", "--db", "{db}", "--account", "1", "--cny", "9999999999999"], 2,
@@ -177,7 +181,7 @@ def _admin(db: str, *argv: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any) -> dict[int, Any]:
+def results(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any) -> dict[str, Any]:
     """Every case of the table, run four at a time (each is a process of its own)."""
     tmp = tmp_path_factory.mktemp("cli-errors")
     db = f"sqlite:///{tmp / 'ledger.db'}"
@@ -187,6 +191,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any) -> dict[in
     _admin(db, "create-workspace", "--account", "1", "--name", "lic", "--billing", "license")
     _admin(db, "buy-license", "--workspace", "2", "--tier", "basic", "--devices", "100")
     (tmp / "empty.db").write_bytes(b"")
+    db_mod.migrate(f"sqlite:///{tmp / 'old.db'}", "0002")     # a store an older edgemeter made
     (tmp / "junk.db").write_text("not a database\n" * 100)
     (tmp / "rater").mkdir()
     (tmp / "agent.json").write_text('{"mqtt": {"url": "mqtt://127.0.0.1:70000"}}')
