@@ -56,10 +56,10 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
      "no ledger at sqlite:///{tmp}/rater/ledger.db", {"absent": ["{tmp}/rater/ledger.db"]}),
     (["rater", "--broker", "{broker}", "--db", "sqlite:///{tmp}/empty.db"], 1, "the database is empty", {}),
     (["rater", "--broker", "{broker}", "--db", "sqlite:///{tmp}/old.db"], 1, "is at schema revision 0002", {}),
-    (["rater", "--broker", "{broker}", "--db", "postgresql://127.0.0.1:1/nope"], 1,
-     "cannot open the ledger at postgresql://127.0.0.1:1/nope", {}),
-    (["rater", "--broker", "mqtt://127.0.0.1:1", "--db", "{db}"], 1,
-     "cannot connect to the broker at mqtt://127.0.0.1:1", {}),
+    (["rater", "--broker", "{broker}", "--db", "postgresql://127.0.0.1:{closed}/nope"], 1,
+     "cannot open the ledger at postgresql://127.0.0.1:{closed}/nope", {}),
+    (["rater", "--broker", "mqtt://127.0.0.1:{closed}", "--db", "{db}"], 1,
+     "cannot connect to the broker at mqtt://127.0.0.1:{closed}", {}),
     (["rater", "--broker", "{broker}", "--db", "{db}", "--group", "0"], 2, "--group", {}),
     (["rater", "--broker", "mqtts://127.0.0.1:8883", "--db", "{db}", "--ca-file", "{tmp}/ca.pem"], 2,
      "cannot read {tmp}/ca.pem: no such file", {}),
@@ -80,9 +80,9 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["admin", "migrate", "--db", "sqlite:////proc/x.db"], 1, "cannot migrate the ledger at sqlite:////proc/x.db", {}),
     (["admin", "migrate", "--db", "sqlite:///{tmp}/mig/x.db"], 1, "directory {tmp}/mig does not exist",
      {"absent": ["{tmp}/mig"]}),
-    (["admin", "show", "--db", "postgresql://127.0.0.1:1/nope"], 1,
-     "cannot open the ledger at postgresql://127.0.0.1:1/nope: connection failed", {}),
-    (["admin", "show", "--db", "postgresql://u:secret@127.0.0.1:1/x"], 1, "postgresql://u:***@127.0.0.1:1/x", {}),
+    (["admin", "show", "--db", "postgresql://127.0.0.1:{closed}/nope"], 1,
+     "cannot open the ledger at postgresql://127.0.0.1:{closed}/nope: connection failed", {}),
+    (["admin", "show", "--db", "postgresql://u:secret@127.0.0.1:{closed}/x"], 1, "postgresql://u:***@127.0.0.1:{closed}/x", {}),
     (["admin", "show", "--db", "postgresql://[::1"], 2, "malformed database URL", {}),
     (["admin", "show", "--db", "mysql://x/y"], 2, "unsupported database URL scheme 'mysql'", {}),
     (["admin", "show", "--db", "ledger.db"], 2, "not a database URL", {}),
@@ -171,8 +171,11 @@ def _fill(value: str, env: dict[str, str]) -> str:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("EDGEMETER_DB", "EDGEMETER_DEBUG")}
-    return subprocess.run([EDGEMETER, *argv], capture_output=True, text=True, timeout=120, env=env,
-                          stdin=subprocess.DEVNULL)
+    try:
+        return subprocess.run([EDGEMETER, *argv], capture_output=True, text=True, timeout=120, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:   # this case fails on its own; the others still run
+        return subprocess.CompletedProcess(argv, None, str(e.stdout or ""), f"timed out after 120 s: {e.stderr!r}")
 
 
 def _admin(db: str, *argv: str) -> None:
@@ -195,11 +198,14 @@ def results(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any) -> dict[st
     (tmp / "junk.db").write_text("not a database\n" * 100)
     (tmp / "rater").mkdir()
     (tmp / "agent.json").write_text('{"mqtt": {"url": "mqtt://127.0.0.1:70000"}}')
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     env = {"db": db, "tmp": str(tmp), "broker": f"mqtt://127.0.0.1:{mosquitto.port}",
-           "busy": str(busy.getsockname()[1])}
+           "busy": str(busy.getsockname()[1]), "closed": str(closed)}
     try:
         with ThreadPoolExecutor(4) as pool:
             procs = list(pool.map(lambda c: _run([_fill(a, env) for a in c[0]]), CASES))
