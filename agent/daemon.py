@@ -22,7 +22,6 @@ journal directory or the socket cannot be set up.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -31,12 +30,13 @@ import time
 from typing import Any
 
 from edgemeter.agent import config as C
+from edgemeter.cloud import cliargs   # the command line's one-line errors (stdlib only)
 
 log = logging.getLogger("edgemeter.agent")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgemeter agent", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter agent", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, metavar="FILE", help="site file (TOML or .json)")
     ap.add_argument("--check", action="store_true", help="validate the configuration and exit")
     try:

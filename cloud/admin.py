@@ -2,40 +2,38 @@
 
     edgemeter admin SUBCOMMAND --db URL [options]      (EDGEMETER_DB stands in for --db)
 
-Every subcommand opens the store (migrating it to the newest schema first), does its work in
-one transaction and prints a readable result, or JSON with --json. Times default to now;
+`admin migrate` creates the store or upgrades it to the newest schema; every other subcommand
+opens an existing store at that schema (refusing a missing or older one, writing nothing:
+cloud.db rule 3), does its work in one transaction and prints a readable result, or JSON with
+--json. Times default to now;
 --at YYYY-MM-DD[THH:MM[:SS]][+HH:MM] (billing calendar UTC+8 when no offset) sets them, for
 back-dated entries and tests. Money is given in CNY as a decimal (`--cny 100`, `--cny 0.05`)
-and converted exactly to integer µCNY.
+and converted exactly to integer µCNY. Ids, counts, amounts and lease terms are bounded before
+anything reaches the store (TYPES below; the bounds are cloud.cliargs B1-B5, each flag's --help
+shows its range).
 
 Exit status: 0 done; 1 a business refusal (activation window closed, rebuild --check found
-differences); 2 a caller mistake (unknown id, bad argument; the message says which).
+differences) or a failed operation (the store missing, unreachable or refusing, a file that
+cannot be written); 2 a caller mistake (unknown id, bad argument; the message says which).
+Every failure is one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError, DBAPIError
 
-from edgemeter.cloud import accounts, db, devices, invoices, ledger, pools, rebuild
+from edgemeter.cloud import accounts, cliargs, db, devices, invoices, ledger, pools, rebuild
 from edgemeter.cloud import schema as S
+from edgemeter.cloud.cliargs import parse_cny
 from firmware_py import billing, civil
 from firmware_py import pool as PL
-
-
-def parse_cny(text: str) -> int:
-    """Exact µCNY of a decimal CNY amount ('100', '0.05', '12.345678'); ValueError otherwise."""
-    m = re.fullmatch(r"([+-]?)(\d+)(?:\.(\d{1,6}))?", text.strip())
-    if not m:
-        raise ValueError(f"not a CNY amount with at most 6 decimals: {text!r}")
-    v = int(m.group(2)) * 1_000_000 + int((m.group(3) or "").ljust(6, "0"))
-    return -v if m.group(1) == "-" else v
 
 
 def cny(ucny: int) -> str:
@@ -255,8 +253,19 @@ def _text(name: str, out: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ parser
+# Every flag of every subcommand named here is checked by its type before the store is opened.
+TYPES = {"db": cliargs.db_url, "at": cliargs.iso_time, "cny": cliargs.cny_text,
+         "account": cliargs.ident, "workspace": cliargs.ident, "device": cliargs.ident, "purchase": cliargs.ident,
+         "id": cliargs.ident, "devices": cliargs.licences, "count": cliargs.licences,
+         "grant": cliargs.units, "max": cliargs.units, "offline_units": cliargs.units, "low": cliargs.units,
+         "validity": cliargs.int_in(1, cliargs.MAX_VALIDITY_S, "a validity in seconds"),
+         "renew_pct": cliargs.int_in(0, 100, "a percentage"), "limit": cliargs.int_in(1, 10_000, "a row count"),
+         "csv": cliargs.out_file, "name": cliargs.text_in(1, 200, "a name"),
+         "ref": cliargs.text_in(0, 128, "a payment reference")}
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgemeter admin", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter admin", description=__doc__.split("\n")[0], types=TYPES)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
 
     def add(name: str, fn: Callable, help_: str, at: bool = True) -> argparse.ArgumentParser:
@@ -322,7 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("create-token", cmd_create_token, "create an HTTP API token (printed once; only its hash is kept)")
     p.add_argument("--role", choices=("operator", "tenant"), required=True)
     p.add_argument("--account", type=int, help="the one account a tenant token sees")
-    p.add_argument("--name", help="a note: who or what uses the token")
+    p.add_argument("--name", type=cliargs.text_in(0, 64, "a note"),
+                   help="a note: who or what uses the token (at most 64 characters)")
     p = add("revoke-token", cmd_revoke_token, "revoke an HTTP API token by id")
     p.add_argument("--id", type=int, required=True)
     return ap
@@ -330,29 +340,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    now = _when(args) if hasattr(args, "at") else int(time.time())
     try:
-        engine = db.open_store(args.db)
-    except db.StoreURLError as e:
-        print(f"edgemeter admin: {e}", file=sys.stderr)
+        return _run(args)
+    except Refused as e:
+        print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except DataError as e:     # a value the store's column refuses: a caller mistake
+        print(f"edgemeter admin {args.cmd}: the store refused a value: {db.reason(e)}", file=sys.stderr)
         return 2
-    status = 0
+    except DBAPIError as e:
+        print(f"edgemeter admin {args.cmd}: the store at {db.redact(args.db)} failed: {db.reason(e)}", file=sys.stderr)
+        return 1
+    except (ValueError, billing.BillingError, db.StoreError, OSError) as e:   # StoreURLError is a ValueError
+        return cliargs.fail(f"admin {args.cmd}", e)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """One subcommand in one transaction; only `migrate` may create the store (cloud.db rule 3)."""
+    now = _when(args) if hasattr(args, "at") else int(time.time())
+    engine = db.open_store(args.db, create=args.cmd == "migrate")
     try:
         with db.write_connect(engine) as conn:
             with conn.begin():
                 out = args.fn(conn, args, now)
-        if out.get("refused"):
-            status = 1
-    except Refused as e:
-        print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, billing.BillingError) as e:
-        print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
-        return 2
     finally:
         engine.dispose()
     if args.json:
         print(json.dumps(out, indent=1, sort_keys=True, default=str))
     else:
         print(_text(args.cmd, out))
-    return status
+    return 1 if out.get("refused") else 0

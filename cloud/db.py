@@ -11,10 +11,21 @@ Rules:
     a writer takes SQLite's write lock when it starts, so two writers never deadlock on a lock
     upgrade and the busy timeout applies.
  2. Foreign keys are enforced on SQLite (PRAGMA foreign_keys=ON).
- 3. `migrate()` brings any store to the newest schema with Alembic (cloud/migrations); the rater
-    and the admin command call it at start (`open_store`), so a store is never used half-built.
+ 3. Only `migrate()` creates or upgrades a store (Alembic, cloud/migrations): `edgemeter admin
+    migrate`, or a caller passing `open_store(url, create=True)` explicitly (the simulator, the
+    benchmarks, tests). Every other command opens with `open_store(url)`, which refuses a
+    missing SQLite file, an unreachable server, an empty database or one at another schema
+    revision, and writes nothing: a mistyped path never quietly becomes a new ledger, and a
+    store is never used half-built.
+ 4. `migrate()` creates a SQLite file but not its directory: a path into a folder that does
+    not exist is a mistake to report, not a tree to create.
 
-Errors: `StoreURLError(ValueError)` for a URL we cannot serve.
+Errors (one line each, naming the URL with its password hidden):
+    ValueError
+     +-- StoreURLError     the URL is malformed or names a back end we do not serve (usage)
+    RuntimeError
+     +-- StoreError        the store cannot be used: unreachable, missing, not migrated,
+                           refusing the connection or the write (a failed operation)
 """
 from __future__ import annotations
 
@@ -22,14 +33,39 @@ import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class StoreURLError(ValueError):
-    """The database URL names a back end or driver this store does not support."""
+    """The database URL is malformed or names a back end or driver this store does not support."""
+
+
+class StoreError(RuntimeError):
+    """The store at a URL cannot be used (rule 3); the message is one line naming the URL."""
+
+
+def redact(url: str) -> str:
+    """`url` with its password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    cred, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in cred:
+        return url
+    return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of a driver error (SQLAlchemy wraps it; psycopg adds hint lines)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0].strip() if text else type(orig).__name__
+
+
+def _missing_hint(url: str) -> str:
+    return f"run `edgemeter admin migrate --db {redact(url)}` to create it"
 
 
 def normalize_url(url: str) -> str:
@@ -48,12 +84,28 @@ def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other back ends and in-memory stores)."""
+    sa_url = _parse(url)
+    if sa_url.get_backend_name() != "sqlite" or not sa_url.database or sa_url.database == ":memory:":
+        return None
+    return Path(sa_url.database)
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(normalize_url(url))
+    except (ArgumentError, ValueError) as e:
+        if isinstance(e, StoreURLError):
+            raise
+        raise StoreURLError(f"malformed database URL {redact(url)!r}: {e}") from None
+
+
 def make_engine(url: str, **kw) -> Engine:
-    """An Engine for `url` with the store's connection settings (see the module rules)."""
-    sa_url = make_url(normalize_url(url))
+    """An Engine for `url` with the store's connection settings (see the module rules). Nothing
+    is opened or created until the engine connects."""
+    sa_url = _parse(url)
     if sa_url.get_backend_name() == "sqlite":
-        if sa_url.database and sa_url.database != ":memory:":
-            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(sa_url, **kw)
         _sqlite_settings(engine)
         return engine
@@ -85,31 +137,110 @@ def write_connect(engine: Engine) -> Connection:
     return engine.connect().execution_options(em_write=True)
 
 
-def migrate(engine_or_url: Engine | str, revision: str = "head") -> str:
-    """Upgrade the store to `revision` with Alembic; returns the revision now current."""
-    from alembic import command
+def _alembic_config():  # type: ignore[no-untyped-def]
     from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
 
-    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with write_connect(engine) as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    if isinstance(engine_or_url, str):
-        engine.dispose()
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of edgemeter knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The store's schema revision (None: an empty database, never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine_or_url: Engine | str, revision: str = "head") -> str:
+    """Create or upgrade the store to `revision` with Alembic (rules 3, 4); returns the revision
+    now current. StoreError when the store cannot be reached or written."""
+    from alembic import command
+
+    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    url = redact(engine_or_url) if isinstance(engine_or_url, str) else engine.url.render_as_string(hide_password=True)
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise StoreError(f"cannot create the ledger {path}: directory {path.parent} does not exist")
+    cfg = _alembic_config()
+    try:
+        with write_connect(engine) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+        with engine.connect() as conn:
+            current = current_revision(conn)
+    except DBAPIError as e:
+        raise StoreError(f"cannot migrate the ledger at {url}: {reason(e)}") from None
+    finally:
+        if isinstance(engine_or_url, str):
+            engine.dispose()
     return current or ""
 
 
-def open_store(url: str, **kw) -> Engine:
-    """An engine for `url`, migrated to the newest schema (rule 3)."""
+def open_store(url: str, create: bool = False, **kw) -> Engine:
+    """An engine for the store at `url`, at the newest schema (rule 3). create=True migrates it
+    first (creating it if need be); otherwise a missing, empty or older store is refused with
+    StoreError and nothing is written (SQLite is checked over a read-only connection, before
+    the engine's own connections set the journal mode)."""
+    if create:
+        migrate(url)
+        return make_engine(url, **kw)
+    path = sqlite_path(url)
+    if path is not None:
+        _check_revision(_sqlite_revision(path, url), url)
+        return make_engine(url, **kw)
     engine = make_engine(url, **kw)
-    migrate(engine)
+    try:
+        with engine.connect() as conn:
+            rev = current_revision(conn)
+        _check_revision(rev, url)
+    except DBAPIError as e:
+        engine.dispose()
+        raise StoreError(f"cannot open the ledger at {redact(url)}: {reason(e)}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
+
+
+def _sqlite_revision(path: Path, url: str) -> str | None:
+    """The schema revision of a SQLite file, read without creating or writing it."""
+    import sqlite3
+
+    if not path.is_file():
+        where = "no such file" if path.parent.is_dir() else f"directory {path.parent} does not exist"
+        raise StoreError(f"no ledger at {redact(url)} ({where}); {_missing_hint(url)}")
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the ledger at {redact(url)}: {e}") from None
+    try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
+            return None
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the ledger at {redact(url)}: {e}") from None
+    finally:
+        con.close()
+
+
+def _check_revision(rev: str | None, url: str) -> None:
+    """StoreError unless `rev` is the newest revision (rule 3)."""
+    head = head_revision()
+    if rev is None:
+        raise StoreError(f"no ledger at {redact(url)} (the database is empty); {_missing_hint(url)}")
+    if rev != head:
+        raise StoreError(f"the ledger at {redact(url)} is at schema revision {rev}, this edgemeter needs {head}; "
+                         f"run `edgemeter admin migrate --db {redact(url)}`")
 
 
 def default_url() -> str | None:

@@ -171,6 +171,9 @@ def activate(conn: Connection, book: dict, purchase_id: int, count: int, now: in
              device_id: int | None = None) -> tuple[int | None, str | None]:
     """Rule S4: (activation id, None), or (None, reason) when the core refuses (window-closed...)."""
     p, order = _order(conn, purchase_id)
+    if device_id is not None and conn.execute(select(S.devices.c.workspace_id).where(
+            S.devices.c.id == device_id)).scalar() != p["workspace_id"]:
+        raise PoolError(f"no device {device_id} in workspace {p['workspace_id']} of purchase {purchase_id}")
     expire_due(conn, book, p["workspace_id"], now)
     _, grant, reason = billing.activate(book, order, count, now)
     if reason is not None:

@@ -37,7 +37,12 @@ Rules:
      chunks, parsing property-less PUBLISHes without building paho's Properties tables and
      writing a group's PUBACKs at once (rules Q1-Q3 there); the loop does not wait on select()
      while bytes are buffered. Where paho lacks a hook it needs, StockClient (mqttclient rule Q4).
-Exit status: 0 after a graceful stop, 2 for bad arguments or an unusable store/broker URL.
+ M10. The rater never creates or upgrades a store: it starts only on a ledger at the newest
+     schema (`edgemeter admin migrate` makes one; cloud.db rule 3), and only once its first
+     connection to the broker succeeds; after that it reconnects for ever.
+Exit status: 0 after a graceful stop; 2 for bad arguments or a malformed store/broker URL; 1 when
+the store is missing or unreachable, the broker cannot be reached at start, or the metrics port
+cannot be bound. Errors at start are one line on stderr.
 """
 from __future__ import annotations
 
@@ -63,7 +68,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from edgemeter.cloud import accounts, db, ingest, pools
+from edgemeter.cloud import accounts, cliargs, db, ingest, pools
 from edgemeter.cloud.metrics import Metrics
 from edgemeter.cloud.mqttclient import client_class
 from edgemeter.cloud import schema as S
@@ -261,7 +266,8 @@ class Rater:
         (loop_read until nothing new), book them, then write all queued packets at once."""
         c = self.client
         c.on_socket_register_write = _no_write_wakeup   # writes happen once per turn, below
-        self.connect()
+        if c.socket() is None:
+            self.connect()
         next_hk = time.monotonic()
         while not self.stopping:
             sock = c.socket()
@@ -345,36 +351,50 @@ def _no_write_wakeup(client: Any, userdata: Any, sock: Any) -> None:
     writing each at once; Rater.run writes them all once per turn (paho's external-loop API)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgemeter rater", description=__doc__.split("\n")[0])
-    ap.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    ap.add_argument("--db", default=db.default_url(), required=db.default_url() is None, help="database URL")
-    ap.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+def _parser() -> argparse.ArgumentParser:
+    ap = cliargs.Parser(prog="edgemeter rater", description=__doc__.split("\n")[0])
+    ap.add_argument("--broker", type=cliargs.broker_url, required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    ap.add_argument("--db", type=cliargs.db_url, default=db.default_url(), required=db.default_url() is None,
+                    help="database URL (a store made by `edgemeter admin migrate`)")
+    ap.add_argument("--metrics-port", type=cliargs.port, help="serve Prometheus metrics on this port (1 .. 65535)")
     ap.add_argument("--metrics-host", default="127.0.0.1")
     ap.add_argument("--client-id", default=f"rater-{socket.gethostname()}", help="stable MQTT client id")
     ap.add_argument("--username", default=os.environ.get("EDGEMETER_MQTT_USER"))
     ap.add_argument("--password", default=os.environ.get("EDGEMETER_MQTT_PASSWORD"))
-    ap.add_argument("--ca-file", help="CA certificate for mqtts://")
-    ap.add_argument("--group", type=int, default=500, help="most messages per transaction")
-    ap.add_argument("--housekeeping", type=float, default=5.0, help="seconds between housekeeping runs")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    ap.add_argument("--ca-file", type=cliargs.in_file, help="CA certificate for mqtts://")
+    ap.add_argument("--group", type=cliargs.int_in(1, 100_000, "a message count"), default=500,
+                    help="most messages per transaction (1 .. 100,000)")
+    ap.add_argument("--housekeeping", type=cliargs.float_in(0, 86400, "a number of seconds", lo_open=True),
+                    default=5.0, help="seconds between housekeeping runs (above 0, at most 86400)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     log = json_logger()
     try:
         rater = Rater(args.broker, args.db, args.client_id, args.username, args.password, args.ca_file,
                       args.group, args.housekeeping, log=log)
-    except ValueError as e:
-        print(f"edgemeter rater: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, db.StoreError, OSError) as e:   # OSError: an unreadable --ca-file
+        return cliargs.fail("rater", e)
+    try:
+        rater.connect()
+    except OSError as e:
+        rater.engine.dispose()
+        print(f"edgemeter rater: cannot connect to the broker at {db.redact(args.broker)}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
     if args.metrics_port:
-        start_http_server(args.metrics_port, args.metrics_host, registry=rater.metrics.registry)
+        try:
+            start_http_server(args.metrics_port, args.metrics_host, registry=rater.metrics.registry)
+        except OSError as e:
+            rater.engine.dispose()
+            print(f"edgemeter rater: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return 1
     tune_gc()
     signal.signal(signal.SIGTERM, rater.stop)
     signal.signal(signal.SIGINT, rater.stop)
-    log.info("starting", extra={"fields": {"broker": args.broker, "db": _redact(args.db), "pid": os.getpid(),
-                                           "metrics_port": args.metrics_port}})
+    log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
+                                           "pid": os.getpid(), "metrics_port": args.metrics_port}})
     return rater.run()
-
-
-def _redact(url: str) -> str:
-    u = urlparse(url)
-    return url.replace(u.password, "***") if u.password else url

@@ -25,7 +25,6 @@ the port (codec, journal, rating) say so in those rows.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -37,6 +36,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from edgemeter.cloud import cliargs
 
 from edgemeter.tools.build_firmware import dev_tool
 from edgemeter.tools.paths import FIRMWARE_SRC
@@ -150,8 +151,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgemeter bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", metavar="FILE", help="also write every row as JSON")
+    ap = cliargs.Parser(prog="edgemeter bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="FILE", type=cliargs.out_file, help="also write every row as JSON")
     ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test; figures are noisier)")
     ap.add_argument("--only", help="comma list of modules: " + ",".join(m for m, _ in MODULES))
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)

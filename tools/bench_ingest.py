@@ -151,7 +151,7 @@ def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
     from edgemeter.cloud import accounts, db
     from edgemeter.cloud import devices as reg
 
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     now = int(time.time())
     with db.write_connect(engine) as conn, conn.begin():
         acc = accounts.create_account(conn, "bench", now)

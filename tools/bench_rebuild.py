@@ -39,7 +39,7 @@ def _fill(url: str, rounds: int) -> int:
     from edgemeter.tools.fleetpub import STANDARD_CHAT_UCNY
 
     book = pricebook.default()
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     now = int(time.time())
     batches = rounds // ROUNDS_PER_BATCH
     per_batch = ROUNDS_PER_BATCH * STANDARD_CHAT_UCNY

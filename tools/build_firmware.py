@@ -24,7 +24,6 @@ the format `mpremote romfs build` writes), and report its size.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import shutil
@@ -32,6 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgemeter.cloud import cliargs
 from edgemeter.tools.paths import FIRMWARE_SRC as SRC, build_dir
 
 ROOT = SRC.parent   # the folder that holds firmware_py/ (a checkout, or site-packages)
@@ -145,7 +145,7 @@ def build_image(out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=build_dir("firmware"),
                     help="where the .mpy tree, manifest.py and romfs.img go (default ./build/firmware)")
     ap.add_argument("--image", type=Path, default=None,

@@ -3,6 +3,10 @@
 Each target is `module:function` taking `argv` (the arguments after the subcommand) and
 returning an exit status. Importing lazily keeps `edgemeter quote` free of the cloud's
 dependencies and fast to start.
+
+Errors: each command reports what it expects to go wrong itself; anything that still escapes
+one is turned into one line and an exit status here (cloud.cliargs.fail: 2 for a caller
+mistake, 1 for a failed operation), never a traceback (EDGEMETER_DEBUG=1 shows it).
 """
 from __future__ import annotations
 
@@ -52,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
               "installed; reinstall edgemeter with its dependencies (pip install edgemeter, "
               "or pip install . from a source checkout)", file=sys.stderr)
         return 1
-    result = getattr(mod, func_name)(rest)
+    try:
+        result = getattr(mod, func_name)(rest)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one edge that turns any escape into a line
+        from edgemeter.cloud import cliargs
+        return cliargs.fail(name, exc)
     return int(result or 0)
 
 

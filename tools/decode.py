@@ -22,6 +22,7 @@ import sys
 from types import ModuleType
 from typing import Any, Callable
 
+from edgemeter.cloud import cliargs
 from firmware_py import cbor
 
 MAX_BYTES = 1 << 20  # a captured MQTT payload; refuse absurd inputs before decoding
@@ -29,7 +30,7 @@ MAX_BYTES = 1 << 20  # a captured MQTT payload; refuse absurd inputs before deco
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; the protocol layer may add options (e.g. --key) to it."""
-    ap = argparse.ArgumentParser(prog="edgemeter decode",
+    ap = cliargs.Parser(prog="edgemeter decode",
                                  description="Print a captured device/cloud payload readably.")
     ap.add_argument("file", nargs="?", default=None,
                     help="payload file (binary); '-' or omitted reads standard input")

@@ -49,12 +49,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from edgemeter.cloud import cliargs
+
 ROUND_UCNY = 6_700        # the sim workload's average list price per round (campaign figures)
 DEFAULT_FAULTS = "partition,rater,tamper"
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgemeter demo", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter demo", description=__doc__.split("\n")[0], types=cliargs.SIM_TYPES)
     ap.add_argument("--devices", type=int, default=300, help="simulated devices, half License, half postpaid (default 300)")
     ap.add_argument("--rate", type=float, default=0.2, help="rounds per second per device (default 0.2)")
     ap.add_argument("--port", type=int, default=8080, help="dashboard port on 127.0.0.1 (default 8080; 0: any free port)")

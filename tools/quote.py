@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from edgemeter.cloud import cliargs
 from firmware_py import billing, rating
 from firmware_py import pricebook as pb
 
@@ -33,7 +34,7 @@ def per_thousand(ucny: int) -> str:
 
 
 def quote_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = cliargs.Parser(
         prog="edgemeter quote",
         description="Rate one interaction round with the default price book (exact integer uCNY).",
         epilog="Model names are case-insensitive with hyphens for spaces; deepseek*, glm*, kimi*, "
@@ -109,7 +110,7 @@ def _parse_mix(text: str) -> list[tuple[str, int]]:
 
 def estimate_main(argv: list[str] | None = None) -> int:
     names = ", ".join(n for n, _ in billing.SCENARIOS)
-    ap = argparse.ArgumentParser(
+    ap = cliargs.Parser(
         prog="edgemeter estimate",
         description="Interactions one License device-year of a tier buys for a feature mix "
                     "(for reference, like the purchase page's calculator).",

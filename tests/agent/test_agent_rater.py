@@ -37,7 +37,7 @@ def cloud(make_broker, tmp_path):
     broker = make_broker()
     url = "sqlite:///%s" % (tmp_path / "ledger.db")
     now = int(time.time())
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc = accounts.create_account(conn, "tenant", now)
         accounts.top_up(conn, acc, 10**12, now)

@@ -23,7 +23,7 @@ NOW = int(time.time())
 def setup_store(url: str, postpaid_devices: int = 3, license_devices: int = 0, balance_ucny: int = 10**12,
                 trial: bool = False) -> dict[str, Any]:
     """Accounts, workspaces and registered devices; returns ids and device keys."""
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     out: dict[str, Any] = {"postpaid": [], "license": []}
     with db.write_connect(engine) as conn, conn.begin():
         acc = accounts.create_account(conn, "tenant", NOW)

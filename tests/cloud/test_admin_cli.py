@@ -10,7 +10,10 @@ from edgemeter.cloud import schema as S
 
 
 def _run(capsys, *args):
-    rc = admin.main(list(args))
+    try:
+        rc = admin.main(list(args))
+    except SystemExit as exc:       # a bad argument, refused by its type before the store opens
+        rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
 

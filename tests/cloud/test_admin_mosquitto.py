@@ -28,6 +28,7 @@ def _admin(*args: str) -> dict:
 
 def test_registered_devices_log_in_over_tls_and_stay_in_their_topics(tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    _admin("migrate", "--db", url)
     acc = _admin("create-account", "--db", url, "--name", "acme")["account"]
     ws = _admin("create-workspace", "--db", url, "--account", str(acc), "--name", "w", "--billing", "postpaid")["workspace"]
     _admin("top-up", "--db", url, "--account", str(acc), "--cny", "100")

@@ -18,7 +18,7 @@ BASIC = BOOK["tiers"][pricebook.tier_id(BOOK, "basic")][3]   # allowance per lic
 
 @pytest.fixture
 def engine(store_url):
-    e = db.open_store(store_url)
+    e = db.open_store(store_url, create=True)
     yield e
     e.dispose()
 

@@ -21,7 +21,7 @@ def test_url_normalisation():
 
 
 def test_sqlite_runs_in_wal_with_normal_sync_and_busy_timeout(sqlite_url):
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1   # NORMAL
@@ -49,6 +49,32 @@ def test_migrations_build_exactly_the_schema_and_are_idempotent(store_url):
     assert diff == []
 
 
+def test_only_migrate_creates_or_upgrades_a_store(store_url, tmp_path):
+    """cloud.db rule 3 on both back ends: open_store refuses an empty store and one at an older
+    revision, names the command to run, and changes nothing; migrate() then makes it usable."""
+    missing = f"sqlite:///{tmp_path / 'no' / 'ledger.db'}"
+    with pytest.raises(db.StoreError, match="no ledger at .*directory .* does not exist.*admin migrate"):
+        db.open_store(missing)
+    with pytest.raises(db.StoreError, match="directory .* does not exist"):
+        db.migrate(missing)
+    assert not (tmp_path / "no").exists()
+    if store_url.startswith("sqlite"):
+        db.sqlite_path(store_url).write_bytes(b"")          # an empty file: no ledger in it
+    with pytest.raises(db.StoreError, match="the database is empty.*admin migrate"):
+        db.open_store(store_url)
+    if store_url.startswith("sqlite"):
+        assert db.sqlite_path(store_url).stat().st_size == 0    # read, not written
+    assert db.migrate(store_url, "0002") == "0002"
+    with pytest.raises(db.StoreError, match=f"at schema revision 0002, this edgemeter needs {_head()}"):
+        db.open_store(store_url)
+    engine = db.make_engine(store_url)
+    with engine.connect() as conn:
+        assert db.current_revision(conn) == "0002"
+    engine.dispose()
+    assert db.migrate(store_url) == _head()
+    db.open_store(store_url).dispose()
+
+
 def _minimal_device(conn, now=1_800_000_000):
     acc = conn.execute(insert(S.accounts).values(name="acme", created_at=now)).inserted_primary_key[0]
     ws = conn.execute(insert(S.workspaces).values(account_id=acc, name="w", billing="postpaid",
@@ -65,7 +91,7 @@ def _batch(acc, ws, seq):
 
 
 def test_a_device_sequence_is_booked_once_forever(store_url):
-    engine = db.open_store(store_url)
+    engine = db.open_store(store_url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc, ws = _minimal_device(conn)
         conn.execute(insert(S.usage_batches).values(_batch(acc, ws, 1)))
@@ -87,7 +113,7 @@ def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_ur
     import sqlite3
 
     from edgemeter.cloud import ledger
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc, ws = _minimal_device(conn)
         conn.connection.dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
@@ -100,7 +126,7 @@ def test_booking_fits_an_sqlite_built_with_the_old_999_parameter_limit(sqlite_ur
 
 
 def test_sqlite_writers_serialise_instead_of_deadlocking(sqlite_url):
-    engine = db.open_store(sqlite_url)
+    engine = db.open_store(sqlite_url, create=True)
     a, b = db.write_connect(engine), db.write_connect(engine)
     with a.begin():
         a.execute(text("INSERT INTO meta(key, value) VALUES ('x', '1')"))

@@ -71,7 +71,7 @@ class SimDevice:
 class Fleet:
     def __init__(self, url: str, clock: Any = None):
         self.url = url
-        self.engine = db.open_store(url)
+        self.engine = db.open_store(url, create=True)
         self.clock = clock or time.time
         self.ingest = ingest.Ingest(self.engine, now_ms=lambda: int(self.clock() * 1000))
         self.devices: dict[int, SimDevice] = {}

@@ -26,7 +26,7 @@ from dashfleet import make_tokens
 
 _DIR = Path(tempfile.mkdtemp(prefix="em-schemathesis-"))
 _URL = f"sqlite:///{_DIR / 'ledger.db'}"
-_ENGINE = db.open_store(_URL)
+_ENGINE = db.open_store(_URL, create=True)
 APP = create_app(engine=_ENGINE, events_interval_s=0.05, events_max_s=0.2)   # /events: short streams
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 TOKENS: dict[str, str] = {}

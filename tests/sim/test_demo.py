@@ -178,7 +178,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_was_not_drained(tmp_path: P
 
 def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> None:
     for args, what in ((["--faults", "partition,nosuch"], "unknown faults ['nosuch']"),
-                       (["--devices", "1"], "--devices >= 2"), (["--pool-minutes", "0"], "--pool-minutes > 0")):
+                       (["--devices", "1"], "a device count must be from 2"), (["--pool-minutes", "0"], "--pool-minutes > 0")):
         p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "demo", *args], cwd=ROOT,
                            capture_output=True, text=True, env=dict(os.environ, TMPDIR=str(tmp_path)), timeout=60)
         assert p.returncode == 2 and what in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

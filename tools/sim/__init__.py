@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgemeter.cloud import cliargs
+
 FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full", "tamper")
 
 
@@ -47,8 +49,20 @@ def _parse_size(text: str) -> str:
     return t
 
 
+def faults_arg(text: str) -> str:
+    """An argparse type: a comma list of FAULTS, or `all`."""
+    bad = {f.strip() for f in text.split(",") if f.strip()} - set(FAULTS) if text.strip() != "all" else set()
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown faults {sorted(bad)}; known: {', '.join(FAULTS)}, or all")
+    return text
+
+
+faults_arg.__name__ = "fault list"
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgemeter sim", description=__doc__.split("\n")[0])
+    ap = cliargs.Parser(prog="edgemeter sim", description=__doc__.split("\n")[0],
+                        types={**cliargs.SIM_TYPES, "faults": faults_arg})
     ap.add_argument("--devices", type=int, default=50, help="simulated meter devices in this process")
     ap.add_argument("--rounds", type=int, default=5000, help="rounds to serve in total (all devices)")
     ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
@@ -61,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--raters", type=int, default=1, help="rater processes sharing the subscription")
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--db", help="store URL (default: SQLite in the work directory)")
+    ap.add_argument("--db", help="store URL, created or migrated by the simulator (default: SQLite in the work directory)")
     ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker that lets the devices in "
                                      "(anonymous, e.g. `python -m edgemeter.tools.broker`; default: start Mosquitto with "
                                      "auth); the raters use EDGEMETER_MQTT_USER/_PASSWORD; no broker restarts")

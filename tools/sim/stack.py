@@ -35,7 +35,7 @@ def setup_store(url: str, n_license: int, n_postpaid: int, *, validity: int, gra
     (pool_low alerts below it). expiring: also a purchase made 11.5 months ago and never
     activated, whose activation window closes within the month (a license_expiring alert)."""
     now = now or int(time.time())
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     out: dict[str, Any] = {"license": [], "postpaid": []}
     with db.write_connect(engine) as conn, conn.begin():
         book = ledger.latest_book(ledger.ensure_books(conn, now))
