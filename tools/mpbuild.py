@@ -288,7 +288,13 @@ def build(target: str, src: Path | None = None, out_root: Path | None = None,
     return res
 
 
-def unix32() -> Path | None:
-    """The built unix32 firmware (build/fw-unix32/micropython), or None when not built."""
-    p = ROOT / "build" / TARGETS["unix32"]["out"] / TARGETS["unix32"]["product"]
-    return p if p.is_file() else None
+def firmware(target: str = "unix32", build_missing: bool = False) -> Path | None:
+    """The target's firmware file, rebuilt first when its stamp is stale (the frozen sources
+    changed) and the MicroPython source is at hand; None when it is not built (unless
+    build_missing, then it is built)."""
+    t = TARGETS[target]
+    product = ROOT / "build" / t["out"] / t["product"]
+    src = default_source()
+    if src is None or (not product.is_file() and not build_missing):
+        return product if product.is_file() else None
+    return Path(build(target, src)["product"])

@@ -60,17 +60,24 @@ def config(broker: Broker, ws: int, dev: int, journal: Path, **kw: Any) -> dict[
 
 
 class Fw:
-    """One firmware process. kill_at: the sync number at which to SIGKILL it (lockstep)."""
+    """One firmware process. kill_at: the sync number at which to SIGKILL it (lockstep).
+    firmware: a MicroPython executable with the image and fw_driver frozen in (tools.mpbuild's
+    unix32 build), run from cfg_path's directory with only `.frozen` on its path (image unused)."""
 
-    def __init__(self, image: Path, cfg: dict[str, Any], cfg_path: Path, heap: str = "512k",
-                 kill_at: int | None = None, lockstep: bool = False,
-                 runtime: str = "micropython") -> None:
+    def __init__(self, image: Path | None, cfg: dict[str, Any], cfg_path: Path,
+                 heap: str = "512k", kill_at: int | None = None, lockstep: bool = False,
+                 runtime: str = "micropython", firmware: Path | None = None) -> None:
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ)
         if runtime == "cpython":
             argv = [sys.executable, "-m", "firmware_py.main", str(cfg_path)]
             env["PYTHONPATH"] = f"{ROOT}:{DRIVER.parent}"
             cwd = ROOT
+        elif firmware is not None:
+            argv = [str(firmware), "-X", f"heapsize={heap}", "-m", "firmware_py.main",
+                    str(cfg_path)]
+            env["MICROPYPATH"] = ".frozen"
+            cwd = cfg_path.parent  # holds no firmware_py/: only the frozen modules import
         else:
             argv = [micropython(), "-X", f"heapsize={heap}", "-m", "firmware_py.main",
                     str(cfg_path)]
