@@ -68,11 +68,13 @@ class MpDevice:
         return {"dev": self.dev, "ws": r["workspace"], "kid": r["kid"], "key": r["key"].hex(),
                 "host": f.host, "port": f.port, "user": r["username"], "password": r["password"],
                 "journal": str(self.dir / "jnl"), "journal_max_bytes": 16384, "segment_bytes": 1024,
-                "keepalive": 30, "timeout_ms": 5000, "max_packet": 2048, "rx_size": 128, "max_inflight": 4,
+                # a 32 KiB board (firmware_py/README.md): 1.5 KiB packets hold a pushed price book
+                "keepalive": 30, "timeout_ms": 5000, "max_packet": 1536, "rx_size": 128, "max_inflight": 2,
                 "backoff_base_ms": 200, "backoff_cap_ms": 3000, "poll_ms": 50, "drain_s": 120,
                 "workload": "mp_workload",
                 "workload_args": {"first": self.next, "rounds": f.rounds, "cut": self.cuts},
-                "meter": {"rto": 3, "rto_max": 12, "retry": 3, "age": 2, "postpaid": 1 if self.postpaid else 0}}
+                "meter": {"rto": 3, "rto_max": 12, "retry": 3, "age": 2, "batch": 5, "ram_rounds": 5,
+                          "window": 2, "checkpoint": 16, "ack_lag": 2, "postpaid": 1 if self.postpaid else 0}}
 
     def start(self) -> None:
         cfg = self.dir / "em.json"
