@@ -68,8 +68,10 @@ class MpDevice:
         return {"dev": self.dev, "ws": r["workspace"], "kid": r["kid"], "key": r["key"].hex(),
                 "host": f.host, "port": f.port, "user": r["username"], "password": r["password"],
                 "journal": str(self.dir / "jnl"), "journal_max_bytes": 16384, "segment_bytes": 1024,
-                # a 32 KiB board (firmware_py/README.md): 1.5 KiB packets hold a pushed price book
-                "keepalive": 30, "timeout_ms": 5000, "max_packet": 1536, "rx_size": 128, "max_inflight": 2,
+                # a 32 KiB board (firmware_py/README.md): a pushed price book (1.2 KB) does not fit
+                # beside the loop, so its 1 KiB packet buffer skips it (MQTT rule R11)
+                "keepalive": 30, "timeout_ms": 5000, "max_packet": 1024 if f.small else 2048,
+                "rx_size": 128, "max_inflight": 2,
                 "backoff_base_ms": 200, "backoff_cap_ms": 3000, "poll_ms": 50, "drain_s": 120,
                 "workload": "mp_workload",
                 "workload_args": {"first": self.next, "rounds": f.rounds, "cut": self.cuts},
@@ -154,6 +156,7 @@ class MicroFleet:
                  firmware: str = "auto") -> None:
         self.firmware, exe = pick_firmware(firmware)
         heap = heap or DEFAULT_HEAP[self.firmware]
+        self.small = _bytes(heap) < 64 * 1024
         self.root, self.host, self.port, self.heap, self.rounds = root, host, port, heap, rounds
         root.mkdir(parents=True, exist_ok=True)
         self.rom_heap = 0
