@@ -19,7 +19,7 @@ Rules (the record format and the scanning rules F1-F2 are in jframe):
      records all have recno <= r, except the newest: compaction writes only the ~18-byte ack.
      A cut in between is finished by the next open().  records() yields only recno > acked.
  J7. Reads are bounded: open() and records() read a segment into the journal's one read
-     buffer of segment_bytes (allocated at the first read, kept until release()), so a device
+     buffer of segment_bytes (allocated with the Journal, again after release()), so a device
      heap never needs a fresh segment-sized block after boot; only a segment larger than
      that (a record longer than segment_bytes) is read into a buffer of its own.
 
@@ -107,7 +107,7 @@ class Journal:
         self._qmax = quarantine_files
         self._state = State(dirpath + "/ack", sync, sync_dir)
         self._segs: list = []  # [base, good size] per segment, oldest first
-        self._rbuf = None  # the read buffer (J7)
+        self._rbuf: bytearray | None = bytearray(segment_bytes)  # the read buffer (J7)
         self._f = None  # append handle of the newest segment
         self._torn = -1  # size to cut the newest segment back to, when >= 0
         self._roll = False
@@ -157,8 +157,6 @@ class Journal:
             elif nm[0] == "q" and nm.endswith(".bad"):
                 qfiles += 1
         bases.sort()
-        if self._rbuf is None:
-            self._rbuf = bytearray(self.segment_bytes)
         st = self._state.load()
         a = st.get(0, 0) if st else 0
         self.acked = a if isinstance(a, int) else 0

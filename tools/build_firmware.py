@@ -15,11 +15,8 @@ cbor.diag or proto_text for proto.describe, is a debugging aid the firmware neve
 .mpy plus a manifest.py that freezes exactly those (`module()` lines), and reports the total:
 the size an SDK adds to its board.
 
---target unix32|cortex-m3 builds a MicroPython firmware from source with the device image
-frozen in (tools/mpbuild.py: --micropython-src PATH, a tree or its tarball, default the tarball
-in ../shared/micropython/; outputs build/fw-unix32/micropython, build/fw-m3/firmware.elf;
-rebuilt only when the frozen sources or the MicroPython source changed). `--target all` builds
-both.
+`edgemeter build-firmware --target unix32|cortex-m3` builds a MicroPython firmware from source
+with the device image frozen in instead (tools/mpbuild.py, the command's entry point).
 
 Both also write romfs.img beside (build/firmware/romfs.img): the device image as a ROMFS
 filesystem that a board mounts with vfs.VfsRom and imports from in place (tools/romfs.py;
@@ -146,45 +143,13 @@ def build_image(out: Path) -> dict[str, int]:
     return sizes
 
 
-def _source_build(args: argparse.Namespace) -> int:
-    from edgemeter.tools import mpbuild
-    targets = list(mpbuild.TARGETS) if args.target == "all" else [args.target]
-    results = []
-    for t in targets:
-        r = mpbuild.build(t, args.micropython_src, freeze=args.freeze, extra=args.extra,
-                          make_vars=args.make_vars, force=args.force, install=not args.no_install)
-        results.append(r)
-        if not args.json:
-            how = "built" if r["built"] else "up to date"
-            print(f"{r['bytes']:8d}  {r['product']} ({t}, {how}; "
-                  f"{len(r['stamp']['frozen'])} firmware_py modules frozen)")
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "firmware")
     ap.add_argument("--image", type=Path, default=None,
                     help="write only the device image (firmware_py.main and its imports) here")
     ap.add_argument("--json", action="store_true", help="print {module: bytes} as JSON")
-    mp = ap.add_argument_group("MicroPython firmware from source (tools/mpbuild.py)")
-    mp.add_argument("--target", choices=("unix32", "cortex-m3", "all"), default=None,
-                    help="build this firmware with the device image frozen in")
-    mp.add_argument("--micropython-src", type=Path, default=None, metavar="PATH",
-                    help="a MicroPython tree or its tarball (default: ../shared/micropython/)")
-    mp.add_argument("--freeze", choices=("device", "all"), default=None,
-                    help="firmware_py modules to freeze (default: unix32 device, cortex-m3 all)")
-    mp.add_argument("--with", dest="extra", type=Path, action="append", default=None,
-                    metavar="FILE.py", help="an SDK module frozen at the top level (repeat)")
-    mp.add_argument("--make", dest="make_vars", action="append", default=[], metavar="VAR=VALUE",
-                    help="an extra make variable for the port (repeat)")
-    mp.add_argument("--force", action="store_true", help="build even when the stamp matches")
-    mp.add_argument("--no-install", action="store_true", help="never apt-get a toolchain")
     args = ap.parse_args(argv)
-    if args.target is not None:
-        return _source_build(args)
     if args.image is not None:
         args.out = args.image
         sizes = build_image(args.image)

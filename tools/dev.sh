@@ -93,7 +93,7 @@ case "$cmd" in
         # missing; skipped when up to date): the 32 KiB loop and simulator tests run on it
         if [ -n "$(python -c 'from edgemeter.tools import mpbuild; print(mpbuild.default_source() or "")')" ]; then
             say "building the unix32 MicroPython firmware (tools/mpbuild.py)"
-            python -m edgemeter.tools.build_firmware --target unix32
+            python -m edgemeter.tools.mpbuild --target unix32
         fi
         say "running the test suite (CPython and the MicroPython unix port)"
         python -m pytest "$@"
@@ -124,7 +124,7 @@ case "$cmd" in
     firmware)
         ensure_venv
         say "building the MicroPython firmware from source (tools/mpbuild.py)"
-        python -m edgemeter.tools.build_firmware --target all "$@"
+        python -m edgemeter.tools.mpbuild --target all "$@"
         ;;
     bench)
         ensure_system

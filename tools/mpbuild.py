@@ -12,8 +12,8 @@ code builds at run time takes heap.
 
 What is frozen (a generated manifest.py beside the output): unix32 freezes the device image
 (tools.romfs.device_modules(): firmware_py.main and its import closure, without the cloud's
-and the debugging modules) plus the SDK stand-ins SDK_MODULES (the simulator's workload and,
-in a source checkout, the firmware tests' driver) as top-level modules, because a board keeps
+and the debugging modules) plus the SDK stand-ins SDK_MODULES (the simulator's workload and the
+firmware tests' driver, tools/sim/) as top-level modules, because a board keeps
 its SDK's code in flash too; cortex-m3 freezes every firmware_py module (its core tests pair
 device and cloud sessions in memory). `--freeze device|all` and `--with FILE.py` override.
 
@@ -32,11 +32,13 @@ missing and the Debian package that has it. Errors: MpBuildError(SystemExit) wit
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -45,9 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "firmware_py"
 SHARED_TARBALL = "micropython-1.29.0-1c3c2011-src.tar.gz"
 UPSTREAM = ("https://github.com/micropython/micropython", "1c3c201149f37fe8d81246191b3127bb198d6306")
-# The SDK's own code in the tests and the simulator: frozen at the top level (import name =
-# file stem) beside the firmware; a file that is absent (an installed wheel) is left out.
-SDK_MODULES = ("tools/sim/mp_workload.py", "tests/firmware/fw_driver.py")
+# The SDK stand-ins of the simulator and the firmware tests: frozen at the top level (import
+# name = file stem) beside the firmware, as a board keeps its SDK's code in flash.
+SDK_MODULES = ("tools/sim/mp_workload.py", "tools/sim/fw_driver.py")
 COMMON_MAKE = ("MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=0", "MICROPY_SSL_AXTLS=0")
 TARGETS: dict[str, dict[str, Any]] = {
     "unix32": {"port": "unix", "out": "fw-unix32", "product": "micropython", "freeze": "device",
@@ -298,3 +300,42 @@ def firmware(target: str = "unix32", build_missing: bool = False) -> Path | None
     if src is None or (not product.is_file() and not build_missing):
         return product if product.is_file() else None
     return Path(build(target, src)["product"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`edgemeter build-firmware`: with --target, build firmware from source (this module);
+    without, tools.build_firmware (mpy-cross, the image, ROMFS)."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if not any(a == "--target" or a.startswith("--target=") for a in args_in):
+        from edgemeter.tools import build_firmware
+        return build_firmware.main(args_in)
+    ap = argparse.ArgumentParser(prog="edgemeter build-firmware", description=__doc__.split("\n")[0])
+    ap.add_argument("--target", choices=(*TARGETS, "all"), required=True,
+                    help="build this firmware with the device image frozen in (all: both)")
+    ap.add_argument("--micropython-src", type=Path, default=None, metavar="PATH",
+                    help="a MicroPython tree or its tarball (default: ../shared/micropython/)")
+    ap.add_argument("--freeze", choices=("device", "all"), default=None,
+                    help="firmware_py modules to freeze (default: unix32 device, cortex-m3 all)")
+    ap.add_argument("--with", dest="extra", type=Path, action="append", default=None,
+                    metavar="FILE.py", help="an SDK module frozen at the top level (repeat)")
+    ap.add_argument("--make", dest="make_vars", action="append", default=[], metavar="VAR=VALUE",
+                    help="an extra make variable for the port (repeat)")
+    ap.add_argument("--force", action="store_true", help="build even when the stamp matches")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get a toolchain")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(args_in)
+    results = []
+    for t in (list(TARGETS) if args.target == "all" else [args.target]):
+        r = build(t, args.micropython_src, freeze=args.freeze, extra=args.extra,
+                  make_vars=args.make_vars, force=args.force, install=not args.no_install)
+        results.append(r)
+        if not args.json:
+            print(f"{r['bytes']:8d}  {r['product']} ({t}, {'built' if r['built'] else 'up to date'}; "
+                  f"{len(r['stamp']['frozen'])} firmware_py modules frozen)", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,7 +39,7 @@ def micropython() -> str:
 def image(out: Path, with_loop: bool = True, loop: Path = LOOP,
           extra: dict[str, Path] | None = None) -> Path:
     """Build the device ROMFS image (tools.romfs.build_romfs) into out/romfs.img; with_loop
-    adds romfs_loop.mpy at its root, extra ({"fw_driver": Path("tests/firmware/fw_driver.py")})
+    adds romfs_loop.mpy at its root, extra ({"fw_driver": Path("tools/sim/fw_driver.py")})
     other sources compiled to <name>.mpy there: the test's stand-ins for the SDK's code, which
     a board keeps in flash too."""
     from edgemeter.tools import romfs

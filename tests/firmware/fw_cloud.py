@@ -22,7 +22,7 @@ from firmware_py.cloud_session import CloudSession
 from firmware_py.pool import Pool
 from edgemeter.tools.broker import Broker
 
-import fw_driver
+from edgemeter.tools.sim import fw_driver
 
 
 class Cloud:

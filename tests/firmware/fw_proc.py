@@ -24,7 +24,7 @@ from edgemeter.tools.broker import Broker
 from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "firmware" / "fw_driver.py"
+DRIVER = ROOT / "tools" / "sim" / "fw_driver.py"
 KEY = bytes(range(32))
 
 

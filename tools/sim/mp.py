@@ -69,7 +69,7 @@ class MpDevice:
                 "host": f.host, "port": f.port, "user": r["username"], "password": r["password"],
                 "journal": str(self.dir / "jnl"), "journal_max_bytes": 16384, "segment_bytes": 1024,
                 # a 32 KiB board (firmware_py/README.md): a pushed price book (1.2 KB) does not fit
-                # beside the loop, so its 1 KiB packet buffer skips it (MQTT rule R11)
+                # beside the loop, so its 1 KiB packet buffer skips it (counted as oversized)
                 "keepalive": 30, "timeout_ms": 5000, "max_packet": 1024 if f.small else 2048,
                 "rx_size": 128, "max_inflight": 2,
                 "backoff_base_ms": 200, "backoff_cap_ms": 3000, "poll_ms": 50, "drain_s": 120,
