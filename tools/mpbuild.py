@@ -127,7 +127,8 @@ def source_tree(src: Path | None, build: Path) -> tuple[Path, str]:
             with tarfile.open(src) as tf:
                 tf.extractall(dest, filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise MpBuildError(f"{src}: not a readable tarball ({exc})") from None
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise MpBuildError(f"{src}: not a readable tarball ({why})") from None
         (dest / ".unpacked").write_text(str(src) + "\n")
     tops = [p for p in dest.iterdir() if p.is_dir() and _is_tree(p)]
     if not tops:
