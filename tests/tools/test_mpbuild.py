@@ -41,7 +41,7 @@ def test_what_each_target_freezes_and_the_manifest() -> None:
     allmods, _ = mpbuild.frozen_sources("cortex-m3")
     assert set(mods) < set(allmods) and "cloud_session" in allmods
     text = mpbuild.manifest_text(mods, files)
-    assert f'module("firmware_py/main.py", base_path="{mpbuild.ROOT}")' in text
+    assert f'module("firmware_py/main.py", base_path="{mpbuild.SRC.parent}")' in text
     assert f'module("fw_driver.py", base_path="{files[1].parent}")' in text
     assert "--freeze 'some'" in _err(mpbuild.frozen_sources, "unix32", "some")
 
