@@ -76,7 +76,7 @@ def _check(buf, mv, p: int, n: int):
 def _resync(buf, mv, i: int, n: int, base: int, prev: int) -> int:
     """Offset of the first valid record (recno > prev) at or after i, or n."""
     while True:
-        i = buf.find(_MAGIC_B, i)
+        i = buf.find(_MAGIC_B, i, n)
         if i < 0:
             return n
         st, _, _, seq = _check(buf, mv, i, n)
@@ -85,12 +85,13 @@ def _resync(buf, mv, i: int, n: int, base: int, prev: int) -> int:
         i += 1
 
 
-def scan(buf, base: int):
-    """Events of segment bytes buf (journal rule J2), in order:
+def scan(buf, base: int, n: int = -1):
+    """Events of segment bytes buf[:n] (all of buf when n < 0; journal rule J2), in order:
     (REC, offset, end, recno, payload start) -- payload is buf[start:end - 4];
     (BAD, offset, end, recno before it, reason index into REASONS);
     (TORN, offset, end, recno before it, 0) -- only ever the last event."""
-    n = len(buf)
+    if n < 0:
+        n = len(buf)
     mv = memoryview(buf)
     p = 0
     prev = base - 1

@@ -18,6 +18,10 @@ Rules (the record format and the scanning rules F1-F2 are in jframe):
  J6. ack_through(r) persists r (state.State, two slots) and then deletes every segment whose
      records all have recno <= r, except the newest: compaction writes only the ~18-byte ack.
      A cut in between is finished by the next open().  records() yields only recno > acked.
+ J7. Reads are bounded: open() and records() read a segment into the journal's one read
+     buffer of segment_bytes (allocated with the Journal, again after release()), so a device
+     heap never needs a fresh segment-sized block after boot; only a segment larger than
+     that (a record longer than segment_bytes) is read into a buffer of its own.
 
 Exceptions: caller mistakes raise ValueError; OSErrors other than the no-space family pass
 through; outcomes are returned values (append -> recno > 0, or FULL / NOSPACE).
@@ -103,6 +107,7 @@ class Journal:
         self._qmax = quarantine_files
         self._state = State(dirpath + "/ack", sync, sync_dir)
         self._segs: list = []  # [base, good size] per segment, oldest first
+        self._rbuf: bytearray | None = bytearray(segment_bytes)  # the read buffer (J7)
         self._f = None  # append handle of the newest segment
         self._torn = -1  # size to cut the newest segment back to, when >= 0
         self._roll = False
@@ -111,6 +116,19 @@ class Journal:
         self.acked = 0
         self.used_bytes = 0
         self.bytes_written = 0
+
+    def _load(self, path: str, size: int = -1):
+        """(buffer, n): the first size bytes (all: -1) of a segment file in buffer[:n] (J7)."""
+        if size < 0:
+            size = os.stat(path)[6]
+        buf = self._rbuf
+        if buf is None and size <= self.segment_bytes:  # after release()
+            buf = self._rbuf = bytearray(self.segment_bytes)
+        with open(path, "rb") as f:
+            if buf is None or size > len(buf):
+                data = f.read(size)
+                return data, len(data)
+            return buf, f.readinto(memoryview(buf)[:size]) or 0
 
     def _path(self, base: int) -> str:
         return "%s/j%08x.log" % (self.dir, base)
@@ -159,10 +177,10 @@ class Journal:
             seg = self._segs[i]
             base = seg[0]
             newest = i == len(self._segs) - 1
-            buf = _read(self._path(base))
-            seg[1] = len(buf)
+            buf, n = self._load(self._path(base))
+            seg[1] = n
             nxt = base
-            for kind, off, end, r, x in scan(buf, base):
+            for kind, off, end, r, x in scan(buf, base, n):
                 if kind == REC:
                     rep["records"] += 1
                     if r > self.acked:
@@ -178,12 +196,12 @@ class Journal:
                     try:
                         os.stat(qpath)
                     except OSError:
-                        raw = buf[off:min(end, off + _QMAX)]
+                        raw = bytes(buf[off:min(end, off + _QMAX)])
                         if qfiles < self._qmax and self._quarantine(
                                 qpath, base, off, raw, end - off, REASONS[x]):
                             qfiles += 1
                             rep["quarantined"] += 1
-                    if newest and end == len(buf):
+                    if newest and end == n:
                         nxt += (end - off + MIN_RECORD - 1) // MIN_RECORD
                         self._roll = True
             buf = b""
@@ -314,10 +332,10 @@ class Journal:
             base, size = segs[i]
             if i + 1 < len(segs) and segs[i + 1][0] <= lo:
                 continue
-            buf = _read(self._path(base), size)
-            for kind, _, end, r, h in scan(buf, base):
+            buf, n = self._load(self._path(base), size)
+            for kind, _, end, r, h in scan(buf, base, n):
                 if kind == REC and r >= lo:
-                    yield r, buf[h:end - 4]
+                    yield r, bytes(buf[h:end - 4])
 
     def ack_through(self, recno: int) -> bool:
         """Acknowledge every record <= recno and compact (rule J6).  False when the ack could
@@ -348,8 +366,10 @@ class Journal:
 
     def release(self) -> None:
         """Close the newest segment's file handle; the next append reopens it (nothing else
-        changes). For hosts that keep many journals open at once, and for a simulated power cut."""
+        changes), and drop the read buffer (J7). For hosts that keep many journals open at once,
+        and for a simulated power cut."""
         self._close()
+        self._rbuf = None
 
     def tail_size(self) -> int:
         """Valid bytes of the newest segment (where the next record starts)."""

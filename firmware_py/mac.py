@@ -39,9 +39,6 @@ except ImportError:
 _BLOCK = const(64)
 TAG_LEN = const(16)
 
-# XOR tables for the pads, built once: _IPAD[b] == b ^ 0x36, _OPAD[b] == b ^ 0x5c.
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 def _check(name, v):
@@ -58,7 +55,7 @@ def _pads(key):
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    return bytes(_IPAD[b] for b in key), bytes(_OPAD[b] for b in key)
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
 def hmac_sha256(key, msg):

@@ -33,7 +33,10 @@ key's type; firmware_py/README.md (Firmware) says what each means. Rules:
       topics); gc.collect() runs at the named points "boot", "connect", "round" (after a
       workload step), "idle" (after a pass that waited) and "drain". After each, a new
       high-water mark of the live heap prints `fw heap point=P live=L free=F hwm=H peak=K`
-      (peak: the most allocated seen just before a collection, garbage included).
+      (peak: the most allocated seen just before a collection, garbage included). With
+      "gc_threshold" N > 0, gc.threshold(N) (MicroPython) collects after every N bytes
+      allocated: garbage never spreads over the whole heap, so what lives long is allocated
+      low and packed, and a small heap does not fragment into holes too small for a packet.
   F7. When the workload is done: meter.drain(now) (open rounds settled, everything sealed, the
       lease returned), passes go on until no round is unsealed or unacked or drain_s passed,
       then meter.close() and DISCONNECT. Exit status 0 when all was acked, 3 when not.
@@ -56,7 +59,8 @@ DEFAULTS: dict = {"port": 1883, "user": None, "password": None, "ca": None, "sni
             "journal_max_bytes": 65536, "segment_bytes": 4096, "keepalive": 60,
             "timeout_ms": 10000, "max_packet": 2048, "rx_size": 256, "max_inflight": 8,
             "backoff_base_ms": 1000, "backoff_cap_ms": 300000, "poll_ms": 1000, "drain_s": 60,
-            "workload": None, "workload_args": {}, "meter": {}, "gc": True}
+            "workload": None, "workload_args": {}, "meter": {}, "gc": True,
+            "gc_threshold": 4096}
 # kind of each key: u uint, p positive int, s non-empty str, o str or null, h 64 hex digits,
 # d object, b bool
 KINDS = {"dev": "p", "ws": "u", "kid": "u", "key": "h", "host": "s", "journal": "s",
@@ -64,7 +68,7 @@ KINDS = {"dev": "p", "ws": "u", "kid": "u", "key": "h", "host": "s", "journal": 
          "journal_max_bytes": "p", "segment_bytes": "p", "keepalive": "u", "timeout_ms": "p",
          "max_packet": "p", "rx_size": "p", "max_inflight": "p", "backoff_base_ms": "p",
          "backoff_cap_ms": "p", "poll_ms": "u", "drain_s": "u", "workload": "o",
-         "workload_args": "d", "meter": "d", "gc": "b"}
+         "workload_args": "d", "meter": "d", "gc": "b", "gc_threshold": "u"}
 _KIND_TEXT = {"u": "an integer >= 0", "p": "an integer >= 1", "s": "a non-empty string",
               "o": "a string or null", "h": "64 hex digits (32 bytes)", "d": "an object",
               "b": "true or false"}
@@ -221,6 +225,9 @@ class Firmware:
         self.dropped = 0
         self.connects = 0
         self.gc = cfg["gc"]
+        thr = getattr(gc, "threshold", None)
+        if self.gc and cfg["gc_threshold"] and thr is not None:
+            thr(cfg["gc_threshold"])
         self.hwm = 0
         self.peak = 0
         self._mem = getattr(gc, "mem_alloc", None)

@@ -16,7 +16,10 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       and recovery re-deducts those from jp on (device_session rule D6). A seal journals a seal record (before
       its publish) instead of writing the state; an ack's persist waits for the next
       checkpoint (every cfg["checkpoint"] rounds, when room runs low, at close): a lost ack
-      only makes batches be resent, and the cloud books (dev, seq) once. Every other persist
+      only makes batches be resent, and the cloud books (dev, seq) once. With cfg["ack_lag"]
+      L > 0 it waits only while fewer than L batches were acked since the state was written,
+      which bounds what recovery rebuilds and resends (and holds in RAM) to L + window
+      batches however often the power is cut before a checkpoint (a small heap needs that). Every other persist
       is written at once, before anything published after it. The journal is compacted up to
       the round before the oldest unacked one, never past the jp of the state written before
       the current one, every cfg["ack_every"] records (or at once when room runs low): if the
@@ -53,7 +56,7 @@ REASONS = ("ok", "degraded") + L.VERDICTS[2:] + ("suspended", "journal full", "d
                                                   "unknown round", "too many open rounds",
                                                   "meter closed")
 CFG = {"round_timeout": 300, "agent_idle": 600, "max_open": 8, "reserve": 64, "headroom": 512,
-       "checkpoint": 64, "ack_every": 32, "ram_rounds": 20, "max_bytes": 65536,
+       "checkpoint": 64, "ack_lag": 0, "ack_every": 32, "ram_rounds": 20, "max_bytes": 65536,
        "segment_bytes": 4096, "idle": 0, "max_events": 64}
 
 
@@ -92,6 +95,7 @@ class MeterBase:
         self.rd = 0
         self.jp = 0
         self.jp_prev = 0  # jp of the state written before the current one (M4)
+        self.acked_saved = 0  # DeviceSession.acked in the state last written (M4, ack_lag)
         self.dirty = False
         self.since_cp = 0
         self.nrid = 0
@@ -124,13 +128,17 @@ class MeterBase:
         s = self.s = DeviceSession(self.ws, self.dev, self.kid, self.key, book, st.get(0), (),
                                    scfg)
         self.book = s.book
+        self.acked_saved = s.acked
         chunk: list = []
         rededucted = [0]
 
         def feed(rec):
+            if rec is None:  # the end of the rounds to re-deduct
+                flush()
+                return
             rec[0] = s.served + len(chunk) + 1
             chunk.append(rec)
-            if len(chunk) >= 16:
+            if len(chunk) >= 8:  # a few rounds at a time: a device heap holds no more
                 flush()
 
         def flush():
@@ -140,13 +148,15 @@ class MeterBase:
             rededucted[0] += len(chunk)
             del chunk[:]
 
-        info = ML.scan(self.j, s.acked, st.get(1, 0), feed, self.keep)
-        flush()
-        for seq in sorted(info["seqs"]):
-            boot, rs = info["seqs"][seq]
+        def resend(seq, boot, rs):  # one unacked batch at a time (meter_log.scan's done)
             s.outbox[seq] = self._rebuild(seq, boot, rs, now)
             if rs:
                 self.batches[seq] = rs[0][0]
+
+        info = ML.scan(self.j, s.acked, st.get(1, 0), feed, self.keep, resend)
+        flush()
+        for seq in sorted(info["seqs"]):
+            resend(seq, info["seqs"][seq][0], info["seqs"][seq][1])
         s.next_seq = max(s.next_seq, info["top"] + 1)
         if st and (srep.get("a") not in ("ok", "empty") or srep.get("b") not in ("ok", "empty")):
             s.boot += 1  # S4: the newest state may be lost; never reuse its boot number
@@ -177,6 +187,7 @@ class MeterBase:
     # ------------------------------------------------------------------ executing actions
     def _write_state(self):
         self.st.save({0: self.s.state(), 1: self.j.next})
+        self.acked_saved = self.s.acked
         self.jp_prev = self.jp
         self.jp = self.j.next
         self.dirty = False
@@ -196,7 +207,9 @@ class MeterBase:
             if k == "publish":
                 self.out.append((a[1], a[2]))
             elif k == "persist":
-                if i + 1 < n and acts[i + 1][0] == "acked":
+                lag = self.cfg["ack_lag"]
+                if (i + 1 < n and acts[i + 1][0] == "acked"
+                        and not (lag and acts[i + 1][1] - self.acked_saved >= lag)):
                     self.dirty = True  # M4: an ack's persist waits for the checkpoint
                 else:
                     self._write_state()

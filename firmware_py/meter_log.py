@@ -69,14 +69,20 @@ def decode(payload):
     return kind, [0, a[0], a[1], a[2], a[3], a[4:]]
 
 
-def scan(journal, acked, jnext, feed, keep):
+def scan(journal, acked, jnext, feed, keep, done=None):
     """Read an opened journal twice and return what the meter needs after a restart.
 
     acked: the persisted DeviceSession.acked; jnext: the journal position persisted with it;
     feed(rec): called in order for every round with recno >= jnext (served after the last
-    persist: DeviceSession.recover re-deducts them, device_session rule D6; k is left 0 for the caller);
-    keep: how many unsealed rounds to return in memory.
-    Returns a dict: seqs {seq: [boot, [(recno, rec), ...]]} (unacked batches to resend),
+    persist: DeviceSession.recover re-deducts them, device_session rule D6; k is left 0 for the caller),
+    then feed(None) once the first reading is over (the caller settles what it buffered
+    before the second reading fills the heap again);
+    keep: how many unsealed rounds to return in memory;
+    done(seq, boot, [(recno, rec), ...]): when given, called for each unacked batch as soon
+    as the scan has read past its last round, which it then forgets: recovery holds one
+    batch's rounds at a time, however many batches are unacked.
+    Returns a dict: seqs {seq: [boot, [(recno, rec), ...]]} (unacked batches to resend and
+    not given to done),
     top (the highest seq sealed), pend [(recno, rec)] (the first `keep` unsealed rounds),
     npend (all unsealed rounds), rd (recno of the first unsealed round not in pend, or 0),
     bad (records that did not decode), orphans (rounds no seal accounts for, dropped).
@@ -100,6 +106,7 @@ def scan(journal, acked, jnext, feed, keep):
             last = max(last, v[3])
         elif r >= jnext:
             feed(v)
+    feed(None)
     unknown = [s for s in range(acked + 1, top) if s not in seals]
     out: dict = {}
     for s in seals:
@@ -128,6 +135,9 @@ def scan(journal, acked, jnext, feed, keep):
                 rd = r
             continue
         while i < len(ranges) and ranges[i][3] < r:
+            q = ranges[i][0]
+            if done is not None and q in out and (not unknown or q != unknown[0]):
+                done(q, out[q][0], out.pop(q)[1])
             i += 1
         home = ranges[i][0] if i < len(ranges) and ranges[i][2] <= r else 0
         if not home:

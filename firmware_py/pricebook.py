@@ -98,7 +98,9 @@ MAX_SENTENCES = const(10000)
 MAX_IMAGES = const(1000)
 MAX_USES = const(100)
 
-_I = F_INTENT
+# The tables below are made only of literals and const() names, so the compiler folds each into
+# one constant tuple: in a frozen firmware they stay in flash, not in the heap.
+_I = const(F_INTENT)
 ITEMS = (
     (ASR_LITE, "asr-lite", 50, U_ROUND, G_ASR, C_ASR, 0, 1, 1),
     (ASR_STD, "asr-standard", 750, U_ROUND, G_ASR, C_ASR, F_MODEL, 1, 1),
@@ -154,7 +156,7 @@ TIERS = (
     (3, "standard", 10000000, 10000000),
 )
 
-_M = 1000000
+_M = const(1000000)
 PLANS = (
     (20 * _M, True, 100 * _M, False, 9500, 3),
     (100 * _M, True, 2000 * _M, True, 9000, 12),
@@ -233,7 +235,7 @@ def make(version=VERSION, items=ITEMS, models=MODELS, tiers=TIERS, plans=PLANS,
             if n.endswith("*"):
                 b["families"].append((n[:-1], mid))
             b["model_names"][n] = mid
-        b["models"][mid] = (mid, row[1], row[2], names)
+        b["models"][mid] = row if names is row[3] else (mid, row[1], row[2], names)
     b["families"].sort(key=lambda f: -len(f[0]))
     for row in tiers:
         row = _tup(row, 4, "tier")
@@ -260,8 +262,20 @@ def make(version=VERSION, items=ITEMS, models=MODELS, tiers=TIERS, plans=PLANS,
     b["trial"] = (_uint(trial[0], "trial amount"), _uint(trial[1], "trial months", 1, 120))
     b["license"] = tuple(_uint(v, "license", 1, 100000) for v in _tup(lic, 3, "license"))
     b["photo"] = (_uint(photo[0], "photo w", 1, 65535), _uint(photo[1], "photo h", 1, 65535))
-    b["hash"] = hashlib.sha256(to_cbor(b)).digest()
+    dflt = (version == VERSION and items is ITEMS and models is MODELS and tiers is TIERS
+            and plans is PLANS and trial is TRIAL and lic is LICENSE and photo is PHOTO)
+    b["hash"] = DEFAULT_HASH if dflt else content_hash(b)
     return b
+
+
+# content_hash(default()), kept as a constant so a device does not encode and hash the default
+# book at boot; tests/core/test_rating.py checks it against content_hash of the tables above.
+DEFAULT_HASH = b"\xb1\x6c\xec\x8c\xd5\x74\x24\x6f\x85\x2a\x37\x8a\xa0\xe8\xec\x15\x42\xd3\xe1\x9f\x2b\x45\xa9\xfa\x3b\xbb\xf5\xa5\x9e\xa8\x57\x7d"
+
+
+def content_hash(book: dict) -> bytes:
+    """sha256 of the book's deterministic CBOR (to_cbor): the identity of its contents."""
+    return hashlib.sha256(to_cbor(book)).digest()
 
 
 def to_cbor(book: dict) -> bytes:

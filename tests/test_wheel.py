@@ -42,7 +42,7 @@ DATA_FILES = (
     "edgemeter/deploy/mosquitto/mosquitto.conf", "edgemeter/deploy/mosquitto/acl.example",
     "edgemeter/deploy/mosquitto/README.md", "edgemeter/deploy/systemd/edgemeter-agent.service",
     "edgemeter/cloud/README.md", "edgemeter/agent/README.md", "firmware_py/README.md",
-    "edgemeter/tools/romboot.py", "edgemeter/tools/romfs_loop.py", "edgemeter/tools/fw_driver.py",
+    "edgemeter/tools/romboot.py", "edgemeter/tools/romfs_loop.py", "edgemeter/tools/sim/fw_driver.py",
     "edgemeter/tools/sim/mp_workload.py",
 )
 # The same files in the source tree, as the sdist holds them (folder mapping of pyproject).

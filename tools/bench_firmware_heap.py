@@ -21,6 +21,14 @@ CloudSession + Pool in this process over stdin/stdout (acks, grants, compaction)
   -X heapsize = usable(B) + the buffer (romfs_run.heapsize), by bisection; with and without
   the preload (without: `import firmware_py.main`'s own import order, garbage in between).
 All on a 64-bit build (32-byte GC blocks): a 32-bit board needs less for the same objects.
+
+unix32 rows (unix32_rows(), when build/fw-unix32/micropython is built: tools/mpbuild.py): the
+frozen 32-bit firmware, every module and constant table in the executable. Boot: live heap
+after importing firmware_py.main and building the default price book. Loop: `edgemeter sim
+--devices 2 --micropython 1 --faults power` (firmware_py.main against Mosquitto and a real
+rater, the simulator's 32 KiB device configuration, kill -9 and recovery included), the
+high-water mark its firmware reports (rule F6) in -X heapsize=32k, and the smallest heap
+(1 KiB steps, bisection from 20k) in which that run passes its audit.
 """
 from __future__ import annotations
 
@@ -104,7 +112,60 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         {"name": "  the same without the preload", "value": best_np // 1024, "unit": "KiB",
          "how": "romboot --no-preload: modules imported by the loop's own imports"},
         {"name": "  target", "value": 32, "unit": "KiB", "how": "the full firmware loop in a 32 KiB heap"},
+    ] + unix32_rows(quick)
+
+
+_BOOT = ("import gc\ngc.collect()\nimport firmware_py.main\nfrom firmware_py import pricebook\n"
+         "pricebook.default()\ngc.collect()\nprint(gc.mem_alloc())\n")
+
+
+def _sim_hwm(heap_kib: int, rounds: int) -> int:
+    """The MicroPython device's heap high-water mark in a passing sim run, or 0 if it failed."""
+    with tempfile.TemporaryDirectory(prefix="fwheap32") as tmp:
+        rep = Path(tmp) / "r.json"
+        p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "sim", "--devices", "2",
+                            "--micropython", "1", "--mp-firmware", "unix32", "--mp-heap",
+                            f"{heap_kib}k", "--rounds", "50", "--mp-rounds", str(rounds),
+                            "--faults", "power", "--quiet", "--report", str(rep)],
+                           capture_output=True, text=True, timeout=900)
+        if p.returncode != 0 or not rep.exists():
+            return 0
+        import json
+        return int(json.loads(rep.read_text())["micropython"]["heap_hwm_max"])
+
+
+def unix32_rows(quick: bool = False) -> list[dict[str, Any]]:
+    """Heap figures of the frozen 32-bit unix firmware (rows with keys heap.unix32.*)."""
+    from edgemeter.tools import mpbuild
+    exe = mpbuild.firmware("unix32")
+    if exe is None:
+        return [{"name": "firmware heap (unix32)", "value": "-", "unit": "", "key": "heap.unix32",
+                 "how": "skipped: no build/fw-unix32 (edgemeter build-firmware --target unix32)"}]
+    boot = int(subprocess.run([str(exe), "-X", "heapsize=64k", "-c", _BOOT], capture_output=True,
+                              text=True, check=True, cwd="/",
+                              env={"MICROPYPATH": ".frozen"}).stdout.split()[-1])
+    rounds = 60 if quick else 200
+    hwm = _sim_hwm(32, rounds)
+    how = (f"edgemeter sim --devices 2 --micropython 1 --mp-firmware unix32 --faults power "
+           f"--mp-rounds {rounds} (kill -9 and recovery included)")
+    rows = [
+        {"name": "unix32: live heap after imports and the default book", "value": boot,
+         "unit": "B", "key": "heap.unix32.boot_bytes",
+         "how": f"{exe} -X heapsize=64k: gc.mem_alloc() after import firmware_py.main, "
+                "pricebook.default(), gc.collect(); interpreter included"},
+        {"name": "unix32: full loop heap high-water mark in 32k", "value": hwm or "failed",
+         "unit": "B", "key": "heap.unix32.hwm_bytes", "how": how + ", --mp-heap 32k"},
     ]
+    if not quick:
+        lo, hi = 20, 32
+        if hwm:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if _sim_hwm(mid, rounds) else (mid, hi)
+        rows.append({"name": "unix32: smallest heap the full loop runs in", "value": hi if hwm
+                     else "-", "unit": "KiB", "key": "heap.unix32.min_heap_kib",
+                     "how": how + ", bisection over --mp-heap, 1 KiB steps; target 32, stretch 24"})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,9 @@ cbor.diag or proto_text for proto.describe, is a debugging aid the firmware neve
 .mpy plus a manifest.py that freezes exactly those (`module()` lines), and reports the total:
 the size an SDK adds to its board.
 
+`edgemeter build-firmware --target unix32|cortex-m3` builds a MicroPython firmware from source
+with the device image frozen in instead (tools/mpbuild.py, the command's entry point).
+
 Both also write romfs.img beside (build/firmware/romfs.img): the device image as a ROMFS
 filesystem that a board mounts with vfs.VfsRom and imports from in place (tools/romfs.py;
 the format `mpremote romfs build` writes), and report its size.

@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("edgemeter.tools.sim:main", "simulate a fleet with faults and audit the ledger"),
     "bench": ("edgemeter.tools.bench:main", "run every benchmark and print figures and ratios"),
     "demo": ("edgemeter.tools.demo:main", "broker, rater, dashboard and a simulated fleet on this machine"),
-    "build-firmware": ("edgemeter.tools.build_firmware:main", "compile firmware_py/ with mpy-cross"),
+    "build-firmware": ("edgemeter.tools.mpbuild:main",
+                       "compile firmware_py/ with mpy-cross; --target: MicroPython firmware from source"),
 }
 
 

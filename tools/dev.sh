@@ -4,6 +4,7 @@
 #   bash tools/dev.sh test       install everything, type-check and build the firmware, run all tests
 #   bash tools/dev.sh campaign   the full fault and load campaigns (long; not part of `test`)
 #   bash tools/dev.sh bench      every benchmark, results into BENCHMARKS.md's format
+#   bash tools/dev.sh firmware   MicroPython firmware from source: build/fw-unix32, build/fw-m3
 # Works on a fresh Debian/Ubuntu machine with Python 3.11; uses sudo only when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +89,12 @@ case "$cmd" in
         mypy --config-file tools/mypy-firmware.ini firmware_py
         say "compiling firmware_py/ with mpy-cross"
         python -m edgemeter.tools.build_firmware
+        # the 32-bit unix firmware with the image frozen in (apt-installs gcc-multilib where
+        # missing; skipped when up to date): the 32 KiB loop and simulator tests run on it
+        if [ -n "$(python -c 'from edgemeter.tools import mpbuild; print(mpbuild.default_source() or "")')" ]; then
+            say "building the unix32 MicroPython firmware (tools/mpbuild.py)"
+            python -m edgemeter.tools.mpbuild --target unix32
+        fi
         say "running the test suite (CPython and the MicroPython unix port)"
         python -m pytest "$@"
         # The rater's MQTT client overrides private paho methods (cloud/mqttclient.py, rule Q4):
@@ -114,6 +121,11 @@ case "$cmd" in
         python -m edgemeter.tools.build_firmware
         python -m pytest -m full -o addopts="" "$@"
         ;;
+    firmware)
+        ensure_venv
+        say "building the MicroPython firmware from source (tools/mpbuild.py)"
+        python -m edgemeter.tools.mpbuild --target all "$@"
+        ;;
     bench)
         ensure_system
         ensure_venv
@@ -122,7 +134,7 @@ case "$cmd" in
         exec edgemeter bench "$@"
         ;;
     *)
-        echo "usage: bash tools/dev.sh test|demo|campaign|bench [args]" >&2
+        echo "usage: bash tools/dev.sh test|demo|campaign|bench|firmware [args]" >&2
         exit 2
         ;;
 esac

@@ -20,7 +20,7 @@ from firmware_py import pricebook, rating
 from firmware_py import proto as P
 from firmware_py.cloud_session import CloudSession
 from firmware_py.pool import Pool
-from edgemeter.tools import fw_driver
+from edgemeter.tools.sim import fw_driver
 from edgemeter.tools.broker import Broker
 
 

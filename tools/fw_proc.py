@@ -1,5 +1,5 @@
 """Running the firmware for the firmware bench and tests: the `tools.build_firmware --image` image
-(firmware_py.main and only the modules it imports) plus the SDK stand-in tools/fw_driver.py
+(firmware_py.main and only the modules it imports) plus the SDK stand-in tools/sim/fw_driver.py
 compiled beside it, executed as `micropython -m firmware_py.main CONFIG` (the documented entry
 point) with MICROPYPATH=<image>:.frozen and the image directory as the working directory, so
 only .mpy files are imported. Every stdout line is kept; with lockstep (FW_LOCKSTEP=1, see
@@ -24,7 +24,7 @@ from typing import Any
 from edgemeter.tools.broker import Broker
 from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
 
-DRIVER = Path(__file__).resolve().parent / "fw_driver.py"
+DRIVER = Path(__file__).resolve().parent / "sim" / "fw_driver.py"
 KEY = bytes(range(32))
 
 
@@ -60,11 +60,13 @@ def config(broker: Broker, ws: int, dev: int, journal: Path, **kw: Any) -> dict[
 
 
 class Fw:
-    """One firmware process. kill_at: the sync number at which to SIGKILL it (lockstep)."""
+    """One firmware process. kill_at: the sync number at which to SIGKILL it (lockstep).
+    firmware: a MicroPython executable with the image and fw_driver frozen in (tools.mpbuild's
+    unix32 build), run from cfg_path's directory with only `.frozen` on its path (image unused)."""
 
-    def __init__(self, image: Path, cfg: dict[str, Any], cfg_path: Path, heap: str = "512k",
-                 kill_at: int | None = None, lockstep: bool = False,
-                 runtime: str = "micropython") -> None:
+    def __init__(self, image: Path | None, cfg: dict[str, Any], cfg_path: Path,
+                 heap: str = "512k", kill_at: int | None = None, lockstep: bool = False,
+                 runtime: str = "micropython", firmware: Path | None = None) -> None:
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ)
         if runtime == "cpython":
@@ -73,6 +75,11 @@ class Fw:
             shutil.copy(DRIVER, cwd / "fw_driver.py")
             argv = [sys.executable, "-m", "firmware_py.main", str(cfg_path)]
             env["PYTHONPATH"] = str(cwd)
+        elif firmware is not None:
+            argv = [str(firmware), "-X", f"heapsize={heap}", "-m", "firmware_py.main",
+                    str(cfg_path)]
+            env["MICROPYPATH"] = ".frozen"
+            cwd = cfg_path.parent  # holds no firmware_py/: only the frozen modules import
         else:
             argv = [micropython(), "-X", f"heapsize={heap}", "-m", "firmware_py.main",
                     str(cfg_path)]

@@ -52,6 +52,9 @@ def test_book_cbor_round_trip_and_hash():
     assert pb.to_cbor(again) == data
     import hashlib
     assert hashlib.sha256(data).digest() == BOOK["hash"]
+    # the default book's hash is a constant (no encoding and hashing at a device's boot)
+    assert pb.content_hash(pb.make(items=list(pb.ITEMS))) == pb.DEFAULT_HASH, (
+        "the default tables changed: set pricebook.DEFAULT_HASH to content_hash(default())")
     # a new version (or any price change) is a different hash
     v2 = pb.make(version=2)
     assert v2["hash"] != BOOK["hash"]

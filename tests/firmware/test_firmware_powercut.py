@@ -21,6 +21,7 @@ cut in the middle of the next write leaves it); the next boot must report and cu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -46,22 +47,33 @@ def tear(jdir: Path, n: int) -> None:
 
 def test_kill_9_at_scheduled_writes_then_served_equals_booked(image: Path, secure_broker: Broker,
                                                               tmp_path: Path) -> None:
-    b = secure_broker
-    ws, dev = 36, 3601
+    def make(cfg: dict, path: Path, kill_at: int | None) -> fw_proc.Fw:
+        return fw_proc.Fw(image, cfg, path, kill_at=kill_at)
+    campaign(make, secure_broker, 36, 3601, tmp_path, SCHEDULE, min_served=150)
+
+
+def campaign(make: Callable[[dict, Path, int | None], fw_proc.Fw], b: Broker, ws: int, dev: int,
+             tmp_path: Path, schedule: tuple[int, ...], min_served: int,
+             **cfg_kw: Any) -> dict[str, int]:
+    """Kill the firmware (make(cfg, config path, kill_at)) at each scheduled write, tearing
+    the journal's tail after every third kill, then run it to the end: booked == what the SDK
+    was told plus the rounds whose OK the kill cut off, each once. Returns the figures, the
+    last run's `fw done` line, and as "hwm" the heap high-water mark over every run."""
     cloud = fw_cloud.Cloud(b, ws, {dev: fw_proc.KEY})
     jdir = tmp_path / "jnl"
-    cfg = fw_proc.config(b, ws, dev, jdir)
+    cfg = fw_proc.config(b, ws, dev, jdir, **cfg_kw)
     served: dict[int, int] = {}
     journaled: set[int] = set()     # begun, killed before the OK reached the SDK
     nxt = 0
     torn_next = False
-    tears = cut_seen = 0
+    tears = cut_seen = hwm = 0
     try:
-        for run, k in enumerate(SCHEDULE):
+        for run, k in enumerate(schedule):
             cfg["workload_args"] = {"first": nxt, "rounds": nxt + 1000}
-            fw = fw_proc.Fw(image, cfg, tmp_path / "em.json", kill_at=k)
+            fw = make(cfg, tmp_path / "em.json", k)
             rc = fw.wait(60)
             assert fw.killed and rc == -9, (k, rc, fw.lines[-10:], fw.stderr())
+            hwm = max([hwm] + [int(h["hwm"]) for h in fw.heap_lines()])
             boot = [x for x in fw.lines if x.startswith("fw boot ")]
             if torn_next and boot:  # (a kill inside recovery may come before the boot line)
                 assert " torn=1 " in boot[0], boot  # recovery found the torn tail, cut it
@@ -78,20 +90,24 @@ def test_kill_9_at_scheduled_writes_then_served_equals_booked(image: Path, secur
                 tear(jdir, TEAR[tears % len(TEAR)])
                 tears += 1
         cfg["workload_args"] = {"first": nxt, "rounds": nxt + 25}
-        fw = fw_proc.Fw(image, cfg, tmp_path / "em.json")
+        fw = make(cfg, tmp_path / "em.json", None)
         assert fw.wait(120) == 0, fw.lines[-20:]
         served.update(fw.served())
     finally:
         fw.kill()
         cloud.close()
     booked = cloud.rounds(dev)
-    assert tears >= 4 and cut_seen >= 2 and len(served) > 150
+    assert tears >= 4 and cut_seen >= 2 and len(served) > min_served
     assert {i: n for i, (_, n) in booked.items() if n != 1} == {}, "a round booked twice"
     assert set(booked) == set(served) | journaled, (
         sorted(set(booked) ^ (set(served) | journaled)))
     assert {i: u for i, (u, _) in booked.items() if i in served} == served
     total = sum(u for u, _ in booked.values())
     assert sum(x["ucny"] for x in cloud.booked[dev].values()) == total
-    assert fw.done()["unacked"] == 0
-    print(f"{len(SCHEDULE)} kills, {tears} torn tails: {len(served)} rounds the SDK was told, "
+    done = fw.done()
+    assert done["unacked"] == 0
+    done["hwm"] = max(hwm, done["hwm"])  # over every run, recoveries included
+    print(f"{len(schedule)} kills, {tears} torn tails: {len(served)} rounds the SDK was told, "
           f"{len(journaled)} journaled when the OK was cut off, {len(booked)} booked, {total} uCNY")
+    return {**done, "kills": len(schedule), "tears": tears, "served": len(served),
+            "booked": len(booked)}

@@ -1,7 +1,7 @@
 """The firmware (firmware_py.main) on the real MicroPython unix port, run from the mpy-cross
 image as `micropython -m firmware_py.main CONFIG`, against a real Mosquitto with per-device
 credentials and ACLs; the cloud is tools/fw_cloud.py (CloudSession + Pool over
-paho-mqtt 2.x). Rounds come from tools/fw_driver.py; each carries its number, so the
+paho-mqtt 2.x). Rounds come from tools/sim/fw_driver.py; each carries its number, so the
 booked rounds are compared with the served ones round by round, to the uCNY.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`edgemeter sim`: a simulated fleet on real parts, with faults, and an exact audit.
 
     edgemeter sim [--devices N] [--rounds M | --duration S] [--rate R] [--micropython K]
-                  [--mp-heap SIZE] [--raters R] [--faults LIST|all] [--seed S] [--db URL]
+                  [--mp-heap SIZE] [--mp-firmware auto|unix32|wheel] [--raters R] [--faults LIST|all] [--seed S] [--db URL]
                   [--broker URL] [--report FILE] [--workdir DIR]
 
 What runs (see tools/sim/README.md for the design and each fault):
@@ -15,7 +15,8 @@ What runs (see tools/sim/README.md for the design and each fault):
   * N devices: the real device meter (firmware_py.meter) on its own journal directory, each
     with its own MQTT connection, client id and password, multiplexed in this process
     (tools.sim.net); plus K real MicroPython firmware processes (firmware_py.main in
-    `micropython -X heapsize=SIZE`, tools.sim.mp).
+    `micropython -X heapsize=SIZE`, tools.sim.mp: by default the 32-bit unix firmware with
+    the image frozen in, in 32 KiB, when `edgemeter build-firmware --target unix32` built it).
   * A workload drawn from billing.txt's scenarios (tools.sim.workload), M rounds in total
     (or for S seconds), R rounds/s per device (default: as fast as acks allow).
   * Faults (tools.sim.faults), then drain: every device seals, publishes and waits for its
@@ -68,9 +69,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", type=float, help="serve for this many seconds instead of --rounds")
     ap.add_argument("--rate", type=float, help="rounds per second per device (default: as fast as acks allow)")
     ap.add_argument("--micropython", type=int, default=0, metavar="K", help="real MicroPython firmware processes")
-    ap.add_argument("--mp-heap", type=_parse_size, default="256k",
-                    help="their board heap, the firmware's bytecode in ROMFS as in flash (the full "
-                         "loop does not fit 32k yet; 128k fails recovery after kill -9)")
+    ap.add_argument("--mp-heap", type=_parse_size, default=None,
+                    help="their heap (-X heapsize): default 32k on the unix32 firmware, 256k on the "
+                         "wheel's (its bytecode in ROMFS as in flash)")
+    ap.add_argument("--mp-firmware", choices=("auto", "unix32", "wheel"), default="auto",
+                    help="unix32: build/fw-unix32/micropython, the image frozen in (edgemeter "
+                         "build-firmware --target unix32; rebuilt when firmware_py changed); wheel: "
+                         "the 64-bit micropython wheel with the image in ROMFS; auto: unix32 when built")
     ap.add_argument("--mp-rounds", type=int, default=200, help="rounds per MicroPython device")
     ap.add_argument("--raters", type=int, default=1, help="rater processes sharing the subscription")
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))

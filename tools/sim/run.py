@@ -95,7 +95,8 @@ class Simulation:
         if a.micropython:
             from edgemeter.tools.sim.mp import MicroFleet
             self.mp = MicroFleet(self.work / "mp", host, port, self.mp_regs, a.mp_heap, a.mp_rounds, a.seed,
-                                 "power" in self.faults, self.note)
+                                 "power" in self.faults, self.note,
+                                 firmware=getattr(a, "mp_firmware", "auto"))
 
     # ------------------------------------------------------------------ faults
     def note(self, kind: str, **detail: Any) -> None:

@@ -1,7 +1,8 @@
-# The SDK stand-in for the firmware bench and tests: a workload module for firmware_py.main
-# (config "workload": "fw_driver") that serves a deterministic mix of rounds through the meter's
-# API. Not part of the firmware image: tools/fw_proc.py compiles it beside the image, as an SDK's
-# own code would be. Runs unchanged on MicroPython and CPython.
+# The SDK stand-in for the firmware tests (tests/firmware): a workload module for
+# firmware_py.main (config "workload": "fw_driver") that serves a deterministic mix of rounds
+# through the meter's API. Kept beside the simulator's (mp_workload.py) so that the unix32
+# firmware (tools/mpbuild.py) freezes both; not part of the device image. Runs unchanged on
+# MicroPython and CPython.
 #
 # workload_args: first (first round number, default 0), rounds (stop before this number),
 #   per_step (rounds per loop pass, 1), gap_ms (wait between passes, 0), stop_codes (refusal
