@@ -170,6 +170,8 @@ def dumps(obj):
             r = explain(obj, _ENC_MAX_DEPTH)
         except ImportError:
             r = None
+        except RuntimeError:  # a small C stack (a 10 KiB board) ends the recursion first
+            r = ("$", "nested deeper than %d or than the stack allows" % _ENC_MAX_DEPTH)
         raise EncodeError(*(r or ("$", "value outside the CBOR subset")))
     return bytes(buf)
 
