@@ -90,11 +90,13 @@ class Meter(MeterBase):
             self._check()
             return UNKNOWN_ROUND
         book = self.s.book
-        row = book["items"].get(item) if type(item) is int else None
-        if row is None:
-            if type(item) is not str:
+        if type(item) is str:
+            iid = book["item_names"].get(item)  # a name as the book spells it needs no norm()
+            row = book["items"][pb.item_id(book, item) if iid is None else iid]
+        else:
+            row = book["items"].get(item) if type(item) is int else None
+            if row is None:
                 raise pb.PriceBookError("unknown item %r" % (item,))
-            row = book["items"][pb.item_id(book, item)]
         iid = row[0]
         mid = 0
         if type(model) is int:

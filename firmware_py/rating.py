@@ -44,6 +44,9 @@ except ImportError:
 
 _MAX_ENTRIES = const(64)
 _GROUP_RULE = {pb.G_ASR: "one-asr", pb.G_TTS: "one-tts", pb.G_LLM: "one-llm"}
+# flags of items that carry a rule across items (R8, R9, R11-R13); R10 applies to any TTS
+# count above 1
+_CROSS = pb.F_INTENT | pb.F_CHAT | pb.F_PHOTO | pb.F_SENT
 
 
 class RuleError(ValueError):
@@ -96,22 +99,32 @@ def add(rnd: dict, item: int, count: int = 1, model: int = 0, image=None, direct
 
 def _entry(rnd, iid):
     e = rnd[iid]
-    if not (isinstance(e, list) and len(e) == 5 and all(_int(v) for v in e)):
+    # the per-round hot path: inline checks, no generator (MicroPython allocates one per call)
+    if not (type(e) is list and len(e) == 5 and type(e[0]) is int and type(e[1]) is int
+            and type(e[2]) is int and type(e[3]) is int and type(e[4]) is int):
         raise RatingError("count-range", "item %r: entry must be [count, model, w, h, direct] ints" % (iid,))
     return e
 
 
 def validate(book: dict, rnd: dict) -> None:
     """Raise RatingError for the first broken rule (checked in R order per item id)."""
+    _validated(book, rnd)
+
+
+def _validated(book: dict, rnd: dict) -> list:
+    """validate(); returns the round's item ids in increasing order."""
     if type(rnd) is not dict or not rnd:
         raise RatingError("empty-round", "a round rates at least one item")
     seen: dict = {}
     has: dict = {}
+    tts_many = 0
     for iid in rnd:
-        if not _int(iid):
+        if type(iid) is not int:
             raise RatingError("unknown-item", "item ids are integers, got %r" % (iid,))
-    for iid in sorted(rnd):
-        row = book["items"].get(iid)
+    ids = sorted(rnd)
+    items = book["items"]
+    for iid in ids:
+        row = items.get(iid)
         if row is None:
             raise RatingError("unknown-item", "item %r is not in price book v%d" % (iid, book["version"]))
         count, model, w, h, direct = _entry(rnd, iid)
@@ -129,6 +142,8 @@ def validate(book: dict, rnd: dict) -> None:
         if (w or h or direct) and not row[6] & pb.F_PHOTO:
             raise RatingError("photo-scope", "%s carries no image size or direct flag" % row[1])
         g = row[4]
+        if g == pb.G_TTS and count > 1:
+            tts_many = 1
         if g in _GROUP_RULE:
             if g in seen:
                 raise RatingError(_GROUP_RULE[g], "%s and %s in one round" % (seen[g], row[1]))
@@ -137,7 +152,9 @@ def validate(book: dict, rnd: dict) -> None:
     flags = 0
     for row in has.values():
         flags |= row[6]
-    for iid in sorted(has):          # MicroPython dicts are unordered: fix the check order
+    if not flags & _CROSS and not tts_many:
+        return ids                   # no rule across items (R8-R13) can apply to this round
+    for iid in ids:                  # MicroPython dicts are unordered: fix the check order
         row = has[iid]
         f = row[6]
         if f & pb.F_INTENT and rnd[iid][0] and pb.INTENT not in has:
@@ -153,17 +170,19 @@ def validate(book: dict, rnd: dict) -> None:
             pw, ph = book["photo"]
             if not w or not h or max(w, h) > max(pw, ph) or min(w, h) > min(pw, ph):
                 raise RatingError("photo-size", "%s needs an image of at most %dx%d, got %dx%d" % (row[1], pw, ph, w, h))
+    return ids
 
 
 def rate(book: dict, rnd: dict):
     """(lines, total_ucny) of a valid round; RatingError otherwise (see R1..R13)."""
-    validate(book, rnd)
     lines = []
     total = 0
-    for iid in sorted(rnd):
-        count, model = rnd[iid][0], rnd[iid][1]
-        mult = pb.multiplier(book, model)
-        ucny = book["items"][iid][2] * count * mult
+    items = book["items"]
+    for iid in _validated(book, rnd):
+        e = rnd[iid]
+        count, model = e[0], e[1]
+        mult = 1 if model == 0 else book["models"][model][2]   # pricebook.multiplier
+        ucny = items[iid][2] * count * mult
         lines.append((iid, count, mult, ucny, model))
         total += ucny
     return lines, total
@@ -177,8 +196,10 @@ def round_to_wire(rnd: dict) -> list:
     """The canonical wire array of rnd (see the module docstring); no timestamp."""
     out: list = []
     for iid in sorted(rnd):
-        count, model, w, h, direct = _entry(rnd, iid)
-        if w or h or direct:
+        e = _entry(rnd, iid)
+        count, model = e[0], e[1]
+        if e[2] or e[3] or e[4]:
+            w, h, direct = e[2], e[3], e[4]
             out.append([iid, count, model, w, h, direct])
         elif model:
             out.append([iid, count, model])
