@@ -57,3 +57,21 @@ def test_board_errors_are_one_clear_line(board: qemu_m3.Board, tmp_path: Path) -
     with qemu_m3.Board(board.elf, icount=False) as hung:  # its own QEMU: a hung board is killed
         with pytest.raises(qemu_m3.BoardError, match=r"^timed out after 1 s waiting for the script to finish"):
             hung.run("while True:\n    pass\n", timeout=1)
+
+
+def test_board_figures_have_their_keys_and_do_not_move_between_runs() -> None:
+    """bench_m3's instruction counts come from -icount: two boots agree to the clock's
+    resolution (each figure is a difference of two ticks_us readings, 1 us = 1000
+    instructions, and where the tick boundaries fall depends on how long the board waited
+    for the host's input)."""
+    from edgemeter.tools import bench_m3
+    elf = fw_m3.build(fw_m3.find_source(None))
+    runs = []
+    for _ in range(2):
+        with qemu_m3.Board(elf, icount=True, timeout=300) as b:
+            b.mount_fs()
+            runs.append({r["key"]: r["value"] for r in bench_m3.figure_rows(b, 10)})
+    assert runs[0].keys() == runs[1].keys()
+    assert all(abs(runs[0][k] - runs[1][k]) <= 2000 for k in runs[0]), runs
+    assert {"fw.m3.insns_per_round", "fw.m3.insns_per_batch", "fw.m3.insns_per_flash_append"} <= set(runs[0])
+    assert all(type(v) is int and v > 0 for v in runs[0].values()), runs[0]

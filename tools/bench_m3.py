@@ -142,7 +142,9 @@ def _setup(board: qemu_m3.Board, path: str, cfg: dict[str, int], prefix: str = "
 
 
 def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
-    """Round, batch and breakdown rows from one fresh boot's meter."""
+    """Round, batch and breakdown rows from one fresh boot's meter (r >= 10 rounds)."""
+    if r < 10:
+        raise ValueError("figure_rows needs r >= 10: the batch seals 10 of the measured rounds")
     _setup(board, "/ram/em", {"batch": 40, "ram_rounds": 40},
            "import vfs, emboard\nvfs.mount(emboard.RamFS(keep=False), '/ram')\n")
     f: list[int] = []
@@ -155,7 +157,7 @@ def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
     per = lambda t: round((t - t_nop) * 1000 / r)  # noqa: E731 - insns per call, loop removed
     rnd = per(t_round)
     how = (f"QEMU mps2-an385 -icount shift=0 (1 insn = 1 ns of ticks_us), device image, 32 KiB "
-           f"heap, journal on littlefs in RAM; average over {r} calls, loop overhead removed")
+           f"heap; average over {r} calls, loop overhead removed")
     return [
         {"key": "fw.m3.insns_per_round", "name": "M3 instructions per metered round (target <= 40,000)",
          "value": rnd, "unit": "insns",

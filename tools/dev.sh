@@ -88,7 +88,9 @@ case "$cmd" in
         mypy --config-file tools/mypy-firmware.ini firmware_py
         say "compiling firmware_py/ with mpy-cross"
         python -m edgemeter.tools.build_firmware
-        say "running the test suite (CPython and the MicroPython unix port)"
+        say "building the Cortex-M3 board firmware (QEMU MPS2-AN385; apt-installs the ARM toolchain and QEMU)"
+        python -m edgemeter.tools.fw_m3
+        say "running the test suite (CPython, the MicroPython unix port, the Cortex-M3 board)"
         python -m pytest "$@"
         # The rater's MQTT client overrides private paho methods (cloud/mqttclient.py, rule Q4):
         # its tests run again on the lowest paho-mqtt that pyproject allows (the venv has the highest).
