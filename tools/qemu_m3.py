@@ -154,9 +154,10 @@ class Board:
         if self.fs:
             self.run("import emboard\nemboard.mount(%d, %d, False)" % (FS_ADDR, FS_BYTES))
 
-    def mount_fs(self) -> None:
-        """Format (once per boot) and mount the RAM littlefs at / and chdir there."""
-        self.run("import emboard\nemboard.mount(%d, %d, %s)" % (FS_ADDR, FS_BYTES, not self.fs))
+    def mount_fs(self, fresh: bool = False) -> None:
+        """Mount the RAM littlefs at / and chdir there; formatted first when fresh and on the
+        first mount of a boot."""
+        self.run("import emboard\nemboard.mount(%d, %d, %s)" % (FS_ADDR, FS_BYTES, fresh or not self.fs))
         self.fs = True
 
     def insns(self, code: str, timeout: float | None = None) -> int:
