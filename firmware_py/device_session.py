@@ -181,8 +181,7 @@ class DeviceSession:
 
     def serve(self, rnd, now):
         """Rate and deduct one served round: (rec to journal, actions)."""
-        total = rating.rate(self.book, rnd)[1]
-        wire = rating.round_to_wire(rnd)
+        total, wire = rating.rate_wire(self.book, rnd)
         t = self.lease.clock(now)
         lid = 0 if self.postpaid else self.lease.deduct(total, t)
         self.served += 1
