@@ -116,6 +116,8 @@ class DeviceSession:
         return ("publish", P.suffix(msg["type"]), self._sign(msg))
 
     def _events(self):
+        if not self.lease.ev and not self.ev:
+            return []
         out = []
         for e in self.lease.ev + self.ev:
             if e[0] == "clock_rollback":

@@ -65,7 +65,7 @@ def test_board_figures_have_their_keys_and_do_not_move_between_runs() -> None:
     instructions, and where the tick boundaries fall depends on how long the board waited
     for the host's input)."""
     from edgemeter.tools import bench_m3
-    elf = fw_m3.build(fw_m3.find_source(None))
+    elf = bench_m3.bench_image()
     runs = []
     for _ in range(2):
         with qemu_m3.Board(elf, icount=True, timeout=300) as b:

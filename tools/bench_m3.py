@@ -8,6 +8,9 @@ instruction, so time.ticks_us() differences x 1000 are Cortex-M3 instructions, t
 any host and under any load. The board runs a real firmware_py.meter.Meter; its cloud is
 firmware_py.cloud_session.CloudSession and a Pool on the host (CPython), messages carried
 through the raw REPL, so the lease is a real grant and the batches are really acked.
+The instruction figures run the device image's frozen modules in a 256 KiB heap (build/fw-m3-bench):
+the measuring scripts do not fit beside the meter in 32 KiB. Garbage collection is therefore
+reported apart (bytes allocated per round, instructions per collection on the 32 KiB image).
 
 Rows (keys are stable):
   fw.m3.insns_per_round     a metered standard voice-chat round: start_round, record x 4
@@ -20,8 +23,12 @@ Rows (keys are stable):
                             record + f.flush() to a file on littlefs (RAM block device)
   fw.m3.insns_per_batch     DeviceSession.seal of 10 of those rounds: the usage batch's CBOR,
                             its HMAC-SHA-256 tag and envelope
-  fw.m3.insns.<part>        the breakdown: rating.rate, rating.round_to_wire, meter_log.enc_round,
-                            jframe.encode, each averaged over R calls
+  fw.m3.insns.<part>        the breakdown: Meter.start_round, .record, .end_round (ticks_us
+                            around each call, so they include the clock reads), and inside
+                            end_round rating.rate_wire (memo hit), meter_log.enc_round,
+                            jframe.encode; rating.rate and round_to_wire as a new round costs
+  fw.m3.alloc_bytes_per_round  heap allocated per round (gc disabled): what drives collections
+  fw.m3.insns_per_gc        one gc.collect() on the 32 KiB device image with the meter open
   fw.m3.min_heap_kib        the smallest heap the metered loop runs in: boot, littlefs mounted,
                             Meter.open, a lease granted, 30 rounds sealed in batches of 10 and
                             acked, the driving scripts included; found by taking B bytes of the
@@ -34,6 +41,7 @@ from __future__ import annotations
 import binascii
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from edgemeter.tools import benchrows, fw_m3, qemu_m3
@@ -114,6 +122,7 @@ _ROUNDS = [  # short scripts: the raw REPL buffers a script in the heap (doublin
     "f = open('/bare.log', 'ab')\nprint('FIG', timed(bare, r, framed), len(framed))\nf.close()\n",
     "rnd = {2: [1, 0, 0, 0, 0], 4: [1, 0, 0, 0, 0], 5: [1, 0, 0, 0, 0], 6: [1, 0, 0, 0, 0]}\n",
     "print('FIG', timed(rating.rate, r, m.s.book, rnd), timed(rating.round_to_wire, r, rnd))\n",
+    "print('FIG', timed(rating.rate_wire, r, m.s.book, rnd))\n",
     "print('FIG', timed(meter_log.enc_round, r, rec), timed(jframe.encode, r, 1000, pay))\n",
     "print('FIG', timed(one, r, NOW), timed(nop, r, NOW))\n",
     "print('FIG', *seal10())\n",
@@ -176,7 +185,7 @@ def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
     """Round, batch and breakdown rows from one fresh boot's meter (r >= 10 rounds)."""
     if r < 10:
         raise ValueError("figure_rows needs r >= 10: the batch seals 10 of the measured rounds")
-    _setup(board, "/ram/em", {"batch": 40, "ram_rounds": 40},
+    _setup(board, "/ram/em", {"batch": 64, "ram_rounds": 64},
            "import vfs, emboard\nvfs.mount(emboard.RamFS(keep=False), '/ram')\n")
     board.run(_TIMERS)
     f: list[int] = []
@@ -184,7 +193,7 @@ def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
         out = board.run(script % r if i == 0 else script, timeout=600)
         if "FIG" in out:
             f += [int(x) for x in out.split("FIG", 1)[1].split()]
-    t_bare, flen, t_rate, t_wire, t_enc, t_frame, t_round, t_nop, t_seal, n, t_start, t_rec, t_end, alloc = f
+    t_bare, flen, t_rate, t_wire, t_memo, t_enc, t_frame, t_round, t_nop, t_seal, n, t_start, t_rec, t_end, alloc = f
     if n != 10:
         raise RuntimeError(f"the seal took {n} rounds, not 10")
     per = lambda t: round((t - t_nop) * 1000 / r)  # noqa: E731 - insns per call, loop removed
@@ -214,9 +223,11 @@ def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
          "value": round(t_rec * 1000 / r / 4), "unit": "insns", "how": how.replace("loop overhead removed", "ticks_us around the four calls")},
         {"key": "fw.m3.insns.end_round", "name": "  of which Meter.end_round (the rest below is inside it)",
          "value": round(t_end * 1000 / r), "unit": "insns", "how": how.replace("loop overhead removed", "ticks_us around the call")},
-        {"key": "fw.m3.insns.rate", "name": "  of which rating.rate (standard voice chat)",
+        {"key": "fw.m3.insns.rate_wire", "name": "  of which rating.rate_wire (a round rated before: R15 memo)",
+         "value": per(t_memo), "unit": "insns", "how": how},
+        {"key": "fw.m3.insns.rate", "name": "  rating.rate of a round not rated before (memo miss)",
          "value": per(t_rate), "unit": "insns", "how": how},
-        {"key": "fw.m3.insns.round_to_wire", "name": "  of which rating.round_to_wire",
+        {"key": "fw.m3.insns.round_to_wire", "name": "  rating.round_to_wire (memo miss)",
          "value": per(t_wire), "unit": "insns", "how": how},
         {"key": "fw.m3.insns.enc_round", "name": "  of which meter_log.enc_round (record CBOR)",
          "value": per(t_enc), "unit": "insns", "how": how},
@@ -279,11 +290,15 @@ def gc_row(board: qemu_m3.Board, heap: int) -> dict[str, Any]:
                    "rounds"}
 
 
+def bench_image() -> Path:
+    """build/fw-m3-bench/firmware.elf: the device image's frozen modules, a BENCH_HEAP heap."""
+    return fw_m3.build(fw_m3.find_source(None), BENCH_HEAP, "bench", fw_m3.device_manifest())
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every board figure as rows {key, name, value, unit, how}."""
-    src = fw_m3.find_source(None)
-    bench = fw_m3.build(src, BENCH_HEAP, "bench", fw_m3.device_manifest())
-    elf = fw_m3.build(src)
+    bench = bench_image()
+    elf = fw_m3.build(fw_m3.find_source(None))
     heap = int((elf.parent / "heap").read_text())
     rows: list[dict[str, Any]] = []
     with qemu_m3.Board(bench, icount=True, timeout=300) as board:
