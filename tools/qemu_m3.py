@@ -12,7 +12,7 @@ soft reset (the heap is cleared; memory outside the heap is kept).
 
 With icount (the default) QEMU runs `-icount shift=0`: the emulated clock advances exactly
 1 ns per executed instruction, so `time.ticks_us()` differences times 1000 are instruction
-counts, independent of the host's load; `Board.insns(code)` returns them.
+counts, independent of the host's load (tools/bench_m3.py).
 
 `mount_fs()` mounts a littlefs2 filesystem on a RAM block device that lives outside the
 MicroPython heap (the board's second SSRAM bank, FS_ADDR), formatting it once per boot;
@@ -159,16 +159,6 @@ class Board:
         first mount of a boot."""
         self.run("import emboard\nemboard.mount(%d, %d, %s)" % (FS_ADDR, FS_BYTES, fresh or not self.fs))
         self.fs = True
-
-    def insns(self, code: str, timeout: float | None = None) -> int:
-        """Instructions executed by code (icount only): ticks_us around it, times 1000.
-        The bracketing call itself adds a few hundred; measure loops, not single calls."""
-        if not self.icount:
-            raise BoardError("instruction counts need icount (Board(icount=True))")
-        body = "".join("    " + ln + "\n" for ln in code.splitlines() if ln.strip()) or "    pass\n"
-        out = self.run("import time\ndef _m():\n" + body + "_t0 = time.ticks_us()\n_m()\n"
-                       "print(time.ticks_diff(time.ticks_us(), _t0))\n", timeout)
-        return int(out.split()[-1]) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
