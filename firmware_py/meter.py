@@ -45,10 +45,10 @@ from firmware_py.meter_base import (CFG, CLOSED, DEGRADED, DISK_FULL, JOURNAL_FU
 __all__ = ("Meter", "CFG", "REASONS", "LIGHT", "OK", "DEGRADED", "SUSPENDED", "JOURNAL_FULL",
            "DISK_FULL", "UNKNOWN_ROUND", "TOO_MANY_OPEN", "CLOSED")
 LIGHT = (pb.ASR_LITE, pb.TTS_LITE, pb.CHAT)
-# module names for what record() compares on every call: a builtin or another module's
+# module names for what start_round() and record() compare on every call: a builtin or another module's
 # attribute costs MicroPython a table search (see rating.py)
 _type, _int_t, _str_t = type, int, str
-_U_LAUNCH, _G_LLM, _DEGRADED = pb.U_LAUNCH, pb.G_LLM, L.DEGRADED
+_U_LAUNCH, _G_LLM, _ALLOW, _DEGRADED = pb.U_LAUNCH, pb.G_LLM, L.ALLOW, L.DEGRADED
 
 
 class Meter(MeterBase):
@@ -58,12 +58,14 @@ class Meter(MeterBase):
     def start_round(self, now, hint=None):
         """(allowed, code, round id) before a round (M1); the id is 0 when refused."""
         s = self._check()
-        if hint is not None and (type(hint) is not int or hint < 0):
+        if hint is not None and (_type(hint) is not _int_t or hint < 0):
             raise ValueError("hint must be an estimated cost in uCNY (int >= 0)")
         if self.closing:
             return False, CLOSED, 0
-        self._settle(now, False)
-        nopen = len(self.rounds)
+        rounds = self.rounds
+        if rounds:
+            self._settle(now, False)
+        nopen = len(rounds)
         if nopen >= self.cfg["max_open"]:
             return False, TOO_MANY_OPEN, 0
         if not self._room(nopen + 1):
@@ -74,16 +76,17 @@ class Meter(MeterBase):
             if not self._room(len(self.rounds) + 1):
                 return False, JOURNAL_FULL, 0
         cost = hint or 0
-        for r in self.rounds.values():
-            cost += r[3]
+        if rounds:
+            for r in rounds.values():
+                cost += r[3]
         v = s.allow(now, cost)
-        if v != L.ALLOW and v != L.DEGRADED:
+        if v != _ALLOW and v != _DEGRADED:
             if v == L.DENY_NO_LEASE or v == L.DENY_LAPSED or v == L.DENY_OFFLINE:
                 self._run(s.tick(now))  # ask for a lease / renewal at once
             return False, v, 0
         self.nrid = (self.nrid + 1) & 0xFFFFF
         rid = ((s.boot & 0x3FF) << 20) | self.nrid
-        self.rounds[rid] = [now, {}, v, hint or 0]
+        rounds[rid] = [now, {}, v, hint or 0]
         return True, v, rid
 
     def record(self, rid, item, count=1, model=None, image=None, direct=False, launch=None,
