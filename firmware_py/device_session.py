@@ -193,10 +193,12 @@ class DeviceSession:
     def seal_due(self, pending, oldest, now):
         """Whether the shell should seal now: `pending` unsealed rounds, the oldest at time
         `oldest` (a forced report, a full batch, or one aged cfg["age"] seconds)."""
-        if not pending or len(self.outbox) >= self.cfg["window"]:
+        if not pending:
             return False
-        return bool(self.force or pending >= self.cfg["batch"]
-                    or now - oldest >= self.cfg["age"])
+        cfg = self.cfg
+        if pending < cfg["batch"] and now - oldest < cfg["age"] and not self.force:
+            return False   # the common case, decided without len() (a builtin lookup)
+        return len(self.outbox) < cfg["window"]
 
     def seal(self, recs, now):
         """Seal a batch from the head of recs (journal order): (rounds taken, actions)."""
