@@ -200,29 +200,42 @@ class DeviceSession:
             return False   # the common case, decided without len() (a builtin lookup)
         return len(self.outbox) < cfg["window"]
 
-    def seal(self, recs, now):
-        """Seal a batch from the head of recs (journal order): (rounds taken, actions)."""
+    def seal(self, recs, now, state=True):
+        """Seal a batch from the head of recs (journal order): (rounds taken, actions).
+        state=False: the "persist" action carries None instead of the state bytes, for a shell
+        that makes the new seq durable another way (the meter journals a seal record,
+        meter_base M4) and would only throw the encoding away."""
         if not recs or len(self.outbox) >= self.cfg["window"]:
             return 0, []
         t = self.lease.clock(now)
         ver, lid = recs[0][2], recs[0][3]
+        lim = min(len(recs), self.cfg["batch"])
         n = 0
-        while (n < len(recs) and n < self.cfg["batch"] and recs[n][2] == ver
-               and recs[n][3] == lid):
+        while n < lim and recs[n][2] == ver and recs[n][3] == lid:
             n += 1
-        t0 = min(r[1] for r in recs[:n])
+        head = recs[:n]
+        t0 = head[0][1]
+        ucny = 0
+        for r in head:   # one pass, no generators: the earliest time and the total
+            if r[1] < t0:
+                t0 = r[1]
+            ucny += r[4]
+        rows = []
+        for r in head:
+            row = [r[1] - t0]
+            row += r[5]
+            rows.append(row)
         seq = self.next_seq
         self.next_seq += 1
         b = self._sign({"type": P.USAGE, "boot": self.boot, "seq": seq, "ver": ver,
-                        "lease": lid, "t0": t0, "flags": 0,
-                        "ucny": sum(r[4] for r in recs[:n]),
-                        "rounds": [[r[1] - t0] + list(r[5]) for r in recs[:n]]})
+                        "lease": lid, "t0": t0, "flags": 0, "ucny": ucny, "rounds": rows})
         if not self.outbox:
             self.tx_at = t
         self.outbox[seq] = b
         if n == len(recs):
             self.force = 0
-        return n, [self._persist(), ("outbox", seq, b), ("publish", "up/usage", b)]
+        return n, [self._persist() if state else ("persist", None), ("outbox", seq, b),
+                   ("publish", "up/usage", b)]
 
     # ------------------------------------------------------------------ timers
     def tick(self, now):

@@ -21,8 +21,9 @@ Rows (keys are stable):
                             them, less the loop's own call overhead
   fw.m3.insns_per_flash_append  the flash write reported apart: f.write of the same framed
                             record + f.flush() to a file on littlefs (RAM block device)
-  fw.m3.insns_per_batch     DeviceSession.seal of 10 of those rounds: the usage batch's CBOR,
-                            its HMAC-SHA-256 tag and envelope
+  fw.m3.insns_per_batch     DeviceSession.seal of 10 of those rounds as the meter calls it
+                            (state=False: its seal record persists the seq): the usage batch's
+                            CBOR, its HMAC-SHA-256 tag and envelope
   fw.m3.insns.<part>        the breakdown: Meter.start_round, .record, .end_round (ticks_us
                             around each call, so they include the clock reads), and inside
                             end_round rating.rate_wire (memo hit), meter_log.enc_round,
@@ -106,7 +107,7 @@ def seal10():
     recs = [x[1] for x in m.pend[-10:]]
     gc.collect()
     t0 = time.ticks_us()
-    n, acts = m.s.seal(recs, NOW)
+    n, acts = m.s.seal(recs, NOW, False)
     return time.ticks_diff(time.ticks_us(), t0), n
 def timed(fn, n, *a):
     gc.collect()
@@ -210,7 +211,8 @@ def figure_rows(board: qemu_m3.Board, r: int) -> list[dict[str, Any]]:
         {"key": "fw.m3.insns_per_batch", "name": "M3 instructions to seal and MAC a 10-round batch "
          "(target <= 150,000)", "value": t_seal * 1000, "unit": "insns",
          "how": how.replace(f"average over {r} calls, loop overhead removed", "one call")
-                + "; DeviceSession.seal: batch CBOR, HMAC-SHA-256 tag, envelope"},
+                + "; DeviceSession.seal(recs, now, state=False) as the meter calls it: batch CBOR, "
+                  "HMAC-SHA-256 tag, envelope"},
         {"key": "fw.m3.insns_per_flash_append", "name": "M3 instructions per journal record "
          "flash append (excluded above)", "value": per(t_bare), "unit": "insns",
          "how": how + f"; f.write of the {flen}-byte framed record + f.flush() on littlefs2 "
