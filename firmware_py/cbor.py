@@ -82,6 +82,12 @@ class EncodeError(ValueError):
 
 
 # ---------------------------------------------------------------------------------- encoder
+# Builtins bound to module names for the encoder's hot path: on MicroPython a builtin is found
+# by searching the builtins table after a miss in the module's globals, several times the cost
+# of a module name (see rating.py).
+_type, _int_t, _list_t, _tuple_t, _bytes_t, _bytearray_t, _str_t, _dict_t, _len = (
+    type, int, list, tuple, bytes, bytearray, str, dict, len)
+
 
 def _head(buf, mt, v):
     # E1: shortest head for major type bits `mt` (already shifted) and argument v >= 0.
@@ -108,8 +114,8 @@ def _key_order(k):
 def _enc(o, buf, depth):
     # Raises a bare ValueError/TypeError on anything outside the subset; dumps() then walks
     # the value again (cbor_diag.explain) to say where and why, so the hot path carries no path.
-    t = type(o)
-    if t is int:
+    t = _type(o)
+    if t is _int_t:
         if o >= 0:
             if o < 24:
                 buf.append(o)
@@ -117,30 +123,30 @@ def _enc(o, buf, depth):
                 _head(buf, 0x00, o)
         else:
             _head(buf, 0x20, -1 - o)
-    elif t is list or t is tuple:
+    elif t is _list_t or t is _tuple_t:
         if depth <= 0:
             raise ValueError
-        _head(buf, 0x80, len(o))
+        _head(buf, 0x80, _len(o))
         depth -= 1
         for x in o:
-            if type(x) is int and 0 <= x < 24:
+            if _type(x) is _int_t and 0 <= x < 24:
                 buf.append(x)
             else:
                 _enc(x, buf, depth)
-    elif t is bytes or t is bytearray:
-        _head(buf, 0x40, len(o))
+    elif t is _bytes_t or t is _bytearray_t:
+        _head(buf, 0x40, _len(o))
         buf += o
-    elif t is str:
+    elif t is _str_t:
         b = o.encode()
-        _head(buf, 0x60, len(b))
+        _head(buf, 0x60, _len(b))
         buf += b
-    elif t is dict:
+    elif t is _dict_t:
         if depth <= 0:
             raise ValueError
-        _head(buf, 0xA0, len(o))
+        _head(buf, 0xA0, _len(o))
         depth -= 1
         for k in o:
-            if type(k) is not int:
+            if _type(k) is not _int_t:
                 raise ValueError
         for k in sorted(o, key=_key_order):
             _enc(k, buf, depth)
@@ -170,8 +176,10 @@ def dumps(obj):
             r = explain(obj, _ENC_MAX_DEPTH)
         except ImportError:
             r = None
+        except RuntimeError:  # a small C stack (a 10 KiB board) ends the recursion first
+            r = ("$", "nested deeper than %d or than the stack allows" % _ENC_MAX_DEPTH)
         raise EncodeError(*(r or ("$", "value outside the CBOR subset")))
-    return bytes(buf)
+    return _bytes_t(buf)
 
 
 # ---------------------------------------------------------------------------------- decoder

@@ -116,6 +116,8 @@ class DeviceSession:
         return ("publish", P.suffix(msg["type"]), self._sign(msg))
 
     def _events(self):
+        if not self.lease.ev and not self.ev:
+            return []
         out = []
         for e in self.lease.ev + self.ev:
             if e[0] == "clock_rollback":
@@ -181,8 +183,7 @@ class DeviceSession:
 
     def serve(self, rnd, now):
         """Rate and deduct one served round: (rec to journal, actions)."""
-        total = rating.rate(self.book, rnd)[1]
-        wire = rating.round_to_wire(rnd)
+        total, wire = rating.rate_wire(self.book, rnd)
         t = self.lease.clock(now)
         lid = 0 if self.postpaid else self.lease.deduct(total, t)
         self.served += 1
@@ -192,34 +193,49 @@ class DeviceSession:
     def seal_due(self, pending, oldest, now):
         """Whether the shell should seal now: `pending` unsealed rounds, the oldest at time
         `oldest` (a forced report, a full batch, or one aged cfg["age"] seconds)."""
-        if not pending or len(self.outbox) >= self.cfg["window"]:
+        if not pending:
             return False
-        return bool(self.force or pending >= self.cfg["batch"]
-                    or now - oldest >= self.cfg["age"])
+        cfg = self.cfg
+        if pending < cfg["batch"] and now - oldest < cfg["age"] and not self.force:
+            return False   # the common case, decided without len() (a builtin lookup)
+        return len(self.outbox) < cfg["window"]
 
-    def seal(self, recs, now):
-        """Seal a batch from the head of recs (journal order): (rounds taken, actions)."""
+    def seal(self, recs, now, state=True):
+        """Seal a batch from the head of recs (journal order): (rounds taken, actions).
+        state=False: the "persist" action carries None instead of the state bytes, for a shell
+        that makes the new seq durable another way (the meter journals a seal record,
+        meter_base M4) and would only throw the encoding away."""
         if not recs or len(self.outbox) >= self.cfg["window"]:
             return 0, []
         t = self.lease.clock(now)
         ver, lid = recs[0][2], recs[0][3]
+        lim = min(len(recs), self.cfg["batch"])
         n = 0
-        while (n < len(recs) and n < self.cfg["batch"] and recs[n][2] == ver
-               and recs[n][3] == lid):
+        while n < lim and recs[n][2] == ver and recs[n][3] == lid:
             n += 1
-        t0 = min(r[1] for r in recs[:n])
+        head = recs[:n]
+        t0 = head[0][1]
+        ucny = 0
+        for r in head:   # one pass, no generators: the earliest time and the total
+            if r[1] < t0:
+                t0 = r[1]
+            ucny += r[4]
+        rows = []
+        for r in head:
+            row = [r[1] - t0]
+            row += r[5]
+            rows.append(row)
         seq = self.next_seq
         self.next_seq += 1
         b = self._sign({"type": P.USAGE, "boot": self.boot, "seq": seq, "ver": ver,
-                        "lease": lid, "t0": t0, "flags": 0,
-                        "ucny": sum(r[4] for r in recs[:n]),
-                        "rounds": [[r[1] - t0] + list(r[5]) for r in recs[:n]]})
+                        "lease": lid, "t0": t0, "flags": 0, "ucny": ucny, "rounds": rows})
         if not self.outbox:
             self.tx_at = t
         self.outbox[seq] = b
         if n == len(recs):
             self.force = 0
-        return n, [self._persist(), ("outbox", seq, b), ("publish", "up/usage", b)]
+        return n, [self._persist() if state else ("persist", None), ("outbox", seq, b),
+                   ("publish", "up/usage", b)]
 
     # ------------------------------------------------------------------ timers
     def tick(self, now):

@@ -44,16 +44,18 @@ _SHORT = const(3)
 REASONS = ("ok", "magic", "header", "length", "crc", "order")
 _crc32 = binascii.crc32
 _unpack_from = struct.unpack_from
+_pack = struct.pack
+_len = len   # module names, not builtins, on the per-round path (see rating.py)
 
 
 def encode(recno: int, payload) -> bytes:
     """One framed record for recno and payload (bytes)."""
-    n = len(payload)
+    n = _len(payload)
     if n > MAX_PAYLOAD:
         raise ValueError("payload longer than %d bytes" % MAX_PAYLOAD)
-    h = struct.pack("<BHH", _MAGIC, n, recno & 0xFFFF)
-    body = h + bytes((_crc32(h) & 0xFF,)) + payload
-    return body + struct.pack("<I", _crc32(body))
+    h = _pack("<BHH", _MAGIC, n, recno & 0xFFFF)
+    body = h + _pack("<B", _crc32(h) & 0xFF) + payload
+    return body + _pack("<I", _crc32(body))
 
 
 def _check(buf, mv, p: int, n: int):

@@ -61,8 +61,11 @@ class LeaseError(ValueError):
     pass
 
 
+_type, _int_t = type, int   # module names on the per-round path (see rating.py)
+
+
 def check_units(v, what="units"):
-    if type(v) is not int or v < 0:
+    if _type(v) is not _int_t or v < 0:
         raise LeaseError("%s must be an integer >= 0, not %r" % (what, v))
     return v
 
@@ -144,7 +147,7 @@ class DeviceLease:
         t = self.clock(now)
         if self.st == NONE or self.st == REQUESTED:
             return DENY_NO_LEASE
-        need = max(cost, 1)
+        need = cost if cost > 1 else 1
         if self.remaining() >= need and t < self.expires:
             return ALLOW
         if self.lapse < 0:

@@ -50,12 +50,19 @@ def _check(name, v):
     raise ValueError("mac: %s must be bytes, not %s" % (name, t.__name__))
 
 
+_LAST = [None, b"", b""]  # the pads of the last key: a device signs with one key at a time
+
+
 def _pads(key):
     key = _check("key", key)
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key + bytes(_BLOCK - len(key))
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+    last = _LAST
+    if key == last[0]:
+        return last[1], last[2]
+    k = hashlib.sha256(key).digest() if len(key) > _BLOCK else key
+    k = k + bytes(_BLOCK - len(k))
+    last[1], last[2] = bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+    last[0] = key
+    return last[1], last[2]
 
 
 def hmac_sha256(key, msg):

@@ -45,6 +45,10 @@ from firmware_py.meter_base import (CFG, CLOSED, DEGRADED, DISK_FULL, JOURNAL_FU
 __all__ = ("Meter", "CFG", "REASONS", "LIGHT", "OK", "DEGRADED", "SUSPENDED", "JOURNAL_FULL",
            "DISK_FULL", "UNKNOWN_ROUND", "TOO_MANY_OPEN", "CLOSED")
 LIGHT = (pb.ASR_LITE, pb.TTS_LITE, pb.CHAT)
+# module names for what start_round() and record() compare on every call: a builtin or another module's
+# attribute costs MicroPython a table search (see rating.py)
+_type, _int_t, _str_t = type, int, str
+_U_LAUNCH, _G_LLM, _ALLOW, _DEGRADED = pb.U_LAUNCH, pb.G_LLM, L.ALLOW, L.DEGRADED
 
 
 class Meter(MeterBase):
@@ -54,14 +58,17 @@ class Meter(MeterBase):
     def start_round(self, now, hint=None):
         """(allowed, code, round id) before a round (M1); the id is 0 when refused."""
         s = self._check()
-        if hint is not None and (type(hint) is not int or hint < 0):
+        if hint is not None and (_type(hint) is not _int_t or hint < 0):
             raise ValueError("hint must be an estimated cost in uCNY (int >= 0)")
         if self.closing:
             return False, CLOSED, 0
-        self._settle(now, False)
-        if len(self.rounds) >= self.cfg["max_open"]:
+        rounds = self.rounds
+        if rounds:
+            self._settle(now, False)
+        nopen = len(rounds)
+        if nopen >= self.cfg["max_open"]:
             return False, TOO_MANY_OPEN, 0
-        if not self._room(len(self.rounds) + 1):
+        if not self._room(nopen + 1):
             if self.npend:  # seal what waits (its age may never come: a clock set back)
                 s.force = 1
                 self._seal(now)
@@ -69,16 +76,17 @@ class Meter(MeterBase):
             if not self._room(len(self.rounds) + 1):
                 return False, JOURNAL_FULL, 0
         cost = hint or 0
-        for r in self.rounds.values():
-            cost += r[3]
+        if rounds:
+            for r in rounds.values():
+                cost += r[3]
         v = s.allow(now, cost)
-        if v != L.ALLOW and v != L.DEGRADED:
+        if v != _ALLOW and v != _DEGRADED:
             if v == L.DENY_NO_LEASE or v == L.DENY_LAPSED or v == L.DENY_OFFLINE:
                 self._run(s.tick(now))  # ask for a lease / renewal at once
             return False, v, 0
         self.nrid = (self.nrid + 1) & 0xFFFFF
         rid = ((s.boot & 0x3FF) << 20) | self.nrid
-        self.rounds[rid] = [now, {}, v, hint or 0]
+        rounds[rid] = [now, {}, v, hint or 0]
         return True, v, rid
 
     def record(self, rid, item, count=1, model=None, image=None, direct=False, launch=None,
@@ -90,14 +98,16 @@ class Meter(MeterBase):
             self._check()
             return UNKNOWN_ROUND
         book = self.s.book
-        row = book["items"].get(item) if type(item) is int else None
-        if row is None:
-            if type(item) is not str:
+        if _type(item) is _str_t:
+            iid = book["item_names"].get(item)  # a name as the book spells it needs no norm()
+            row = book["items"][pb.item_id(book, item) if iid is None else iid]
+        else:
+            row = book["items"].get(item) if _type(item) is _int_t else None
+            if row is None:
                 raise pb.PriceBookError("unknown item %r" % (item,))
-            row = book["items"][pb.item_id(book, item)]
         iid = row[0]
         mid = 0
-        if type(model) is int:
+        if _type(model) is _int_t:
             mid = model
         elif model is not None:
             hit = pb.model_lookup(book, model)
@@ -106,18 +116,18 @@ class Meter(MeterBase):
             mid = hit[0]
         if now is not None and now > r[0]:
             r[0] = now
-        if row[3] == pb.U_LAUNCH:
+        if row[3] == _U_LAUNCH:
             count = 0 if iid in r[1] else self._launch(iid, launch, r[0])
-        elif row[4] == pb.G_LLM and self.agents:
+        elif row[4] == _G_LLM and self.agents:
             self.agents = {}
         rnd = r[1]
         e = rnd.get(iid)
-        if (e is None and image is None and not direct and type(count) is int and count >= 0
+        if (e is None and image is None and not direct and _type(count) is _int_t and count >= 0
                 and mid >= 0):
             rnd[iid] = [count, mid, 0, 0, 0]  # what rating.add does, on the per-round path
         else:
             rating.add(rnd, iid, count, mid, image, direct)
-        if r[2] == L.DEGRADED and (iid not in LIGHT or mid) and row[2]:
+        if r[2] == _DEGRADED and (iid not in LIGHT or mid) and row[2]:
             self._event("degrade_exceeded", (rid, row[1]))
         return OK
 
@@ -155,6 +165,8 @@ class Meter(MeterBase):
         return code, u
 
     def _settle(self, now, every):
+        if not self.rounds:
+            return
         to = self.cfg["round_timeout"]
         for rid in [x for x in self.rounds if every or now - self.rounds[x][0] >= to]:
             rnd = self.rounds[rid][1]

@@ -293,7 +293,7 @@ class MeterBase:
             if not s.seal_due(self.npend, pend[0][1][1], now):
                 return
             force = s.force
-            n, acts = s.seal([x[1] for x in pend], now)
+            n, acts = s.seal([x[1] for x in pend], now, False)  # M4: the seal record persists
             if not n:
                 return
             seq = s.next_seq - 1

@@ -38,9 +38,8 @@ class MeterLogError(ValueError):
 
 def enc_round(rec, settled=False) -> bytes:
     """The payload of a served round rec = [k, t, ver, lease, ucny, wire] (DeviceSession)."""
-    a = [rec[1], rec[2], rec[3], rec[4]] + list(rec[5])
-    if settled:
-        a.insert(0, 1)
+    a = [1, rec[1], rec[2], rec[3], rec[4]] if settled else [rec[1], rec[2], rec[3], rec[4]]
+    a += rec[5]
     return cbor.dumps(a)
 
 

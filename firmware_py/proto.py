@@ -123,26 +123,31 @@ def name(mtype):
 
 
 # ------------------------------------------------------------------------------ encoding
+# module names for the builtins _check and body() test against on every field (see rating.py)
+_type, _int_t, _bytes_t, _bytearray_t, _dict_t, _list_t, _len = (
+    type, int, bytes, bytearray, dict, list, len)
+
+
 def _check(mtype, k, v, off):
     kind = _KIND.get(k, "u")
-    t = type(v)
+    t = _type(v)
     if kind == "u":
-        ok = t is int and 0 <= v <= _U64
+        ok = t is _int_t and 0 <= v <= _U64
     elif kind == "i":
-        ok = t is int and -_U64 - 1 <= v <= _U64
+        ok = t is _int_t and -_U64 - 1 <= v <= _U64
     elif kind == "b":
-        ok = (t is bytes or t is bytearray) and (k != "key" or len(v) == KEY_LEN)
+        ok = (t is _bytes_t or t is _bytearray_t) and (k != "key" or len(v) == KEY_LEN)
     elif kind == "v":
-        ok = t is dict and all(type(s) is int and s >= 0 and type(c) is int and 0 <= c < 256
+        ok = t is _dict_t and all(type(s) is int and s >= 0 and type(c) is int and 0 <= c < 256
                                for s, c in v.items())
     else:
-        ok = t is list and len(v) <= MAX_ROUNDS
+        ok = t is _list_t and _len(v) <= MAX_ROUNDS
         for r in v if ok else ():
-            if type(r) is not list or not r or type(r[0]) is not int or not 0 <= r[0] <= _U64:
+            if _type(r) is not _list_t or not r or _type(r[0]) is not _int_t or not 0 <= r[0] <= _U64:
                 ok = False
                 break
     if not ok:
-        shown = "%d bytes" % len(v) if t is bytes or t is bytearray else repr(v)
+        shown = "%d bytes" % len(v) if t is _bytes_t or t is _bytearray_t else repr(v)
         raise ProtoError(off, "%s.%s: %s is not a valid %s" % (name(mtype), k, shown, {
             "u": "uint", "i": "int", "b": "byte string" if k != "key" else "32-byte key",
             "v": "map of seq to verdict", "r": "array of [dt, *round] arrays"}[kind]))
@@ -158,14 +163,17 @@ def body(msg):
         raise ProtoError(-1, "unknown message type %r" % (mtype,))
     fields, opt = spec[2], spec[3]
     arr = [mtype]
-    for i, k in enumerate(fields):
+    last = _len(fields) - opt
+    i = 0
+    for k in fields:
         v = msg.get(k)
         if v is None:
-            if i >= len(fields) - opt:
+            if i >= last:
                 break
             raise ProtoError(-1, "%s: field %s missing" % (spec[0], k))
         _check(mtype, k, v, -1)
         arr.append(v)
+        i += 1
     _semantics(mtype, arr, -1)
     return arr
 

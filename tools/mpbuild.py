@@ -6,7 +6,9 @@
 Targets (TARGETS): `unix32`, the unix port built 32-bit (gcc -m32), the firmware run as
 `build/fw-unix32/micropython -X heapsize=32k -m firmware_py.main CONFIG`; `cortex-m3`, the
 qemu port's MPS2-AN385 board (a Cortex-M3 under `qemu-system-arm -machine mps2-an385`) with a
-32 KiB heap, `build/fw-m3/firmware.elf`. The frozen modules' bytecode, strings (qstrs) and
+32 KiB heap, `build/fw-m3-core/firmware.elf` (the plain port with every core module frozen;
+the board image with its littlefs journal, build/fw-m3/, is tools/fw_m3.py's). The frozen
+modules' bytecode, strings (qstrs) and
 constant tuples/bytes stay in the executable's read-only data (a board's flash); only what the
 code builds at run time takes heap.
 
@@ -22,7 +24,7 @@ the tarball in ../shared/micropython/ relative to the project root when it exist
 nearest shared/micropython/ above it). A tarball is
 unpacked once into build/mpsrc/<its sha256>/. Build products go under build/fw-work/<target>/
 (make's BUILD=, MPY_LIB_DIR=), so a given tree is never written to; the results are copied
-to build/fw-unix32/ and build/fw-m3/. The build is skipped when build/fw-<x>/stamp.json holds
+to build/fw-unix32/ and build/fw-m3-core/. The build is skipped when build/fw-<x>/stamp.json holds
 the same hashes: the frozen sources, this file, the source tree (tarball sha256, or a tree's
 git HEAD and status, else its files' sizes and times) and the make variables.
 
@@ -58,7 +60,7 @@ TARGETS: dict[str, dict[str, Any]] = {
     "unix32": {"port": "unix", "out": "fw-unix32", "product": "micropython", "freeze": "device",
                "make": ("CFLAGS_EXTRA=-m32", "LDFLAGS_EXTRA=-m32", "MICROPY_PY_FFI=0"),
                "built": "micropython"},
-    "cortex-m3": {"port": "qemu", "out": "fw-m3", "product": "firmware.elf", "freeze": "all",
+    "cortex-m3": {"port": "qemu", "out": "fw-m3-core", "product": "firmware.elf", "freeze": "all",
                   "make": ("BOARD=MPS2_AN385", "MICROPY_HEAP_SIZE=32768"),
                   "built": "firmware.elf"},
 }

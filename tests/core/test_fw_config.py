@@ -1,21 +1,12 @@
 # The firmware's configuration (firmware_py.main rule F1): validated once, every problem named
 # with its key. Runtime-neutral: pytest runs it on CPython, tests/test_micropython.py on
 # MicroPython. Files go under build/tmp/<unique>.
-import binascii
-import os
-
+import vec
 from firmware_py import main as F
 
 
 def tmpdir():
-    for p in ("build", "build/tmp"):
-        try:
-            os.mkdir(p)
-        except OSError:
-            pass
-    d = "build/tmp/fc" + binascii.hexlify(os.urandom(5)).decode()
-    os.mkdir(d)
-    return d
+    return vec.tmpdir("fc")
 
 
 def good(d):

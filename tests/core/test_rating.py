@@ -250,3 +250,27 @@ def test_rating_never_reads_a_missing_key():
     # malformed in-memory rounds raise RatingError, never KeyError/TypeError
     for rnd in ({6: [1]}, {6: "x"}, {"chat": [1, 0, 0, 0, 0]}, {6: [1, 0, 0, 0, True]}, [], None):
         vec.raises(rating.RatingError, rating.rate, BOOK, rnd)
+
+
+def test_rate_wire_memo_gives_what_rating_gives():
+    """rating.rate_wire (R15): the total and wire form of rate() and round_to_wire(), on a
+    first call and on the memo's hits, every rule still enforced, per price book."""
+    v = vec.load("rating_rules")
+    for _ in range(2):
+        for case in v["valid"]:
+            rnd = build(case["round"])
+            assert rating.rate_wire(BOOK, rnd) == (case["total_ucny"], rating.round_to_wire(rnd)), case
+        for case in v["reject"]:
+            def go():
+                return rating.rate_wire(BOOK, build(case["round"]))
+            assert vec.raises(rating.RatingError, go).rule == case["rule"], case
+    std = rating.from_flags(BOOK, asr="standard", intent=True, tts="standard", llm="chat")
+    assert rating.rate_wire(BOOK, std) == (5450, [2, 4, 5, 6])
+    bad = {k: list(e) for k, e in std.items()}
+    bad[pb.CHAT][0] = True                       # True == 1, but a bool is no count (R3)
+    assert vec.raises(rating.RatingError, rating.rate_wire, BOOK, bad).rule == "count-range"
+    book2 = pb.from_cbor(pb.to_cbor(BOOK))
+    assert book2["hash"] == BOOK["hash"] and rating.rate_wire(book2, std) == (5450, [2, 4, 5, 6])
+    w = rating.rate_wire(BOOK, std)[1]
+    w.append(99)                                 # a caller's copy: the memo is not touched
+    assert rating.rate_wire(BOOK, std)[1] == [2, 4, 5, 6]

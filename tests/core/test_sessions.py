@@ -406,3 +406,19 @@ def test_a_device_back_after_90_days_offline_is_booked_exactly():
     _check(devs, cloud)
     first = cloud.booked[1000002][1]
     assert first["retx"] and first["rounds"][0][0] == T0 + 64800  # booked with its own time
+
+
+def test_seal_without_the_state_bytes_seals_the_same_batch():
+    """seal(recs, now, state=False), the meter's call (its seal record persists the seq): the
+    same batch, outbox entry and next seq; only the "persist" action carries None."""
+    out = []
+    for state in (True, False):
+        s = DeviceSession(WS, 42, 1, KEY, BOOK1, None, [], {"postpaid": 1, "batch": 4})
+        s.start(T0)
+        rnd = rating.from_flags(BOOK1, asr="standard", intent=True, tts="standard", llm="chat")
+        recs = [s.serve(rnd, T0 + i)[0] for i in range(5)]
+        n, acts = s.seal(recs, T0 + 9, state)
+        out.append((n, acts, s.next_seq, dict(s.outbox)))
+    (n1, a1, q1, o1), (n2, a2, q2, o2) = out
+    assert n1 == n2 == 4 and q1 == q2 and o1 == o2 and a1[1:] == a2[1:]
+    assert a1[0][0] == a2[0][0] == "persist" and type(a1[0][1]) is bytes and a2[0][1] is None
