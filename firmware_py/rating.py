@@ -197,7 +197,7 @@ def rate(book: dict, rnd: dict):
 
 
 _MEMO: list = []   # [book hash, copy of the round, total, wire], the newest last
-_MEMO_MAX = const(8)
+_MEMO_MAX = const(1)   # each kept round costs ~350 B of heap; a device mostly repeats its last round
 
 
 def rate_wire(book: dict, rnd: dict):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import fw_cloud
-import fw_proc
+from edgemeter.tools import fw_cloud, fw_proc
 from test_firmware_powercut import campaign
 from edgemeter.tools import mpbuild
 from edgemeter.tools.broker import Broker
