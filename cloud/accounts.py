@@ -104,7 +104,8 @@ def load_state(conn: Connection, account_ids: Iterable[int]) -> dict[int, dict[s
     if not ids:
         return {}
     bal = {r["account_id"]: r for r in conn.execute(
-        select(S.account_balances).where(S.account_balances.c.account_id.in_(ids)).with_for_update()).mappings()}
+        select(S.account_balances).where(S.account_balances.c.account_id.in_(ids))
+        .order_by(S.account_balances.c.account_id).with_for_update()).mappings()}   # id order: no deadlock
     missing = set(ids) - set(bal)
     if missing:
         raise AccountError(f"no account(s) {sorted(missing)}")

@@ -188,7 +188,11 @@ class Ingest:
 
     def _load_devices(self, conn: Connection, devs: set[int]) -> tuple[dict[int, Any], dict[int, dict[int, bytes]]]:
         """The devices' rows (locked FOR UPDATE where the store has row locks) and their keys
-        up to the last delivered kid: straight through the driver, this runs for every group."""
+        up to the last delivered kid: straight through the driver, this runs for every group.
+        Rows are locked in id order (ORDER BY under FOR UPDATE: PostgreSQL locks the rows as
+        the sort returns them), so that two raters locking overlapping sets queue instead of
+        deadlocking; without it a sequential scan locks them in their physical order, which
+        updates keep changing."""
         if not devs:
             return {}, {}
         ids = sorted(devs)
@@ -200,7 +204,8 @@ class Ingest:
             part = ids[k:k + per]
             marks = ", ".join([ledger.marks(conn)] * len(part))
             for i, ws, sess, kid_sent, status in conn.exec_driver_sql(
-                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks}){lock}",
+                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks})"
+                    f" ORDER BY id{lock}",
                     tuple(part)):
                 rows[i] = {"id": i, "workspace_id": ws, "session": sess, "kid_sent": kid_sent, "status": status}
             found += conn.exec_driver_sql(
@@ -432,17 +437,15 @@ class Ingest:
     def _save_sessions(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
         if not sessions:
             return
-        ph = ledger.marks(conn)
         saved = [(json.dumps(s.state(), sort_keys=True), s.s["acked"], now_ms, dev) for dev, s in sessions.items()]
-        conn.exec_driver_sql(   # straight through the driver: this runs for every group
-            f"UPDATE devices SET session = {ph}, acked_seq = {ph}, last_seen_ms = {ph} WHERE id = {ph}", saved)
+        # straight through the driver: this runs for every group
+        ledger.update_tuples(conn, S.devices, ("session", "acked_seq", "last_seen_ms"), "id", saved)
         if len(self._live) + len(saved) > LIVE_MAX:
             self._live.clear()
         for text, _acked, _seen, dev in saved:     # rule G9
             self._live[dev] = (text, sessions[dev])
         if status_of:
-            conn.exec_driver_sql(f"UPDATE devices SET last_status = {ph} WHERE id = {ph}",
-                                 [(v, k) for k, v in status_of.items()])
+            ledger.update_tuples(conn, S.devices, ("last_status",), "id", [(v, k) for k, v in status_of.items()])
 
 
 class _Session(CS.CloudSession):

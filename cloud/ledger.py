@@ -10,6 +10,12 @@ Rules:
  L3. A dead letter is counted by (reason, topic, sha256(payload)): the first one is stored, each
      repeat bumps `count` and `last_seen_ms`. Nothing else changes.
  L4. `devices.acked_seq` only grows and is a lower bound: every seq <= it is booked.
+ L5. On PostgreSQL the hot multi-row writes bind one array per column and unnest them
+     (INSERT .. SELECT FROM unnest(...), UPDATE .. FROM unnest(...)): one short statement per
+     group whatever its size, parsed and prepared once by the driver. A multi-row VALUES list
+     is a new statement text for every row count (psycopg re-parses its thousands of
+     placeholders each time) and executemany is one server round in the pipeline per row;
+     both cost the rater several times the CPU (tools/bench_ingest_pg.py).
 """
 from __future__ import annotations
 
@@ -75,28 +81,80 @@ def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int,
 def insert_batch_tuples(conn: Connection, rows: Sequence[tuple]) -> dict[tuple[int, int], int]:
     """insert_batches() of rows given as tuples in BATCH_COLS order (mismatch a bool).
 
-    One multi-row INSERT .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING per 1000 rows
-    (fewer where the SQLite library binds fewer parameters: max_params), straight through the
-    driver (the rater's hot path)."""
+    Straight through the driver (the rater's hot path), rule L5: PostgreSQL, one
+    INSERT .. SELECT FROM unnest(arrays) .. ON CONFLICT (device_id, seq) DO NOTHING .. RETURNING
+    for the whole group; SQLite, one multi-row INSERT .. VALUES .. ON CONFLICT .. RETURNING per
+    1000 rows (fewer where the library binds fewer parameters: max_params)."""
     out: dict[tuple[int, int], int] = {}
+    tail = " ON CONFLICT (device_id, seq) DO NOTHING RETURNING id, device_id, seq"
+    if not rows:
+        return out
+    if conn.dialect.name != "sqlite":
+        sql, params = unnest_insert(conn, S.usage_batches, BATCH_COLS, rows)
+        for i, d, q in _fetch(conn, sql + tail, params):
+            out[(d, q)] = i
+        return out
     one = "(" + ", ".join([marks(conn)] * len(BATCH_COLS)) + ")"
     head = f"INSERT INTO {S.usage_batches.name} ({', '.join(BATCH_COLS)}) VALUES "
-    tail = " ON CONFLICT (device_id, seq) DO NOTHING RETURNING id, device_id, seq"
     per = max(1, min(_CHUNK, max_params(conn) // len(BATCH_COLS)))   # within the library's limit
     for k in range(0, len(rows), per):
         chunk = rows[k:k + per]
         params: list[Any] = []
         for r in chunk:
             params += r
-        sql = head + ", ".join([one] * len(chunk)) + tail
-        cur = conn.connection.cursor()    # the DBAPI cursor, in the same transaction: no Row objects
-        try:
-            cur.execute(sql, tuple(params))
-            for i, d, q in cur.fetchall():
-                out[(d, q)] = i
-        finally:
-            cur.close()
+        for i, d, q in _fetch(conn, head + ", ".join([one] * len(chunk)) + tail, tuple(params)):
+            out[(d, q)] = i
     return out
+
+
+def _fetch(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple]:
+    """Run sql on the DBAPI cursor of conn's transaction and return its rows (no Row objects)."""
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+_PG_ARRAY_TYPES: dict[tuple[str, str], str] = {}
+
+
+def _pg_type(conn: Connection, table, col: str) -> str:  # type: ignore[no-untyped-def]
+    """The PostgreSQL type of table.col as DDL writes it (BIGINT, TEXT, BYTEA, ...), cached."""
+    t = _PG_ARRAY_TYPES.get((table.name, col))
+    if t is None:
+        t = _PG_ARRAY_TYPES[(table.name, col)] = table.c[col].type.compile(dialect=conn.dialect)
+    return t
+
+
+def unnest_insert(conn: Connection, table, cols: Sequence[str], rows: Sequence[tuple]) -> tuple[str, tuple]:  # type: ignore[no-untyped-def]
+    """Rule L5: `INSERT INTO table (cols) SELECT * FROM unnest(%s::T1[], ...)` and its parameters
+    (one array per column, in row order) for PostgreSQL. The statement's text depends only on
+    the table and columns, so the driver parses and prepares it once, whatever the row count."""
+    types = [_pg_type(conn, table, c) for c in cols]
+    arrays = "unnest(" + ", ".join(f"%b::{t}[]" for t in types) + ")"
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM {arrays}"
+    return sql, tuple(list(col) for col in zip(*rows))
+
+
+def update_tuples(conn: Connection, table, cols: Sequence[str], key: str, rows: Sequence[tuple]) -> None:  # type: ignore[no-untyped-def]
+    """UPDATE table SET cols = ... WHERE key = ... for rows given as tuples (cols..., key), straight
+    through the driver: PostgreSQL, one UPDATE .. FROM unnest(arrays) (rule L5); SQLite,
+    executemany. The keys must be distinct."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        sets = ", ".join(f"{c} = ?" for c in cols)
+        conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = ?", list(rows))
+        return
+    names = [*cols, key]
+    types = [_pg_type(conn, table, c) for c in names]
+    arrays = ", ".join(f"%b::{t}[]" for t in types)
+    alias = ", ".join(f"v_{c}" for c in names)
+    sets = ", ".join(f"{c} = v.v_{c}" for c in cols)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({alias}) "
+                         f"WHERE {table.name}.{key} = v.v_{key}", tuple(list(col) for col in zip(*rows)))
 
 
 def insert_rows(conn: Connection, table, rows: Sequence[Mapping]) -> None:  # type: ignore[no-untyped-def]
@@ -108,13 +166,13 @@ def insert_tuples(conn: Connection, table, cols: Sequence[str], rows: Sequence[t
     """INSERT many rows given as tuples in `cols` order, straight through the driver (no
     per-row parameter processing: for the rater's hot path), in order. SQLite: multi-row
     INSERT .. VALUES of up to 999 parameters each (half the CPU of executemany for the
-    rater's usage lines); PostgreSQL: the driver's executemany."""
+    rater's usage lines); PostgreSQL: one INSERT .. SELECT FROM unnest (rule L5)."""
     if not rows:
         return
-    head = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
     if conn.dialect.name != "sqlite":
-        conn.exec_driver_sql(head + "(" + ", ".join(["%s"] * len(cols)) + ")", list(rows))
+        conn.exec_driver_sql(*unnest_insert(conn, table, cols, rows))
         return
+    head = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
     one = "(" + ", ".join(["?"] * len(cols)) + ")"
     per = max(1, params_per_statement(conn) // len(cols))
     for k in range(0, len(rows), per):

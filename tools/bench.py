@@ -16,6 +16,10 @@ sides timed back to back on this machine), never asserted in tests. Modules:
              heap the device loop runs in (tools/bench_firmware_heap.py)
   ingest     rounds booked per second end to end, ratio to a receive-only subscriber
              (tools/bench_ingest.py)
+  ingest_pg  ingest into PostgreSQL: one rater's rounds/s and CPU per batch, against SQLite
+             per CPU-second, and 1, 2, 3 raters sharing the queue (tools/bench_ingest_pg.py;
+             runs when a server answers at --pg URL or EDGEMETER_PG_URL, default
+             127.0.0.1:5432/test, else its rows say why they were skipped)
   rebuild    seconds per million rounds to rebuild and check every projection
              (tools/bench_rebuild.py)
 A module that fails is reported as such in the table (exit status 1). A module whose
@@ -47,7 +51,8 @@ from edgemeter.tools.paths import FIRMWARE_SRC
 MODULES = [("rating", "edgemeter.tools.bench"), ("codec", "edgemeter.tools.bench_codec"), ("wire", "edgemeter.tools.bench_wire"),
            ("journal", "edgemeter.tools.bench_journal"), ("firmware", "edgemeter.tools.bench_firmware"),
            ("firmware_heap", "edgemeter.tools.bench_firmware_heap"),
-           ("ingest", "edgemeter.tools.bench_ingest"), ("rebuild", "edgemeter.tools.bench_rebuild")]
+           ("ingest", "edgemeter.tools.bench_ingest"), ("ingest_pg", "edgemeter.tools.bench_ingest_pg"),
+           ("rebuild", "edgemeter.tools.bench_rebuild")]
 
 # What a module cannot run at all without: ("package", import name, extra) or ("tool", command,
 # extra). The extras are pyproject's.
@@ -172,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", type=cliargs.out_file, help="also write every row as JSON")
     ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test; figures are noisier)")
     ap.add_argument("--only", help="comma list of modules: " + ",".join(m for m, _ in MODULES))
+    ap.add_argument("--pg", metavar="URL", help="PostgreSQL for the ingest_pg module (a scratch database is "
+                                                "created beside this one; default EDGEMETER_PG_URL)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.pg:
+        os.environ["EDGEMETER_PG_URL"] = args.pg
     only = set(args.only.split(",")) if args.only else None
     if only and only - {m for m, _ in MODULES}:
         ap.error(f"unknown modules {sorted(only - {m for m, _ in MODULES})}")

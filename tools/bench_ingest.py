@@ -58,7 +58,7 @@ ROUNDS = 10
 QUEUE_LINES = ["max_queued_messages 0", "max_queued_bytes 0"]
 
 
-def _props() -> Properties:
+def session_props() -> Properties:
     p = Properties(PacketTypes.CONNECT)
     p.SessionExpiryInterval = 3600
     return p
@@ -94,7 +94,7 @@ class Receiver:
     def subscribe_offline(self) -> None:
         """Create the persistent session with its subscription, then leave."""
         c = self.client
-        c.connect(self.host, self.port, clean_start=False, properties=_props())
+        c.connect(self.host, self.port, clean_start=False, properties=session_props())
         c.loop_start()
         c.subscribe(self.topic, qos=1)
         self._sub.wait(10)
@@ -109,7 +109,7 @@ class Receiver:
         self.target, self.n = target, 0
         self.done.clear()
         c = self.client
-        c.connect(self.host, self.port, clean_start=False, properties=_props())
+        c.connect(self.host, self.port, clean_start=False, properties=session_props())
         c.loop_start()
         self.done.wait(timeout)
         c.disconnect()
@@ -117,7 +117,7 @@ class Receiver:
         return self.n / (self.last - self.first) if self.n > 1 and self.last > self.first else 0.0
 
 
-def _publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int = 2) -> float:
+def publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int = 2) -> float:
     """Publish msgs over `clients` connections (QoS 1, all PUBACKed); messages per second."""
     parts = [msgs[i::clients] for i in range(clients)]
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def _publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int =
     return len(msgs) / (time.perf_counter() - t0)
 
 
-def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
+def make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
     from edgemeter.cloud import accounts, db
     from edgemeter.cloud import devices as reg
 
@@ -162,7 +162,7 @@ def _make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) -> list[tuple[str, bytes]]:
+def messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) -> list[tuple[str, bytes]]:
     from firmware_py import proto as P
     from edgemeter.tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, T0
 
@@ -176,7 +176,7 @@ def _messages(devs: list[tuple[int, int, bytes]], batches: int, first_seq: int) 
     return out
 
 
-def _ledger(url: str, since_id: int = 0) -> dict[str, int]:
+def ledger_totals(url: str, since_id: int = 0) -> dict[str, int]:
     from sqlalchemy import func, select
 
     from edgemeter.cloud import db
@@ -193,11 +193,13 @@ def _ledger(url: str, since_id: int = 0) -> dict[str, int]:
             "max_id": r[5] or since_id}
 
 
-class _Rater:
-    def __init__(self, broker_url: str, url: str, workdir: Path):
-        self.log = workdir / "rater.log"
+class RaterProc:
+    """One `edgemeter rater` process for a benchmark (its log in workdir/<client id>.log)."""
+
+    def __init__(self, broker_url: str, url: str, workdir: Path, client_id: str = "bench-rater"):
+        self.log = workdir / f"{client_id}.log"
         self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", broker_url, "--db", url,
-                     "--client-id", "bench-rater", "--housekeeping", "60"]
+                     "--client-id", client_id, "--housekeeping", "60"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.offset = 0
 
@@ -240,9 +242,9 @@ def _breakdown(work: Path, devices: int, batches: int, group: int = 500) -> dict
     from firmware_py import proto as P
 
     url = f"sqlite:///{work / 'breakdown.db'}"
-    devs = _make_store(url, devices)
+    devs = make_store(url, devices)
     keys = {dev: {1: key} for _, dev, key in devs}
-    msgs = _messages(devs, batches, 1)
+    msgs = messages(devs, batches, 1)
     n = len(msgs)
     engine = db.open_store(url)
     ing = ingest.Ingest(engine)
@@ -269,32 +271,36 @@ def _breakdown(work: Path, devices: int, batches: int, group: int = 500) -> dict
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         engine.dispose()
-    led = _ledger(url)
+    led = ledger_totals(url)
     if led["batches"] != n:
         raise RuntimeError(f"breakdown store not exact: {led}")
     return {"total": (t4 - t3) / n, "check": (t1 - t0) / n, "rate": (t3 - t2) / n}
 
 
-def _wait_booked(url: str, target: int, since_id: int, timeout: float) -> dict[str, int]:
-    """Poll the ledger (plain sqlite3, every 10 ms) until `target` batches after since_id are
-    committed; the ledger's figures plus done_ms, the wall clock (ms) when that was first seen:
-    the end of the rater's span (its booked_ms is stamped when a group starts, so the last
-    group's own processing would be missed)."""
-    import sqlite3
-
-    path = url.split("sqlite:///", 1)[1]
+def wait_booked(url: str, target: int, since_id: int, timeout: float) -> dict[str, int]:
+    """Poll the ledger (plain sqlite3 or psycopg, every 10 ms) until `target` batches after
+    since_id are committed; the ledger's figures plus done_ms, the wall clock (ms) when that was
+    first seen: the end of the rater's span (its booked_ms is stamped when a group starts, so
+    the last group's own processing would be missed)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+        conn: Any = sqlite3.connect(url.split("sqlite:///", 1)[1], timeout=30)
+        query = "SELECT count(*) FROM usage_batches WHERE id > ?"
+    else:
+        import psycopg
+        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        query = "SELECT count(*) FROM usage_batches WHERE id > %s"
     deadline = time.monotonic() + timeout
-    conn = sqlite3.connect(path, timeout=30)
     try:
         while True:
-            (count,) = conn.execute("SELECT count(*) FROM usage_batches WHERE id > ?", (since_id,)).fetchone()
+            (count,) = conn.execute(query, (since_id,)).fetchone()
             if count >= target or time.monotonic() > deadline:
                 done_ms = time.time_ns() // 1_000_000
                 break
             time.sleep(0.01)
     finally:
         conn.close()
-    led = _ledger(url, since_id)
+    led = ledger_totals(url, since_id)
     led["done_ms"] = done_ms
     return led
 
@@ -311,9 +317,9 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
     url = f"sqlite:///{work / 'ledger.db'}"
     rows: list[dict[str, Any]] = []
     broker = Broker(extra=QUEUE_LINES, workdir=work / "mq").start()
-    rater = _Rater(broker.url, url, work)
+    rater = RaterProc(broker.url, url, work)
     try:
-        devs = _make_store(url, devices)
+        devs = make_store(url, devices)
         n = devices * batches
         # ---- drain: everything queued while the receivers are offline, repeats + 1 times in a
         # row (subscriber, same-client subscriber, rater); each rater drain is compared with the
@@ -329,8 +335,8 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
         ok = True
         runs: list[dict[str, float]] = []
         for k in range(repeats + 1):     # one more than paired: its subscriber drain closes the last pair
-            msgs = _messages(devs, batches, k * batches + 1)
-            pub_rate = _publish(broker.host, broker.port, msgs)
+            msgs = messages(devs, batches, k * batches + 1)
+            pub_rate = publish(broker.host, broker.port, msgs)
             base_rate = base.drain(n, 300)
             base_cpu = base.cpu_per_message()
             same_rate = same.drain(n, 300)
@@ -338,7 +344,7 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
             rater.start()
             rater.wait_for("connected")
             cpu0 = rater.cpu_s()
-            led = _wait_booked(url, n, since, 600)
+            led = wait_booked(url, n, since, 600)
             rater_cpu = (rater.cpu_s() - cpu0) / max(led["batches"], 1)
             rater.stop()
             ok = ok and (led["batches"] == n and led["rounds"] == n * ROUNDS
@@ -395,16 +401,16 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
         if not ok:
             raise RuntimeError(f"ledger not exact after the drain: {led}")
         # ---- concurrent: receivers online while the publishers publish
-        msgs2 = _messages(devs, batches, (repeats + 1) * batches + 1)
+        msgs2 = messages(devs, batches, (repeats + 1) * batches + 1)
         base2 = Receiver(broker.host, broker.port, "bench-baseline", "$share/baseline/em/+/+/up/#")
         base2.target = n
-        base2.client.connect(broker.host, broker.port, clean_start=False, properties=_props())
+        base2.client.connect(broker.host, broker.port, clean_start=False, properties=session_props())
         base2.client.loop_start()
         rater.start()
         rater.wait_for("subscribed")
-        _publish(broker.host, broker.port, msgs2)
+        publish(broker.host, broker.port, msgs2)
         base2.done.wait(300)
-        led2 = _wait_booked(url, n, since, 600)
+        led2 = wait_booked(url, n, since, 600)
         base2.client.disconnect()
         base2.client.loop_stop()
         rater.stop()
