@@ -40,7 +40,7 @@ from typing import Any
 
 from edgemeter.cloud import cliargs
 
-FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full", "tamper")
+FAULTS = ("power", "partition", "broker", "rater", "dup", "clock", "lease", "book", "full", "tamper", "node")
 
 
 def _parse_size(text: str) -> str:
@@ -81,9 +81,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--faults", default="", help="comma list of %s, or all" % ",".join(FAULTS))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--db", help="store URL, created or migrated by the simulator (default: SQLite in the work directory)")
-    ap.add_argument("--broker", help="mqtt://HOST:PORT of a running broker that lets the devices in "
-                                     "(anonymous, e.g. `python -m edgemeter.tools.broker`; default: start Mosquitto with "
-                                     "auth); the raters use EDGEMETER_MQTT_USER/_PASSWORD; no broker restarts")
+    ap.add_argument("--broker", default="mosquitto",
+                    help="mosquitto (default: start one with auth), rabbitmq (start a RabbitMQ cluster of "
+                         "--broker-nodes nodes with per-device users and topic permissions; raters consume its "
+                         "quorum queue over AMQP) or mqtt://HOST:PORT of a running broker that lets the devices "
+                         "in (anonymous, e.g. `python -m edgemeter.tools.broker`; the raters use "
+                         "EDGEMETER_MQTT_USER/_PASSWORD; no broker faults)")
+    ap.add_argument("--broker-nodes", type=int, default=3, help="RabbitMQ nodes with --broker rabbitmq")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--workdir", help="keep journals, logs and the store here (default: a temp dir, removed)")
     ap.add_argument("--lease-validity", type=int, default=20, help="License lease validity, seconds")
@@ -108,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.devices < 2 or args.raters < 1 or args.rounds < 1:
         print(f"edgemeter sim: unknown faults {sorted(bad)}" if bad else
               "edgemeter sim: need --devices >= 2, --raters >= 1, --rounds >= 1", file=sys.stderr)
+        return 2
+    if args.broker not in ("mosquitto", "rabbitmq") and not args.broker.startswith(("mqtt://", "tcp://")):
+        print(f"edgemeter sim: --broker must be mosquitto, rabbitmq or mqtt://HOST:PORT, not {args.broker!r}",
+              file=sys.stderr)
+        return 2
+    if args.broker_nodes < 1 or (args.broker == "rabbitmq" and "node" in faults and args.broker_nodes < 3):
+        print("edgemeter sim: --broker-nodes must be >= 1, and >= 3 for the node fault (a quorum survives one loss)",
+              file=sys.stderr)
         return 2
     from edgemeter.tools.sim.run import Simulation
     own = args.workdir is None

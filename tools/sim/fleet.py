@@ -171,7 +171,7 @@ class SimDevice:
 class Fleet:
     """Devices, their links and the ground truth."""
 
-    def __init__(self, root: str, host: str, port: int, seed: int, book: dict | None = None) -> None:
+    def __init__(self, root: str, host: str, port: int | list[int], seed: int, book: dict | None = None) -> None:
         self.root, self.seed = root, seed
         self.book = book
         self.rng = random.Random(seed)

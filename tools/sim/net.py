@@ -6,7 +6,9 @@ QoS 1 subscription to em/<ws>/<dev>/down/#, exactly what the firmware and the ag
 A Link is one device's connection; Net owns the selector. Sans-io parsing keeps a connection
 at a few kilobytes, so 10,000 of them fit one process on a small machine (paho's Client holds
 threads, locks and buffers per connection). What the device publishes while its link is down
-is dropped, as agent.sync rule Y5 says: the meter resends unacked batches on connect.
+is dropped, as agent.sync rule Y5 says: the meter resends unacked batches on connect. On a
+clustered broker a link that loses its node connects to the next one (Net.ports), as a device
+configured with several broker addresses, or behind a load balancer, does.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Link:
         self.refused = 0
         self.drops = 0
         self.retry_at = 0.0      # monotonic time of the next connect attempt
+        self.ep = dev             # which of the broker's nodes (Net.ports) it connects to
         self.blocked_until = 0.0  # a network partition: no connection before this
 
     # ---------------------------------------------------------------- connection
@@ -48,7 +51,8 @@ class Link:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        rc = s.connect_ex((self.net.host, self.net.port))
+        ports = self.net.ports
+        rc = s.connect_ex((self.net.host, ports[self.ep % len(ports)]))
         if rc not in (0, errno.EINPROGRESS):
             s.close()
             self._failed()
@@ -60,6 +64,8 @@ class Link:
         self.net.sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
     def _failed(self) -> None:
+        """A connect failed or the connection broke: next time try the next broker node."""
+        self.ep += 1
         self.retry_at = time.monotonic() + self.net.backoff()
 
     def close(self, reconnect_after: float | None = None) -> None:
@@ -178,8 +184,12 @@ class Link:
 class Net:
     """The selector and its links; poll() does one round of I/O and due reconnects."""
 
-    def __init__(self, host: str, port: int, rng, keepalive: int = 60) -> None:
-        self.host, self.port, self.keepalive = host, port, keepalive
+    def __init__(self, host: str, port: int | list[int], rng, keepalive: int = 60) -> None:
+        """port: the broker's MQTT port, or every node's of a cluster (each link starts on node
+        dev % len(ports) and moves to the next one whenever its connection fails or breaks)."""
+        self.host, self.keepalive = host, keepalive
+        self.ports = list(port) if isinstance(port, (list, tuple)) else [port]
+        self.port = self.ports[0]
         self.sel = selectors.DefaultSelector()
         self.links: list[Link] = []
         self.rng = rng

@@ -5,6 +5,7 @@ import heapq
 import os
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ FULL_CFG = {"max_bytes": 1024, "segment_bytes": 256}
 # fault -> the run's progress fractions at which it fires
 PLAN = {"dup": (0.1, 0.3, 0.5, 0.7, 0.9), "power": (0.15, 0.35, 0.55, 0.75), "partition": (0.2, 0.5),
         "lease": (0.22,), "rater": (0.3, 0.65), "full": (0.28,), "clock": (0.4,), "broker": (0.45,),
-        "book": (0.5,), "tamper": (0.6,)}
+        "book": (0.5,), "tamper": (0.6,), "node": (0.62,)}
 
 
 class Simulation:
@@ -30,6 +31,8 @@ class Simulation:
         self.a, self.faults, self.work = args, faults, work
         self.rng = random.Random(args.seed)
         self.broker: Broker | None = None
+        self.cluster: Any = None    # a RabbitCluster (tools.rabbit) with --broker rabbitmq
+        self.node_stops: dict[int, threading.Thread] = {}   # clean node stops under way
         self.raters: list[stack.Rater] = []
         self.fleet: Fleet | None = None
         self.mp: Any = None
@@ -60,7 +63,15 @@ class Simulation:
         regs.sort(key=lambda x: x[0]["id"])
         order = [x for pair in zip(regs[:n_lic], regs[n_lic:]) for x in pair] + regs[2 * n_lic:]
         self.setup_s = {"store": time.monotonic() - t}
-        if a.broker:
+        port: Any
+        if a.broker == "rabbitmq":
+            t = time.monotonic()
+            from edgemeter.tools.rabbit import RabbitCluster
+            self.cluster = RabbitCluster(a.broker_nodes, workdir=self.work / "rabbitmq").start()
+            stack.load_rabbit_users(self.cluster, [r for r, _ in regs])
+            host, port = self.cluster.host, self.cluster.mqtt_ports
+            self.setup_s["broker"] = time.monotonic() - t
+        elif a.broker != "mosquitto":
             u = urlsplit(a.broker)
             host, port = u.hostname or "127.0.0.1", u.port or 1883
         else:
@@ -72,7 +83,7 @@ class Simulation:
             self.setup_s["broker"] = time.monotonic() - t
         t = time.monotonic()
         for i in range(a.raters):
-            r = stack.Rater(self.broker or a.broker, self.url, f"sim-rater-{i + 1}", self.work)
+            r = stack.Rater(self.broker or self.cluster or a.broker, self.url, f"sim-rater-{i + 1}", self.work)
             self.raters.append(r.start())
         self.setup_s["raters"] = time.monotonic() - t
         t = time.monotonic()
@@ -94,7 +105,7 @@ class Simulation:
                 self.counts["clock-skew"] += 1
         if a.micropython:
             from edgemeter.tools.sim.mp import MicroFleet
-            self.mp = MicroFleet(self.work / "mp", host, port, self.mp_regs, a.mp_heap, a.mp_rounds, a.seed,
+            self.mp = MicroFleet(self.work / "mp", host, port[0] if isinstance(port, list) else port, self.mp_regs, a.mp_heap, a.mp_rounds, a.seed,
                                  "power" in self.faults, self.note,
                                  firmware=getattr(a, "mp_firmware", "auto"))
 
@@ -148,6 +159,22 @@ class Simulation:
                 t = time.monotonic()
                 self.broker.restart()
                 self.note("broker", seconds=round(time.monotonic() - t, 2))
+            elif self.cluster is not None:    # a clean stop of one node, started again 5 s later
+                i = rng.randrange(len(self.cluster.names))
+                th = self.node_stops[i] = threading.Thread(target=self.cluster.stop_node, args=(i,), daemon=True)
+                th.start()
+                self.later.append((now + 5.0, "node-start", i))
+                self.note("broker", node=self.cluster.names[i])
+        elif kind == "node":     # kill -9: of one cluster node (back 8 s later), or of Mosquitto
+            if self.cluster is not None:
+                i = rng.randrange(len(self.cluster.names))
+                self.cluster.kill9(i)
+                self.later.append((now + 8.0, "node-start", i))
+                self.note("node", node=self.cluster.names[i])
+            elif self.broker is not None:
+                t = time.monotonic()
+                self.broker.restart(hard=True)
+                self.note("node", seconds=round(time.monotonic() - t, 2))
         elif kind == "rater":
             r = rng.choice(self.raters)
             r.kill9()
@@ -174,6 +201,12 @@ class Simulation:
                 keep.append((t, what, arg))
             elif what == "rater-start" and not arg.alive:
                 arg.start()
+            elif what == "node-start" and self.cluster is not None:
+                th = self.node_stops.get(arg)
+                if th is not None and th.is_alive():      # its clean stop is still under way
+                    keep.append((now + 1.0, what, arg))
+                elif not self.cluster.alive(arg):
+                    self.cluster.start_node(arg, wait=False)
         self.later = keep
 
     # ------------------------------------------------------------------ the run
@@ -349,6 +382,14 @@ class Simulation:
         for d in f.devices:
             d.link.blocked_until = 0.0
             d.link.retry_at = min(d.link.retry_at, t0)
+        if self.cluster is not None:     # every node back before the drain
+            for th in self.node_stops.values():
+                th.join(120)
+            for i in range(len(self.cluster.names)):
+                if not self.cluster.alive(i):
+                    self.cluster.start_node(i, wait=False)
+            for i in range(len(self.cluster.names)):
+                self.cluster.wait_node(i, 180)
         for r in self.raters:
             if not r.alive:
                 r.start()
@@ -406,5 +447,7 @@ class Simulation:
             self.mp.kill_all()
         if self.broker is not None:
             self.broker.close()
+        if self.cluster is not None:
+            self.cluster.close()
         if os.environ.get("EDGEMETER_SIM_KEEP"):
             print(f"edgemeter sim: work directory kept: {self.work}", file=sys.stderr)

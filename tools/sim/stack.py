@@ -2,7 +2,9 @@
 set up through the admin CLI's own code, the devices registered by cloud.devices (what `edgemeter
 admin register-device` runs) with their Mosquitto password and ACL files written by the
 registry (cloud.devices.write_mosquitto_files) into the broker's directory, Mosquitto with auth
-(tools.broker), and R `edgemeter rater` processes sharing the subscription.
+(tools.broker) or a RabbitMQ cluster (tools.rabbit: the same users and topic confinement as
+definitions, cloud.rabbitmq), and R `edgemeter rater` processes sharing the subscription or the
+quorum queue.
 """
 from __future__ import annotations
 
@@ -76,6 +78,12 @@ def write_broker_files(url: str, broker: Broker) -> dict[str, Any]:
     return r
 
 
+def load_rabbit_users(cluster: Any, regs: list[dict[str, Any]]) -> None:
+    """Every registered device's user and permissions into the RabbitMQ cluster (cloud.rabbitmq
+    rules R1-R3), from the registrations (the passwords are shown once, at registration)."""
+    cluster.load([(r["workspace"], r["id"], r["password"]) for r in regs])
+
+
 def new_price_book(url: str, now: int | None = None) -> int:
     """Store the next price-book version (chat 2.20 -> 2.30 per 1,000 calls); raters load
     it at their next start and push it to every device that reports an older version."""
@@ -105,10 +113,10 @@ class Rater:
     """One `edgemeter rater` process (kill -9 able), in a session of its own so that a terminal's
     Ctrl-C reaches only the simulation, which stops it after the drain."""
 
-    def __init__(self, broker: Broker | str, url: str, name: str, workdir: Path) -> None:
-        """broker: our Broker (its rater user), or the URL of a running one (the rater's
-        credentials, if it needs any, from EDGEMETER_MQTT_USER / EDGEMETER_MQTT_PASSWORD)."""
-        burl = broker if isinstance(broker, str) else broker.url
+    def __init__(self, broker: Any, url: str, name: str, workdir: Path) -> None:
+        """broker: our Broker or RabbitCluster (its rater user), or the URL of a running one
+        (the rater's credentials, if it needs any, from EDGEMETER_MQTT_USER / _PASSWORD)."""
+        burl = broker if isinstance(broker, str) else getattr(broker, "amqp_url", None) or broker.url
         self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", burl, "--db", url,
                      "--client-id", name, "--housekeeping", "1"]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
