@@ -22,6 +22,8 @@ sides timed back to back on this machine), never asserted in tests. Modules:
              127.0.0.1:5432/test, else its rows say why they were skipped)
   rebuild    seconds per million rounds to rebuild and check every projection
              (tools/bench_rebuild.py)
+  cluster    devices on a 3-node RabbitMQ cluster: memory per device per node, connects per
+             second (tools/bench_cluster.py; rows say why when RabbitMQ is not installed)
 A module that fails is reported as such in the table (exit status 1). A module whose
 prerequisites (NEEDS) are not installed is reported as skipped with what to install, and the
 others run (exit status 0): a plain `pip install edgemeter` lacks cbor2 (the `dev` extra) and
@@ -52,7 +54,8 @@ MODULES = [("rating", "edgemeter.tools.bench"), ("codec", "edgemeter.tools.bench
            ("journal", "edgemeter.tools.bench_journal"), ("firmware", "edgemeter.tools.bench_firmware"),
            ("firmware_heap", "edgemeter.tools.bench_firmware_heap"),
            ("ingest", "edgemeter.tools.bench_ingest"), ("ingest_pg", "edgemeter.tools.bench_ingest_pg"),
-           ("rebuild", "edgemeter.tools.bench_rebuild")]
+           ("rebuild", "edgemeter.tools.bench_rebuild"),
+           ("cluster", "edgemeter.tools.bench_cluster")]
 
 # What a module cannot run at all without: ("package", import name, extra) or ("tool", command,
 # extra). The extras are pyproject's.

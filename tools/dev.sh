@@ -28,6 +28,9 @@ apt_install() {  # apt_install CMD PACKAGE...: install PACKAGEs when CMD is miss
 ensure_system() {
     apt_install mosquitto mosquitto
     apt_install mosquitto_passwd mosquitto  # `dpkg -S mosquitto_passwd`: package mosquitto
+    # RabbitMQ (its MQTT plugin ships in the package): tools/rabbit.py starts its own nodes; the
+    # package's own service, where it starts one, stays on its standard ports untouched
+    apt_install rabbitmqctl rabbitmq-server
     if [ "${1:-}" = browser ]; then apt_install chromium chromium; fi
 }
 

@@ -94,7 +94,12 @@ class RabbitCluster:
     @property
     def amqp_url(self) -> str:
         """The raters' --broker: amqp://HOST:PORT,HOST:PORT,... (every node, tried in turn)."""
-        return "amqp://" + ",".join(f"{HOST}:{p}" for p in self.amqp_ports)
+        return self.amqp_url_from(0)
+
+    def amqp_url_from(self, first: int) -> str:
+        """amqp_url listing node `first` first (a rater connects to it, then to the next ones)."""
+        n = len(self.amqp_ports)
+        return "amqp://" + ",".join(f"{HOST}:{self.amqp_ports[(first + k) % n]}" for k in range(n))
 
     def node_dir(self, i: int) -> Path:
         return self.workdir / f"node{i + 1}"

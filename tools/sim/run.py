@@ -83,7 +83,7 @@ class Simulation:
             self.setup_s["broker"] = time.monotonic() - t
         t = time.monotonic()
         for i in range(a.raters):
-            r = stack.Rater(self.broker or self.cluster or a.broker, self.url, f"sim-rater-{i + 1}", self.work)
+            r = stack.Rater(self.broker or self.cluster or a.broker, self.url, f"sim-rater-{i + 1}", self.work, node=i)
             self.raters.append(r.start())
         self.setup_s["raters"] = time.monotonic() - t
         t = time.monotonic()
@@ -166,8 +166,8 @@ class Simulation:
                 self.later.append((now + 5.0, "node-start", i))
                 self.note("broker", node=self.cluster.names[i])
         elif kind == "node":     # kill -9: of one cluster node (back 8 s later), or of Mosquitto
-            if self.cluster is not None:
-                i = rng.randrange(len(self.cluster.names))
+            if self.cluster is not None:   # one a rater started on (rater i on node i), a third of the devices'
+                i = rng.randrange(min(len(self.raters), len(self.cluster.names)))
                 self.cluster.kill9(i)
                 self.later.append((now + 8.0, "node-start", i))
                 self.note("node", node=self.cluster.names[i])

@@ -113,10 +113,12 @@ class Rater:
     """One `edgemeter rater` process (kill -9 able), in a session of its own so that a terminal's
     Ctrl-C reaches only the simulation, which stops it after the drain."""
 
-    def __init__(self, broker: Any, url: str, name: str, workdir: Path) -> None:
-        """broker: our Broker or RabbitCluster (its rater user), or the URL of a running one
-        (the rater's credentials, if it needs any, from EDGEMETER_MQTT_USER / _PASSWORD)."""
-        burl = broker if isinstance(broker, str) else getattr(broker, "amqp_url", None) or broker.url
+    def __init__(self, broker: Any, url: str, name: str, workdir: Path, node: int = 0) -> None:
+        """broker: our Broker or RabbitCluster (its rater user; on a cluster the rater connects
+        to `node` first), or the URL of a running one (the rater's credentials, if it needs
+        any, from EDGEMETER_MQTT_USER / EDGEMETER_MQTT_PASSWORD)."""
+        burl = broker if isinstance(broker, str) else \
+            broker.amqp_url_from(node) if hasattr(broker, "amqp_url_from") else broker.url
         self.args = [sys.executable, "-m", "edgemeter.tools.cli", "rater", "--broker", burl, "--db", url,
                      "--client-id", name, "--housekeeping", "1"]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
