@@ -21,6 +21,11 @@ Rules:
  A4. Failover: the URL lists every node; a lost connection (a node killed, a network fault)
      is re-established with the next node in the list, with backoff, and nothing received on
      the old one is acknowledged (the queue redelivers it: ingest books a (device, seq) once).
+ A5. Downlink that a lost connection did not take (the group was committed: its grants and
+     acks exist nowhere else) is kept, at most UNSENT_MAX messages, and published on the next
+     connection. A device takes a repeated ack, grant or command as a duplicate (cumulative
+     acks, grant and command counters), and a redelivered request is a replay that gets no
+     second grant, so without this a device whose grant was lost waits for its next retry.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import pika.exceptions
 
 from edgemeter.cloud import ingest, rabbitmq
 
+UNSENT_MAX = 100_000
 # What a lost node or connection raises out of pika's blocking API.
 LOST = (pika.exceptions.AMQPError, OSError)
 
@@ -76,6 +82,7 @@ class AmqpTransport:
         self.inbox: list[ingest.Incoming] = []
         self.stopping = False
         self.broken = False     # a send or ack failed: reconnect at the next receive (A4)
+        self.unsent: list[tuple[str, bytes]] = []    # rule A5
         self.props = pika.BasicProperties(delivery_mode=2)
 
     def _on_message(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
@@ -132,6 +139,8 @@ class AmqpTransport:
             self.log.warning("disconnected", extra={"fields": {"reason": why[:300]}})
         self._drop()
         self.start()
+        if self.chan is not None:
+            self._resend()
 
     def receive(self, limit: int) -> list[ingest.Incoming]:
         if self.broken or self.conn is None:
@@ -147,11 +156,26 @@ class AmqpTransport:
 
     def send(self, topic: str, data: bytes) -> None:
         if self.broken or self.chan is None:
-            return    # lost with the connection: the device resends, the rater acks again (A4)
+            self._keep(topic, data)
+            return
         try:
             self.chan.basic_publish(rabbitmq.EXCHANGE, rabbitmq.routing_key(topic), data, self.props)
         except LOST:
             self.broken = True
+            self._keep(topic, data)
+
+    def _keep(self, topic: str, data: bytes) -> None:
+        """Rule A5: downlink of a committed group that the lost connection did not take."""
+        if len(self.unsent) < UNSENT_MAX:
+            self.unsent.append((topic, data))
+
+    def _resend(self) -> None:
+        """Rule A5: publish what a lost connection did not take, on the new one."""
+        unsent, self.unsent = self.unsent, []
+        for topic, data in unsent:
+            self.send(topic, data)
+        if unsent:
+            self.log.info("downlink resent", extra={"fields": {"messages": len(unsent) - len(self.unsent)}})
 
     def ack(self, msgs: list[ingest.Incoming]) -> None:
         if not msgs or self.broken or self.chan is None:
