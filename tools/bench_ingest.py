@@ -147,15 +147,16 @@ def publish(host: str, port: int, msgs: list[tuple[str, bytes]], clients: int = 
     return len(msgs) / (time.perf_counter() - t0)
 
 
-def make_store(url: str, devices: int) -> list[tuple[int, int, bytes]]:
+def make_store(url: str, devices: int, name: str = "bench") -> list[tuple[int, int, bytes]]:
+    """N postpaid devices of one new account `name` (topped up far beyond the run) in the store."""
     from edgemeter.cloud import accounts, db
     from edgemeter.cloud import devices as reg
 
     engine = db.open_store(url, create=True)
     now = int(time.time())
     with db.write_connect(engine) as conn, conn.begin():
-        acc = accounts.create_account(conn, "bench", now)
-        ws = accounts.create_workspace(conn, acc, "bench", "postpaid", now)
+        acc = accounts.create_account(conn, name, now)
+        ws = accounts.create_workspace(conn, acc, name, "postpaid", now)
         accounts.top_up(conn, acc, 10**15, now)
         out = [(ws, r["id"], r["key"]) for r in (reg.register(conn, ws, now) for _ in range(devices))]
     engine.dispose()

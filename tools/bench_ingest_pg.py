@@ -22,6 +22,8 @@
     pg_stat_activity; the server's shared WAL writer and checkpointer are not counted, so
     this is a lower bound of the server's cost). Every phase checks the ledger: batch count,
     rounds and µCNY exact.
+ 4. The ingest step alone (cloud.ingest, no broker) on PostgreSQL with groups holding one batch
+    of each device, as a large fleet's groups do: its CPU per batch.
 The scale rows divide wall-clock rates, so they show what the machine allows: on 2 CPUs the
 raters, Mosquitto and PostgreSQL share them; the per-rater-CPU-second rows are what each rater
 achieves per CPU it gets, which is what adding CPUs buys.
@@ -110,6 +112,33 @@ def phase(broker: Any, url: str, work: Path, devs: list, raters: int, batches: i
             "pg_cpu": pg_cpu, "max_id": led["max_id"]}
 
 
+def one_per_device(url: str, devices: int, batches: int) -> float:
+    """CPU seconds per batch of the ingest step alone (no broker) when every group holds one
+    batch of each device, as in a large fleet (groups of `devices` messages, each device once):
+    the per-device work of a group (row lock and load, session, signed ack, session save) is
+    then paid by every batch. A fresh set of devices in the same database."""
+    import gc
+
+    from edgemeter.cloud import db, ingest
+    from edgemeter.cloud.rater import tune_gc
+
+    devs = make_store(url, devices, "bench-one-per-device")
+    inc = [ingest.Incoming(t, data, 0, i) for i, (t, data) in enumerate(messages(devs, batches, 1))]
+    engine = db.open_store(url)
+    ing = ingest.Ingest(engine)
+    thresholds = gc.get_threshold()
+    tune_gc()
+    try:
+        t0 = time.process_time()
+        for k in range(0, len(inc), devices):
+            ing.process(inc[k:k + devices])
+        return (time.process_time() - t0) / len(inc)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        engine.dispose()
+
+
 def _skipped(why: str) -> list[dict[str, Any]]:
     return [{"key": k, "name": name, "value": "skipped", "unit": "", "how": f"PostgreSQL not reachable: {why}"}
             for k, name in (("ingest.pg.rounds_per_s", "ingest on PostgreSQL: rounds booked per second, one rater"),
@@ -145,6 +174,7 @@ def run(quick: bool = False, pg_url: str | None = None, devices: int = 100,
         for k in (1, 2, 3):
             res[k] = phase(broker, url, work, devs, k, batches, seq, since, "pg", (admin_url, dbname))
             since, seq = res[k]["max_id"], seq + batches
+        res[1]["one_per_device"] = one_per_device(url, devices, 10 if quick else 50)
         load = os.getloadavg()[0]
     finally:
         broker.close()
@@ -171,6 +201,12 @@ def _rows(sq: dict[str, Any], res: dict[int, dict[str, Any]], devices: int, batc
          "how": "user+system CPU of the rater process while draining / batches booked"},
         {"key": "ingest.pg.rounds_per_cpu_s", "name": "ingest on PostgreSQL: rounds per rater CPU-second",
          "value": round(one["per_cpu_s"]), "unit": "rnd/s", "how": "one rater; what it books with a CPU to itself"},
+        {"key": "ingest.pg.cpu_us_per_batch_one_per_device",
+         "name": "ingest on PostgreSQL: CPU per batch, groups of one batch per device (step alone)",
+         "value": round(one["one_per_device"] * 1e6), "unit": "us",
+         "how": f"cloud.ingest in-process, groups of {devices} messages from {devices} devices (each once), as a "
+                f"large fleet's groups are: the per-device work (row lock and load, session, signed ack, save) "
+                f"is paid by every batch, where the drains above share it between several batches of a device"},
         {"key": "ingest.sqlite.rounds_per_cpu_s", "name": "ingest on SQLite (same harness): rounds per rater CPU-second",
          "value": round(sq["per_cpu_s"]), "unit": "rnd/s",
          "how": f"the same drain into a SQLite file, {sq['cpu_us_per_batch']:.0f} us of rater CPU per batch, "
