@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULT_KINDS = {"power", "partition", "broker", "rater", "dup", "clock-skew", "clock-rollback", "lease",
-               "book", "full", "tamper"}
+               "book", "full", "tamper", "node"}
 
 
 def run_sim(tmp_path: Path, *args: str, timeout: float) -> dict:

@@ -2,12 +2,15 @@
 
     edgemeter sim [--devices N] [--rounds M | --duration S] [--rate R] [--micropython K]
                   [--mp-heap SIZE] [--mp-firmware auto|unix32|wheel] [--raters R] [--faults LIST|all] [--seed S] [--db URL]
-                  [--broker URL] [--report FILE] [--workdir DIR]
+                  [--broker mosquitto|rabbitmq|URL] [--broker-nodes K] [--report FILE] [--workdir DIR]
 
 What runs (see tools/sim/README.md for the design and each fault):
-  * Mosquitto from the shipped configuration with passwords and ACL (tools.broker), unless
-    --broker points at a running one; R `edgemeter rater` processes sharing the subscription
-    on --db (SQLite in the work directory by default; a PostgreSQL URL for scale-out).
+  * Mosquitto from the shipped configuration with passwords and ACL (tools.broker), or with
+    --broker rabbitmq a RabbitMQ cluster of --broker-nodes nodes (tools.rabbit; per-device
+    users and topic permissions, devices spread over the nodes), unless --broker points at a
+    running one; R `edgemeter rater` processes sharing the subscription (or the cluster's
+    quorum queue) on --db (SQLite in the work directory by default; a PostgreSQL URL for
+    scale-out).
   * One account with the postpaid trial, a savings plan and a balance, a License workspace
     (a pool of activated licences) and a postpaid workspace: devices alternate between them,
     so every run exercises both billing methods. Devices are registered by the registry that
