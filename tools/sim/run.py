@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from firmware_py import meter as fm
 from edgemeter.tools.broker import Broker
+from edgemeter.tools.rabbit import accepts
 from edgemeter.tools.sim import audit, stack
 from edgemeter.tools.sim.fleet import Fleet
 from edgemeter.tools.sim.net import UP
@@ -166,7 +167,9 @@ class Simulation:
                 self.later.append((now + 5.0, "node-start", i))
                 self.note("broker", node=self.cluster.names[i])
         elif kind == "node":     # kill -9: of one cluster node (back 8 s later), or of Mosquitto
-            if self.cluster is not None:   # one a rater started on (rater i on node i), a third of the devices'
+            if self.cluster is not None and not self._all_nodes_up():
+                self.later.append((now + 2.0, "fire", "node"))   # one node lost at a time (a quorum of 3)
+            elif self.cluster is not None:   # one a rater started on (rater i on node i), a third of the devices'
                 i = rng.randrange(min(len(self.raters), len(self.cluster.names)))
                 self.cluster.kill9(i)
                 self.later.append((now + 8.0, "node-start", i))
@@ -193,12 +196,21 @@ class Simulation:
         return sorted(self.fault_times if self.fault_times is not None else
                       [(p, k) for k in self.faults for p in PLAN[k]])
 
+    def _all_nodes_up(self) -> bool:
+        """Every cluster node running and answering, no clean stop under way."""
+        c = self.cluster
+        return all(c.alive(i) and accepts(c.mqtt_ports[i]) for i in range(len(c.names))) and \
+            not any(th.is_alive() for th in self.node_stops.values())
+
     def _later(self) -> None:
         now = time.monotonic()
         keep = []
-        for t, what, arg in self.later:
+        due, self.later = self.later, []     # fire() may schedule more while these run
+        for t, what, arg in due:
             if t > now:
                 keep.append((t, what, arg))
+            elif what == "fire":
+                self.fire(arg)
             elif what == "rater-start" and not arg.alive:
                 arg.start()
             elif what == "node-start" and self.cluster is not None:
@@ -207,7 +219,7 @@ class Simulation:
                     keep.append((now + 1.0, what, arg))
                 elif not self.cluster.alive(arg):
                     self.cluster.start_node(arg, wait=False)
-        self.later = keep
+        self.later = keep + self.later
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
