@@ -161,7 +161,17 @@ cny.range = f"CNY 0.000001 .. {MAX_UCNY // UCNY_PER_CNY:,}"   # type: ignore[att
 
 
 def broker_url(text: str) -> str:
-    """An argparse type: mqtt://[USER[:PASS]@]HOST[:PORT] or mqtts://... with a port in range."""
+    """An argparse type: mqtt://[USER[:PASS]@]HOST[:PORT] or mqtts://... with a port in range, or
+    amqp[s]://[USER[:PASS]@]HOST:PORT[,HOST:PORT...] (a RabbitMQ cluster, cloud.amqp)."""
+    if text.startswith(("amqp://", "amqps://")):
+        from edgemeter.cloud.amqp import parse_url
+        try:
+            nodes = parse_url(text)[0]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if any(not 0 < p < 65536 for _, p in nodes):
+            raise argparse.ArgumentTypeError(f"broker URL {text!r}: a port is out of 1-65535")
+        return text
     try:
         u = urlparse(text)
         p = u.port
@@ -241,6 +251,19 @@ def iso_time(text: str) -> str:
 iso_time.__name__ = "time"
 
 
+def sim_broker(text: str) -> str:
+    """An argparse type: `mosquitto`, `rabbitmq` (brokers the simulator starts) or a broker URL."""
+    if text in ("mosquitto", "rabbitmq"):
+        return text
+    try:
+        return broker_url(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected mosquitto, rabbitmq or a broker URL: {e}") from None
+
+
+sim_broker.__name__ = "broker"
+
+
 # B7: the flags `edgemeter sim` and `edgemeter demo` share, by dest.
 SIM_TYPES: dict[str, Callable[[str], Any]] = {
     "devices": int_in(2, 100_000, "a device count"), "rounds": int_in(1, 10**9, "a round count"),
@@ -250,7 +273,8 @@ SIM_TYPES: dict[str, Callable[[str], Any]] = {
     "raters": int_in(1, 32, "a rater count"), "seed": int_in(0, MAX_ID, "a seed"),
     "lease_validity": int_in(1, MAX_VALIDITY_S, "a validity in seconds"),
     "drain_timeout": float_in(0, 86400, "a number of seconds", lo_open=True),
-    "port": listen_port, "db": db_url, "broker": broker_url, "report": out_file}
+    "broker_nodes": int_in(1, 9, "a node count"),
+    "port": listen_port, "db": db_url, "broker": sim_broker, "report": out_file}
 
 
 def fail(cmd: str, exc: BaseException) -> int:
