@@ -16,8 +16,12 @@ their hashes are. Rules of the book (rating.py applies them):
       2.20, KB 3.70 per 1,000 calls. Only F_MODEL items take a model; knowledge-base Q&A takes
       the selected LLM's multiplier. Model 0 is the base model (1x) of every component.
   B4. Model rows are (id, comp, multiplier, names). A name ending in "*" is a family prefix
-      (deepseek*: every name starting with "deepseek"); exact names win over families, longer
-      prefixes over shorter. Names are matched lower-case with hyphens for spaces.
+      (deepseek*: every name starting with "deepseek"). A name resolves to its exact entry,
+      else to the family with the LONGEST prefix it starts with (character prefix, after
+      norm()), else to nothing. A spec exception is therefore a longer family row, as data:
+      "deepseek series except v4pro" is deepseek* (4x) beside deepseek-v4-pro* and
+      deepseek-v4pro* (8x), so deepseek-v4-pro-0901 is 8x and deepseek-v4-flash 4x. Names are
+      matched lower-case with hyphens for spaces; the first name of a row is its display name.
   B5. Flags: F_INTENT needs intent recognition in the round (when the item has calls: an agent
       round that continues a session has count 0); F_CHAT is covered by casual chat, which must
       be in the round; F_SENT allows TTS count > 1; F_PHOTO needs direct connection mode and an
@@ -144,7 +148,7 @@ MODELS = (
     (14, C_LLM, 6, ("qwen3.6-max",)),
     (15, C_LLM, 8, ("qwen3.7-max",)),
     (16, C_LLM, 8, ("qwen3.5-omni-plus", "qwen3.5-omni-plus-text")),
-    (17, C_LLM, 8, ("deepseek-v4-pro", "deepseek-v4pro")),
+    (17, C_LLM, 8, ("deepseek-v4-pro", "deepseek-v4-pro*", "deepseek-v4pro*")),   # B4: the exception
     (18, C_LLM, 13, ("qwen3.5-omni-plus-audio",)),
     (19, C_LLM, 13, ("farui-plus",)),
     (20, C_LLM, 32, ("qwen-deep-research",)),
@@ -236,7 +240,7 @@ def make(version=VERSION, items=ITEMS, models=MODELS, tiers=TIERS, plans=PLANS,
                 b["families"].append((n[:-1], mid))
             b["model_names"][n] = mid
         b["models"][mid] = row if names is row[3] else (mid, row[1], row[2], names)
-    b["families"].sort(key=lambda f: -len(f[0]))
+    b["families"].sort(key=lambda f: (-len(f[0]), f[0]))   # B4: longest prefix first
     for row in tiers:
         row = _tup(row, 4, "tier")
         tid = _uint(row[0], "tier id", 1, 255)

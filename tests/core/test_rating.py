@@ -151,8 +151,14 @@ def test_every_multiplier():
             return rating.from_flags(BOOK, llm="chat", model=name)
         e = vec.raises(rating.RatingError, go)
         assert e.rule == "unknown-model" and "qwen-max" in str(e) and "deepseek*" in str(e)
-    for name, mult in v["family_not_exact"]:
-        assert pb.multiplier(BOOK, pb.model_lookup(BOOK, name)[0]) == mult
+    for name, mult, canonical in v["family_boundaries"]:
+        hit = pb.model_lookup(BOOK, name)
+        if mult is None:
+            assert hit is None, (name, hit)
+            continue
+        assert hit is not None, name
+        assert pb.multiplier(BOOK, hit[0]) == mult, (name, mult)
+        assert pb.model_name(BOOK, hit[0]) == canonical, (name, canonical)
     for ex in v["examples"]:
         assert rating.total(BOOK, build(ex)) == ex["total_ucny"], ex
 
