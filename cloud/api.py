@@ -26,7 +26,8 @@ Rules:
      with a heartbeat, for at most `max_s` seconds per connection (clients reconnect).
  H7. The dashboard (cloud/static) is served at / with every asset local, under a
      Content-Security-Policy that allows only this origin: it works offline, with no CDN.
-Money is integer µCNY (`*_ucny`) or fen (`*_fen`); times are Unix seconds unless `_ms`.
+Money is integer µCNY (`*_ucny`) or fen (`*_fen`), and on invoices also CNY with two decimals
+(`*_cny` strings, as a customer reads it); times are Unix seconds unless `_ms`.
 """
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +61,8 @@ devices and leases, usage, invoices, alerts and what the rater rejected.
 - Live updates: GET /api/v1/changes returns a fingerprint of what the dashboard shows;
   GET /api/v1/events streams it as Server-Sent Events (`event: change`) whenever it moves.
 
-Money is integer µCNY (`*_ucny`) or fen (`*_fen`); times are Unix seconds unless `_ms`.
+Money is integer µCNY (`*_ucny`) or fen (`*_fen`), and on invoices also CNY with two decimals
+(`*_cny` strings, as a customer reads it); times are Unix seconds unless `_ms`.
 """
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")

@@ -1,5 +1,6 @@
 """The HTTP API's response models (pydantic): what each route answers, as the OpenAPI document
-shows it. Money is integer µCNY (`*_ucny`) or fen (`*_fen`); times are Unix seconds unless `_ms`."""
+shows it. Money is integer µCNY (`*_ucny`) or fen (`*_fen`), on invoices also CNY with two decimals
+(`*_cny`); times are Unix seconds unless `_ms`."""
 
 
 from typing import Any, Generic, Literal, TypeVar
@@ -219,17 +220,30 @@ class UsageBucket(Model):
     ucny: int
 
 
+CNY2 = "CNY with two decimals, as displayed (columns add up: cloud.invoices I3)"
+EXACT = "exact µCNY as a decimal string (a discount can leave up to four decimals of a µCNY)"
+
+
 class InvoiceLine(Model):
     item: int
     name: str
     multiplier: int
     calls: int
-    list_ucny: int
     list_fen: int
     discount_fen: int
     trial_fen: int
     plan_fen: int
     due_fen: int
+    list_cny: str = Field(description=CNY2)
+    discount_cny: str = Field(description=CNY2)
+    trial_cny: str = Field(description=CNY2)
+    plan_cny: str = Field(description=CNY2)
+    due_cny: str = Field(description=CNY2)
+    list_ucny: int = Field(description="exact list-price amount, µCNY")
+    trial_ucny: int = Field(description="exact amount the free trial covered, µCNY")
+    payg_ucny: int = Field(description="exact pay-as-you-go amount, µCNY")
+    plan_ucny: str = Field(description=EXACT)
+    discount_ucny: str = Field(description=EXACT)
 
 
 class Forfeit(Model):
@@ -237,6 +251,7 @@ class Forfeit(Model):
     ref: int
     list_ucny: int
     bp: int
+    cny: str = Field(description="the forfeited value, CNY with two decimals (nothing is owed)")
 
 
 class KindTotal(Model):
@@ -244,6 +259,13 @@ class KindTotal(Model):
     ref: int
     list_ucny: int
     amount_fen: int
+
+
+class PlanTotal(Model):
+    plan: int
+    list_ucny: int = Field(description="list-price usage the plan covered this month, µCNY")
+    paid_fen: int
+    paid_cny: str = Field(description=CNY2)
 
 
 class Invoice(Model):
@@ -257,6 +279,13 @@ class Invoice(Model):
     trial_fen: int
     plan_fen: int
     due_fen: int
+    list_cny: str = Field(description=CNY2)
+    discount_cny: str = Field(description=CNY2)
+    trial_cny: str = Field(description=CNY2)
+    plan_cny: str = Field(description=CNY2)
+    due_cny: str = Field(description=CNY2)
+    list_ucny: int = Field(description="exact list-price total, µCNY")
+    plans: list[PlanTotal]
     forfeits: list[Forfeit]
     by_kind: list[KindTotal]
 

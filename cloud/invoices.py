@@ -8,12 +8,18 @@ Rules:
      core made them. The first line takes the first charge's list amount until it is used up,
      and so on. This is exactly what charging the lines one after another would have produced,
      so no amount is apportioned or rounded here.
- I3. Per line, exact sums are kept: list, trial, plan (sum of list x bp / 10000 over the plans
-     that paid), discount (list x (10000 - bp) / 10000) and pay-as-you-go. Each is rounded to
-     the fen ONCE, by billing.round_fen (half away from zero), on the line's aggregate. The
-     invoice's totals are the sums of its rounded lines, as printed.
- I4. Forfeits (an ended trial's or plan's unused rest) and billing.invoice()'s per-kind summary
-     are reported beside the lines; they are not billable items and owe nothing.
+ I3. Per line, exact sums are kept: list, trial, each plan's payment (list x bp / 10000),
+     discount (list x (10000 - bp) / 10000) and pay-as-you-go. The invoice is then rounded
+     to the fen ONCE as a table (cloud.rounding F1-F4): the list total is the exact list total
+     rounded half away from zero (billing.round_fen), and every displayed line, column and
+     per-plan total is its exact value rounded down or up, chosen together (largest
+     remainder) so that each column of lines adds up to its total and, on every line and in
+     total, list - discount = trial + plan + pay-as-you-go. The trial and each plan never show
+     more than they paid. Exact µCNY figures stay beside the rounded ones (`*_ucny`; the
+     discount and plan payments as exact decimal strings, a discount leaving up to four
+     decimals of a µCNY); every `*_fen` has its `*_cny` two-decimal string.
+ I4. Forfeits (an ended trial's or plan's unused rest) are reported beside the lines; they are
+     not billable items and owe nothing. by_kind and plans summarise the column totals.
  I5. License (prepaid) workspaces are not invoiced monthly: their usage draws on the pool.
  I6. An invoice is regenerated whole (delete + insert in one transaction), never edited.
 """
@@ -26,7 +32,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
-from edgemeter.cloud import ledger
+from edgemeter.cloud import ledger, rounding
 from edgemeter.cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pricebook as pb
@@ -73,54 +79,97 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
     lines_by_batch: dict[int, list] = {}
     for b, item, mult, calls, ucny in conn.execute(lines_q):
         lines_by_batch.setdefault(b, []).append((item, mult, calls, ucny))
-    acc: dict[tuple[int, int], dict[str, int]] = {}
+    acc: dict[tuple[int, int], dict[str, Any]] = {}
     forfeits = []
-    core_charges = []
     per_batch: dict[int, list] = {}
     for batch_id, kind, ref, lst, bp in charges:
-        core_charges.append((kind, ref, lst, bp))
         if kind.startswith("forfeit"):
-            forfeits.append({"kind": kind, "ref": ref, "list_ucny": lst, "bp": bp})
+            forfeits.append({"kind": kind, "ref": ref, "list_ucny": lst, "bp": bp,
+                             "cny": cny(billing.round_fen(lst * bp, BP) // FEN)})
         elif batch_id is not None:
-            per_batch.setdefault(batch_id, []).append([kind, lst, bp])
+            per_batch.setdefault(batch_id, []).append([kind, lst, bp, ref])
     for batch_id, chs in per_batch.items():
         _attribute(lines_by_batch.get(batch_id, []), chs, acc, batch_id)
+    inv = {"account_id": account_id, "month": month, "from": start, "to": end, "forfeits": forfeits}
+    inv.update(_rounded(acc, book))
+    return inv
+
+
+def _rounded(acc: dict[tuple[int, int], dict[str, Any]], book: dict) -> dict[str, Any]:
+    """Rules I3, I4: the lines, column totals and per-plan totals, rounded together."""
+    keys = sorted(acc)
+    plans = sorted({ref for a in acc.values() for ref in a["plan"]})
+    cols = ["discount", "trial"] + [("plan", ref) for ref in plans] + ["payg"]
+    table = []
+    for k in keys:
+        a = acc[k]
+        table.append([a["disc_num"], a["trial"] * BP] + [a["plan"].get(ref, (0, 0))[0] for ref in plans]
+                     + [a["payg"] * BP])
+    cells, grand = rounding.controlled(table, FEN * BP)
     out_lines = []
-    for (item, mult), a in sorted(acc.items()):
-        row = book["items"].get(item)
-        out_lines.append({
-            "item": item, "name": row[1] if row else f"item-{item}", "multiplier": mult, "calls": a["calls"],
-            "list_ucny": a["list"], "list_fen": _fen(a["list"]),
-            "discount_fen": _fen(a["disc_num"], BP), "trial_fen": _fen(a["trial"]),
-            "plan_fen": _fen(a["plan_num"], BP), "due_fen": _fen(a["payg"])})
-    summary = billing.invoice(core_charges)
-    return {
-        "account_id": account_id, "month": month, "from": start, "to": end, "lines": out_lines,
-        "list_fen": sum(x["list_fen"] for x in out_lines), "discount_fen": sum(x["discount_fen"] for x in out_lines),
-        "trial_fen": sum(x["trial_fen"] for x in out_lines), "plan_fen": sum(x["plan_fen"] for x in out_lines),
-        "due_fen": sum(x["due_fen"] for x in out_lines), "forfeits": forfeits,
-        "by_kind": [{"kind": k, "ref": r, "list_ucny": lst, "amount_fen": amt // FEN}
-                    for k, r, lst, amt in summary["lines"]],
-    }
+    for k, row in zip(keys, cells):
+        a, (item, mult) = acc[k], k
+        it = book["items"].get(item)
+        plan_num = sum(v[0] for v in a["plan"].values())
+        ln = {"item": item, "name": it[1] if it else f"item-{item}", "multiplier": mult, "calls": a["calls"],
+              "list_fen": sum(row), "discount_fen": row[0], "trial_fen": row[1], "plan_fen": sum(row[2:-1]),
+              "due_fen": row[-1], "list_ucny": a["list"], "trial_ucny": a["trial"], "payg_ucny": a["payg"],
+              "plan_ucny": exact_ucny(plan_num), "discount_ucny": exact_ucny(a["disc_num"])}
+        out_lines.append(_with_cny(ln))
+    col = [sum(row[j] for row in cells) for j in range(len(cols))]
+    plan_rows = []
+    for j, ref in enumerate(plans, start=2):
+        lst = sum(acc[k]["plan"].get(ref, (0, 0))[1] for k in keys)
+        plan_rows.append({"plan": ref, "list_ucny": lst, "paid_fen": col[j], "paid_cny": cny(col[j])})
+    totals = _with_cny({"list_fen": grand, "discount_fen": col[0], "trial_fen": col[1],
+                        "plan_fen": sum(col[2:-1]), "due_fen": col[-1]})
+    by_kind = ([{"kind": "payg", "ref": 0, "list_ucny": sum(acc[k]["payg"] for k in keys), "amount_fen": col[-1]}]
+               + [{"kind": "plan", "ref": p["plan"], "list_ucny": p["list_ucny"], "amount_fen": p["paid_fen"]}
+                  for p in plan_rows]
+               + [{"kind": "trial", "ref": 0, "list_ucny": sum(acc[k]["trial"] for k in keys), "amount_fen": col[1]}])
+    return {"lines": out_lines, **totals, "list_ucny": sum(acc[k]["list"] for k in keys), "plans": plan_rows,
+            "by_kind": [k for k in by_kind if k["list_ucny"]]}
+
+
+MONEY = ("list", "discount", "trial", "plan", "due")
+
+
+def _with_cny(d: dict[str, Any]) -> dict[str, Any]:
+    """d with a '<x>_cny' two-decimal string beside every '<x>_fen' figure."""
+    for m in MONEY:
+        d[m + "_cny"] = cny(d[m + "_fen"])
+    return d
+
+
+def exact_ucny(num: int) -> str:
+    """num / 10000 µCNY exactly, as a decimal string ('4905', '4905.5')."""
+    whole, frac = divmod(num, BP)
+    return f"{whole}.{frac:04d}".rstrip("0") if frac else str(whole)
+
+
+def cny_of_ucny(ucny: int) -> str:
+    """µCNY as CNY with two decimals, rounded once to the fen (billing.round_fen)."""
+    return cny(billing.round_fen(ucny) // FEN)
 
 
 def _attribute(lines: list, charges: list, acc: dict, batch_id: int) -> None:
     """Rule I2: walk the batch's lines and charges in order, splitting list amounts at boundaries."""
     ci = 0
     for item, mult, calls, ucny in lines:
-        a = acc.setdefault((item, mult), {"calls": 0, "list": 0, "trial": 0, "plan_num": 0, "disc_num": 0, "payg": 0})
+        a = acc.setdefault((item, mult), {"calls": 0, "list": 0, "trial": 0, "plan": {}, "disc_num": 0, "payg": 0})
         a["calls"] += calls
         a["list"] += ucny
         need = ucny
         while need:
             if ci >= len(charges):
                 raise InvoiceError(f"batch {batch_id}: charges cover less than its usage lines")
-            kind, left, bp = charges[ci]
+            kind, left, bp, ref = charges[ci]
             take = min(need, left)
             if kind == "trial":
                 a["trial"] += take
             elif kind == "plan":
-                a["plan_num"] += take * bp
+                num, lst = a["plan"].get(ref, (0, 0))
+                a["plan"][ref] = (num + take * bp, lst + take)
                 a["disc_num"] += take * (BP - bp)
             else:
                 a["payg"] += take
@@ -141,13 +190,14 @@ def generate(conn: Connection, account_id: int, month: str, now: int, book: dict
     iid = ledger.new_id(conn.execute(insert(S.invoices).values(
         account_id=account_id, month=month, created_at=now, list_fen=inv["list_fen"], due_fen=inv["due_fen"])))
     if inv["lines"]:
-        conn.execute(insert(S.invoice_lines), [{"invoice_id": iid, **ln} for ln in inv["lines"]])
+        cols = [c.name for c in S.invoice_lines.c if c.name not in ("id", "invoice_id")]
+        conn.execute(insert(S.invoice_lines), [{"invoice_id": iid, **{c: ln[c] for c in cols}} for ln in inv["lines"]])
     inv["id"] = iid
     return inv
 
 
-CSV_FIELDS = ("item", "name", "multiplier", "calls", "list_ucny", "list_cny", "discount_cny", "trial_cny",
-              "plan_cny", "due_cny")
+CSV_FIELDS = ("item", "name", "multiplier", "calls", "list_cny", "discount_cny", "trial_cny", "plan_cny", "due_cny",
+              "list_ucny", "discount_ucny", "trial_ucny", "plan_ucny", "payg_ucny")
 
 
 def cny(fen: int) -> str:
@@ -158,29 +208,38 @@ def cny(fen: int) -> str:
 
 
 def to_csv(inv: dict[str, Any]) -> str:
-    """The invoice's lines as CSV (amounts in CNY with two decimals), then a total row."""
+    """The invoice's lines as CSV: the displayed amounts in CNY with two decimals (each column
+    adds up to the TOTAL row), then the exact µCNY behind them; then a total row."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)
     for ln in inv["lines"]:
-        w.writerow([ln["item"], ln["name"], ln["multiplier"], ln["calls"], ln["list_ucny"], cny(ln["list_fen"]),
-                    cny(ln["discount_fen"]), cny(ln["trial_fen"]), cny(ln["plan_fen"]), cny(ln["due_fen"])])
-    w.writerow(["", "TOTAL", "", sum(ln["calls"] for ln in inv["lines"]), sum(ln["list_ucny"] for ln in inv["lines"]),
-                cny(inv["list_fen"]), cny(inv["discount_fen"]), cny(inv["trial_fen"]), cny(inv["plan_fen"]),
-                cny(inv["due_fen"])])
+        w.writerow([ln[f] for f in CSV_FIELDS])
+    lines = inv["lines"]
+    exact = [sum(ln[f] for ln in lines) for f in ("list_ucny", "trial_ucny", "payg_ucny")]
+    w.writerow(["", "TOTAL", "", sum(ln["calls"] for ln in lines), inv["list_cny"], inv["discount_cny"],
+                inv["trial_cny"], inv["plan_cny"], inv["due_cny"], exact[0],
+                exact_ucny(sum(_num(ln["discount_ucny"]) for ln in lines)), exact[1],
+                exact_ucny(sum(_num(ln["plan_ucny"]) for ln in lines)), exact[2]])
     return buf.getvalue()
+
+
+def _num(exact: str) -> int:
+    """The numerator (in 1/10000 µCNY) of an exact_ucny() string."""
+    whole, _, frac = exact.partition(".")
+    return int(whole) * BP + int((frac + "0000")[:4])
 
 
 def to_text(inv: dict[str, Any]) -> str:
     out = [f"Invoice account {inv['account_id']} month {inv['month']} (billing calendar UTC+8)",
            f"{'item':<20} {'x':>3} {'calls':>10} {'list':>12} {'discount':>10} {'trial':>10} {'plan':>10} {'due':>12}"]
-    for ln in inv["lines"]:
-        out.append(f"{ln['name']:<20} {ln['multiplier']:>3} {ln['calls']:>10} {cny(ln['list_fen']):>12} "
-                   f"{cny(ln['discount_fen']):>10} {cny(ln['trial_fen']):>10} {cny(ln['plan_fen']):>10} "
-                   f"{cny(ln['due_fen']):>12}")
-    out.append(f"{'TOTAL (CNY)':<20} {'':>3} {sum(ln['calls'] for ln in inv['lines']):>10} {cny(inv['list_fen']):>12} "
-               f"{cny(inv['discount_fen']):>10} {cny(inv['trial_fen']):>10} {cny(inv['plan_fen']):>10} "
-               f"{cny(inv['due_fen']):>12}")
+    for ln in inv["lines"] + [dict(inv, name="TOTAL (CNY)", multiplier="", calls=sum(x["calls"] for x in inv["lines"]))]:
+        out.append(f"{ln['name']:<20} {ln['multiplier']:>3} {ln['calls']:>10} {ln['list_cny']:>12} "
+                   f"{ln['discount_cny']:>10} {ln['trial_cny']:>10} {ln['plan_cny']:>10} {ln['due_cny']:>12}")
+    out.append("list - discount = trial + plan + due, on every line and in total")
+    for p in inv.get("plans", []):
+        out.append(f"  savings plan {p['plan']}: paid {p['paid_cny']} for {cny_of_ucny(p['list_ucny'])} list")
     for f in inv["forfeits"]:
-        out.append(f"  forfeited: {f['kind']} {f['ref'] or ''} {f['list_ucny']} µCNY of list-price cover (nothing owed)")
+        out.append(f"  forfeited: {f['kind']} {f['ref'] or ''} {cny_of_ucny(f['list_ucny'])} CNY of list-price cover"
+                   " (nothing owed)")
     return "\n".join(out)

@@ -6,7 +6,9 @@ UTC+8 calendar, month-end clamping, half-open intervals).
 
 Rounding, rule R: round_fen is the one rounding function. It takes an exact amount num/den uCNY
 to a whole fen (1 fen = 10,000 uCNY), half away from zero, and is used at invoice level only,
-once per invoice line, on aggregated amounts. Everything before it is exact integer arithmetic.
+on aggregated amounts (the cloud's invoice rounds its list total with it once and shares that
+total out to the fen so that every column adds up: cloud.rounding). Everything before it is
+exact integer arithmetic.
 
 Postpaid (a state dict: {"trial": None|{"claimed","end","left"}, "plans": [plan...],
 "balance": uCNY, "suspended": bool}; plan = {"id","bought","end","commit","bp","cap","used"}):

@@ -23,13 +23,12 @@ const $ = (sel) => document.querySelector(sel);
 const p2 = (n) => String(n).padStart(2, "0");
 export const fmtInt = (n) => (n === null || n === undefined ? "" : Number(n).toLocaleString("en-US"));
 
-// µCNY -> CNY, exact: at least two decimals, up to six (no floating point on the money).
+// µCNY -> CNY with two decimals, as a customer reads money: rounded once to the fen, half away
+// from zero (the core's billing.round_fen), in integers; the exact µCNY stays in the API.
 export function fmtCny(ucny) {
   if (ucny === null || ucny === undefined) return "";
-  const neg = ucny < 0; let u = Math.abs(ucny);
-  const whole = Math.floor(u / 1e6); let frac = String(u % 1e6).padStart(6, "0").replace(/0+$/, "");
-  if (frac.length < 2) frac = frac.padEnd(2, "0");
-  return (neg ? "-" : "") + whole.toLocaleString("en-US") + "." + frac;
+  const neg = ucny < 0; const u = Math.abs(ucny);
+  return fmtFen((neg ? -1 : 1) * Math.floor((u + 5000) / 10000));
 }
 export function fmtFen(fen) {
   const neg = fen < 0; const f = Math.abs(fen);

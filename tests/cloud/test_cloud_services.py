@@ -246,7 +246,7 @@ def test_invoice_lines_attribute_trial_and_payg_per_item_and_round_once(engine):
         assert [(x["name"], x["multiplier"], x["calls"], x["due_fen"]) for x in aug["lines"]] == [("chat", 4, 1, 1)]
         csv_text = invoices.to_csv(inv)
         assert csv_text.splitlines()[0].startswith("item,name,multiplier,calls")
-        assert csv_text.splitlines()[-1].endswith(",10.90,0.00,10.00,0.00,0.90")
+        assert csv_text.splitlines()[-1].endswith(",10.90,0.00,10.00,0.00,0.90,10900000,0,10000000,0,900000")
         again = invoices.generate(conn, acc, "2026-07", T0 + 400)       # regenerated whole
         assert conn.execute(select(S.invoices)).all().__len__() == 1 and again["due_fen"] == 90
 
@@ -260,10 +260,15 @@ def test_invoice_plan_lines_round_each_amount_once(engine):
                         T0 + seq)
         inv = invoices.compute(conn, acc, "2026-07")
         chat = [x for x in inv["lines"] if x["name"] == "chat"][0]
-        # chat: 6600 µCNY list -> 1 fen; plan 5940 -> 1 fen; discount 660 -> 0 fen
+        # The list total, 16350 µCNY, is rounded once: 2 fen. The plan paid 14715 (1.47 fen), the
+        # discount is 1635 (0.16 fen): 2 = 0 + 2. Of the lines (asr 0.225, tts 0.51, intent 0.24,
+        # chat 0.66 fen of list) the two largest remainders, chat and tts, show 1 fen each.
         assert (chat["list_ucny"], chat["list_fen"], chat["plan_fen"], chat["discount_fen"]) == (6600, 1, 1, 0)
-        assert inv["due_fen"] == 0
-        assert [(x["kind"], x["list_ucny"], x["amount_fen"]) for x in inv["by_kind"]] == [("plan", 16350, 1)]
+        assert [(x["name"], x["list_fen"]) for x in inv["lines"]] == [
+            ("asr-standard", 0), ("tts-standard", 1), ("intent", 0), ("chat", 1)]
+        assert (inv["list_fen"], inv["plan_fen"], inv["discount_fen"], inv["due_fen"]) == (2, 2, 0, 0)
+        assert (chat["plan_ucny"], chat["discount_ucny"]) == ("5940", "660")
+        assert [(x["kind"], x["list_ucny"], x["amount_fen"]) for x in inv["by_kind"]] == [("plan", 16350, 2)]
     with pytest.raises(invoices.InvoiceError):
         invoices.month_bounds("2026-13")
 

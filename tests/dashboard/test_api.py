@@ -148,10 +148,12 @@ def test_accounts_balances_and_invoices_come_from_the_services(client, ledger):
                 kb = {k: v + ln[k] for k, v in kb.items()}
     assert kb["trial_fen"] > 0 and kb["plan_fen"] > 0 and kb["discount_fen"] > 0
     initech = get(client, ledger, f"/accounts/{ledger['initech']}/invoices/{month}")
-    # 5 standard rounds, all pay-as-you-go: each line's µCNY rounded to the fen once (half away from 0)
-    assert [(ln["name"], ln["list_ucny"], ln["due_fen"]) for ln in initech["lines"]] == [
-        ("asr-standard", 3750, 0), ("tts-standard", 8500, 1), ("intent", 4000, 0), ("chat", 11000, 1)]
-    assert initech["due_fen"] == 2
+    # 5 standard rounds, all pay-as-you-go: the total 27,250 µCNY is rounded to the fen once (3 fen)
+    # and shared by largest remainder (0.375, 0.85, 0.4, 1.1 fen: chat 1, then tts and intent)
+    assert [(ln["name"], ln["list_ucny"], ln["due_fen"], ln["due_cny"]) for ln in initech["lines"]] == [
+        ("asr-standard", 3750, 0, "0.00"), ("tts-standard", 8500, 1, "0.01"), ("intent", 4000, 1, "0.01"),
+        ("chat", 11000, 1, "0.01")]
+    assert (initech["due_fen"], initech["list_fen"], initech["due_cny"]) == (3, 3, "0.03")
 
 
 def test_licences_and_activations(client, ledger):

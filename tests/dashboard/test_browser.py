@@ -217,6 +217,13 @@ def test_every_view_renders_without_console_errors_and_shows_the_ledger(operator
         assert pg.value(f"inv-{k}") == inv[f"{k}_fen"], k
     names = page.eval_on_selector_all("[data-testid=invoice-lines] tbody tr td[data-col=name]", "t => t.map(x => x.textContent)")
     assert names == [ln["name"] for ln in inv["lines"]]
+    for k in ("list", "discount", "trial", "plan", "due"):     # the displayed columns add up, in CNY.xx
+        texts = page.eval_on_selector_all(f"[data-testid=invoice-lines] tbody td[data-col={k}_fen]",
+                                          "t => t.map(x => x.textContent)")
+        assert all(re.fullmatch(r"[\d,]+\.\d\d", t) for t in texts), texts
+        assert sum(int(t.replace(",", "").replace(".", "")) for t in texts) == inv[f"{k}_fen"], k
+    plan_texts = page.eval_on_selector_all("[data-testid=plans] tbody td[data-col$=_ucny]", "t => t.map(x => x.textContent)")
+    assert plan_texts and all(re.fullmatch(r"[\d,]+\.\d\d", t) for t in plan_texts), plan_texts
     assert pg.value("bal-balance") == bal["balance_ucny"] and pg.value("bal-trial") == bal["trial"]["left_ucny"]
     # usage, licences, alerts, operations
     page = pg.view("#/usage?range=all", "[data-testid=usage-items]")

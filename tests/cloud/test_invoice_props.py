@@ -1,0 +1,164 @@
+"""Invoices add up (cloud.invoices I3, cloud.rounding F1-F4), as properties over random usage.
+
+Hundreds of random postpaid histories (a trial or not, savings plans of several sizes bought
+at several times, batches of real billable items and multipliers, a month boundary) are booked
+into a real SQLite store through cloud.accounts, and every invoice is checked: each displayed
+column of lines adds up to its displayed total; on every line and in total list - discount =
+trial + plan + pay-as-you-go; every displayed figure is its exact value rounded down or up; the
+list total is the exact one rounded once; the trial and each plan show no more than they hold;
+the two-decimal strings and the CSV say the same.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert
+
+from edgemeter.cloud import accounts, db, invoices, ledger, rounding
+from edgemeter.cloud import schema as S
+from firmware_py import billing, civil, pricebook
+
+BOOK = pricebook.default()
+T0 = civil.to_unix(2026, 7, 1)
+DAY = 86400
+FEN = billing.FEN
+PRICED = sorted(i for i, row in BOOK["items"].items() if row[2])
+MULTS = (1, 1, 1, 2, 3, 4, 8, 13, 32)
+COLUMNS = ("list", "discount", "trial", "plan", "due")
+
+line_st = st.tuples(st.sampled_from(PRICED), st.sampled_from(MULTS), st.integers(1, 3000))
+batch_st = st.tuples(st.integers(0, 45), st.lists(line_st, min_size=1, max_size=5))
+plan_st = st.tuples(st.sampled_from([2000, 3750, 9999, 10000, 10001, 25000]), st.integers(0, 40))
+history_st = st.fixed_dictionaries({
+    "trial": st.booleans(), "plans": st.lists(plan_st, max_size=3),
+    "batches": st.lists(batch_st, min_size=1, max_size=10)})
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    e = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('inv') / 'ledger.db'}")
+    yield e
+    e.dispose()
+
+
+def _book(conn, acc, ws, dev, seq, lines, now):
+    merged: dict = {}
+    for item, mult, calls in lines:
+        m = merged.setdefault((item, mult), [0, 0])
+        m[0] += calls
+        m[1] += BOOK["items"][item][2] * calls * mult
+    total = sum(v[1] for v in merged.values())
+    ids = ledger.insert_batches(conn, [dict(device_id=dev, seq=seq, boot=1, book_version=1, lease_id=0, t0=now,
+                                            rounds=1, device_ucny=total, rated_ucny=total, mismatch=False,
+                                            payload=b"", workspace_id=ws, account_id=acc, received_ms=now * 1000,
+                                            booked_ms=now * 1000)])
+    bid = ids[(dev, seq)]
+    ledger.insert_rows(conn, S.usage_lines, [dict(batch_id=bid, item=i, multiplier=m, calls=c, ucny=u)
+                                              for (i, m), (c, u) in sorted(merged.items())])
+    accounts.charge(conn, [(acc, bid, total)], now)
+
+
+def _history(conn, h):
+    n = next(_counter)
+    acc = accounts.create_account(conn, f"prop{n}", T0)
+    ws = accounts.create_workspace(conn, acc, "w", "postpaid", T0)
+    dev = 100000 + n
+    conn.execute(insert(S.devices).values(id=dev, workspace_id=ws, username=f"{ws}/{dev}", password_hash="x",
+                                          kid=1, created_at=T0))
+    if h["trial"]:
+        accounts.claim_trial(conn, BOOK, acc, T0)
+    plans = {}
+    for commit_fen, day in h["plans"]:
+        pid = accounts.buy_plan(conn, BOOK, acc, commit_fen * FEN, T0 + day * DAY)
+        plans[pid] = commit_fen
+    for seq, (day, lines) in enumerate(sorted(h["batches"], key=lambda b: b[0]), start=1):
+        _book(conn, acc, ws, dev, seq, lines, T0 + day * DAY + seq)
+    return acc, plans
+
+
+def _within(shown: int, exact_num: int, den: int) -> bool:
+    """shown (fen) is exact_num / den fen rounded down or up."""
+    return exact_num // den <= shown <= -(-exact_num // den)
+
+
+def check_invoice(inv: dict, plans: dict) -> None:
+    lines = inv["lines"]
+    for c in COLUMNS:
+        assert sum(ln[c + "_fen"] for ln in lines) == inv[c + "_fen"], c
+        for x in lines + [inv]:
+            assert x[c + "_cny"] == invoices.cny(x[c + "_fen"]) and x[c + "_cny"].count(".") == 1
+            assert len(x[c + "_cny"].split(".")[1]) == 2
+    for x in lines + [inv]:
+        assert x["list_fen"] - x["discount_fen"] == x["trial_fen"] + x["plan_fen"] + x["due_fen"]
+        assert min(x[c + "_fen"] for c in COLUMNS) >= 0
+    exact_list = sum(ln["list_ucny"] for ln in lines)
+    assert inv["list_fen"] * FEN == billing.round_fen(exact_list)
+    den = FEN * 10000
+    for ln in lines:
+        assert _within(ln["list_fen"], ln["list_ucny"] * 10000, den)
+        assert _within(ln["trial_fen"], ln["trial_ucny"] * 10000, den)
+        assert _within(ln["due_fen"], ln["payg_ucny"] * 10000, den)
+        assert _within(ln["plan_fen"], invoices._num(ln["plan_ucny"]), den)
+        assert _within(ln["discount_fen"], invoices._num(ln["discount_ucny"]), den)
+        assert ln["trial_ucny"] + ln["payg_ucny"] + (invoices._num(ln["plan_ucny"])
+                                                     + invoices._num(ln["discount_ucny"])) // 10000 == ln["list_ucny"]
+    assert _within(inv["trial_fen"], sum(ln["trial_ucny"] for ln in lines) * 10000, den)
+    assert inv["trial_fen"] <= BOOK["trial"][0] // FEN
+    assert sum(p["paid_fen"] for p in inv["plans"]) == inv["plan_fen"]
+    for p in inv["plans"]:
+        assert p["paid_fen"] <= plans[p["plan"]]
+    rows = list(csv.DictReader(io.StringIO(invoices.to_csv(inv))))
+    assert [r["due_cny"] for r in rows] == [ln["due_cny"] for ln in lines] + [inv["due_cny"]]
+    assert rows[-1]["list_cny"] == inv["list_cny"] and rows[-1]["list_ucny"] == str(exact_list)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=history_st)
+def test_every_invoice_adds_up(engine, h):
+    with db.write_connect(engine) as conn:
+        tx = conn.begin()
+        try:
+            acc, plans = _history(conn, h)
+            for month in ("2026-07", "2026-08"):
+                check_invoice(invoices.compute(conn, acc, month, BOOK), plans)
+        finally:
+            tx.rollback()
+
+
+cells_st = st.integers(1, 6).flatmap(lambda nc: st.lists(
+    st.lists(st.integers(0, 10 ** 9), min_size=nc, max_size=nc), min_size=1, max_size=12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(cells=cells_st, den=st.sampled_from([1, 3, 10000, 10 ** 8]))
+def test_controlled_rounding_keeps_every_sum_within_a_fen(cells, den):
+    out, grand = rounding.controlled(cells, den)
+    total = sum(map(sum, cells))
+    assert grand * FEN == billing.round_fen(total * FEN, den)
+    assert sum(map(sum, out)) == grand
+    for row, orow in zip(cells, out):
+        assert _within(sum(orow), sum(row), den)
+        for v, o in zip(row, orow):
+            assert _within(o, v, den) and (v % den or o == v // den)
+    for j in range(len(cells[0])):
+        assert _within(sum(r[j] for r in out), sum(r[j] for r in cells), den)
+    assert rounding.controlled(cells, den) == (out, grand)      # deterministic
+
+
+def test_controlled_rounding_picks_the_largest_remainders():
+    # one column, three lines of 0.3, 0.45 and 0.6 fen: the total 1.35 rounds to 1 fen, which the
+    # largest remainder (0.6) shows
+    assert rounding.controlled([[30], [45], [60]], 100) == ([[0], [0], [1]], 1)
+    # the total 1.5 rounds to 2 fen; the first line's exact 0.9 may show 1 fen, not 2, so one of
+    # its 0.45 cells rises with a 0.3 of another line in the other column (remainders 0.75 in all)
+    out, grand = rounding.controlled([[45, 45], [30, 0], [0, 30]], 100)
+    assert grand == 2 and sum(out[0]) == 1 and [sum(c) for c in zip(*out)] == [1, 1]
+    with pytest.raises(ValueError):
+        rounding.controlled([[1, -1]], 100)
