@@ -13,6 +13,11 @@ rebuilds an account's billing state from the store, calls the core, and stores i
  A3. Postpaid usage is charged at the cloud's booking time, never the device's clock (a device
      may report 90-day-old rounds or have a wrong clock; the trial and plan windows are the
      cloud's).
+ A5. A purchase (savings plan, licences) is an order (kind, ref, price, paid_by) recorded with
+     it in the same transaction, paid by the core's P7: up front (paid_ucny grows by the price,
+     the balance does not move) or from the balance (the balance falls by the price, and may
+     not fall below zero: PurchaseRefused, nothing written). purchases_ucny sums the prices.
+     No refunds: nothing takes an order back.
  A4. Suspension is a projection too: `suspended` is the core's flag after the last charge or
      top-up. Devices follow it: `commands_due()` lists every device of the account's postpaid
      workspaces whose status differs from the account's, and `mark_commanded()` records that a
@@ -42,6 +47,10 @@ ENTRY_COLS = ("account_id", "batch_id", "at", "kind", "ref", "list_ucny", "bp")
 
 class AccountError(ValueError):
     """A caller mistake about an account or workspace."""
+
+
+class PurchaseRefused(Exception):
+    """A business refusal (A5): the balance cannot pay a purchase. Nothing was written."""
 
 
 def create_account(conn: Connection, name: str, now: int) -> int:
@@ -140,16 +149,62 @@ def claim_trial(conn: Connection, book: dict, account_id: int, now: int) -> dict
     return dict(t)
 
 
-def buy_plan(conn: Connection, book: dict, account_id: int, commit_ucny: int, now: int) -> int:
-    """P2: a savings plan paid up front (outside the cash balance); returns its id."""
+def buy_plan(conn: Connection, book: dict, account_id: int, commit_ucny: int, now: int,
+             paid_by: str = billing.PAY_UPFRONT) -> int:
+    """P2 + A5: a savings plan, its commitment paid up front or from the balance; returns its id
+    (PurchaseRefused, nothing written, when the balance cannot pay it)."""
     st = state(conn, account_id)
     next_id = conn.execute(select(func.coalesce(func.max(S.savings_plans.c.id), 0))).scalar_one() + 1
     plan = billing.buy_plan(book, st, next_id, commit_ucny, now)["plans"][-1]
+    check_payment(conn, account_id, plan["commit"], paid_by)
     pid = ledger.new_id(conn.execute(insert(S.savings_plans).values(
         account_id=account_id, commit_ucny=plan["commit"], bp=plan["bp"], cap_ucny=plan["cap"],
         bought_at=plan["bought"], ends_at=plan["end"])))
     conn.execute(insert(S.plan_balances).values(plan_id=pid))
+    record_order(conn, account_id, "savings-plan", pid, plan["commit"], paid_by, now)
     return pid
+
+
+def check_payment(conn: Connection, account_id: int, price_ucny: int, paid_by: str) -> None:
+    """A5: raise PurchaseRefused unless the purchase can be paid as asked (the core's P7)."""
+    _, why = billing.pay(state(conn, account_id), price_ucny, paid_by)
+    if why is not None:
+        bal = conn.execute(select(S.account_balances.c.balance_ucny)
+                           .where(S.account_balances.c.account_id == account_id)).scalar_one()
+        raise PurchaseRefused(f"{why}: account {account_id} has {cny2(bal)} CNY, the purchase costs "
+                              f"{cny2(price_ucny)} CNY (a purchase may not take the balance below zero)")
+
+
+def record_order(conn: Connection, account_id: int, kind: str, ref: int, price_ucny: int, paid_by: str,
+                 now: int) -> int:
+    """A5: the order of a purchase, paid by the core's P7; moves the balance projections."""
+    st, why = billing.pay(state(conn, account_id), price_ucny, paid_by)
+    if why is not None:
+        raise PurchaseRefused(f"{why}: the balance cannot pay {cny2(price_ucny)} CNY")
+    oid = ledger.new_id(conn.execute(insert(S.orders).values(
+        account_id=account_id, kind=kind, ref=ref, price_ucny=price_ucny, paid_by=paid_by, at=now)))
+    b = S.account_balances
+    upfront = price_ucny if paid_by == billing.PAY_UPFRONT else 0
+    conn.execute(update(b).where(b.c.account_id == account_id).values(
+        paid_ucny=b.c.paid_ucny + upfront, purchases_ucny=b.c.purchases_ucny + price_ucny,
+        balance_ucny=st["balance"], suspended=st["suspended"]))
+    return oid
+
+
+def orders(conn: Connection, account_id: int, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
+    """The account's orders with at in [start, end), oldest first."""
+    o = S.orders
+    q = select(o).where(o.c.account_id == account_id, o.c.at >= start)
+    if end is not None:
+        q = q.where(o.c.at < end)
+    return [dict(r) for r in conn.execute(q.order_by(o.c.at, o.c.id)).mappings()]
+
+
+def cny2(ucny: int) -> str:
+    """µCNY as CNY with two decimals, rounded once to the fen (billing.round_fen)."""
+    sign = "-" if ucny < 0 else ""
+    fen = billing.round_fen(abs(ucny)) // billing.FEN
+    return f"{sign}{fen // 100}.{fen % 100:02d}"
 
 
 def top_up(conn: Connection, account_id: int, ucny: int, now: int, ref: str = "") -> dict[str, Any]:
@@ -258,7 +313,8 @@ def balances(conn: Connection, account_id: int) -> dict[str, Any]:
                                            .join(pb_, pb_.c.plan_id == p.c.id)
                                            .where(p.c.account_id == account_id).order_by(p.c.id)).mappings()]
     return {"account_id": account_id, "paid_ucny": b["paid_ucny"], "payg_ucny": b["payg_ucny"],
+            "purchases_ucny": b["purchases_ucny"],
             "balance_ucny": b["balance_ucny"], "suspended": bool(b["suspended"]),
             "trial": ({"amount_ucny": t["amount_ucny"], "claimed_at": t["claimed_at"], "ends_at": t["ends_at"],
                        "left_ucny": b["trial_left_ucny"]} if t else None),
-            "plans": plans}
+            "plans": plans, "orders": [{**o, "price_cny": cny2(o["price_ucny"])} for o in orders(conn, account_id)]}

@@ -42,6 +42,11 @@ def cny(ucny: int) -> str:
     return f"{sign}{u // 1_000_000}.{u % 1_000_000:06d}".rstrip("0").rstrip(".") if u % 1_000_000 else f"{sign}{u // 1_000_000}"
 
 
+def cny2(ucny: int) -> str:
+    """CNY with two decimals, as a customer reads money (rounded once to the fen)."""
+    return accounts.cny2(ucny)
+
+
 def _when(args: argparse.Namespace) -> int:
     return civil.parse_iso(args.at) if getattr(args, "at", None) else int(time.time())
 
@@ -71,12 +76,25 @@ def cmd_create_workspace(conn, args, now):
     return {"workspace": ws, "account": args.account, "billing": args.billing}
 
 
+def _purchase(fn: Callable, *a: Any) -> Any:
+    """Run a purchase; a balance that cannot pay it is a business refusal (exit 1)."""
+    try:
+        return fn(*a)
+    except accounts.PurchaseRefused as e:
+        raise Refused(str(e)) from None
+
+
+def _order_of(conn, kind: str, ref: int) -> dict[str, Any]:
+    o = conn.execute(select(S.orders).where(S.orders.c.kind == kind, S.orders.c.ref == ref)).mappings().one()
+    return {"order": o["id"], "paid_by": o["paid_by"], "paid_cny": cny2(o["price_ucny"])}
+
+
 def cmd_buy_license(conn, args, now):
-    pid = pools.buy_license(conn, _book(conn, now), args.workspace, args.tier, args.devices, now)
+    pid = _purchase(pools.buy_license, conn, _book(conn, now), args.workspace, args.tier, args.devices, now, args.pay)
     row = conn.execute(select(S.license_purchases).where(S.license_purchases.c.id == pid)).mappings().one()
     return {"purchase": pid, "workspace": args.workspace, "tier": args.tier, "devices": args.devices,
-            "price_cny": cny(row["price_ucny"]), "addon": bool(row["addon"]),
-            "activate_by": civil.iso(row["activate_by"])}
+            "price_cny": cny2(row["price_ucny"]), "addon": bool(row["addon"]),
+            "activate_by": civil.iso(row["activate_by"]), **_order_of(conn, "license", pid)}
 
 
 def cmd_activate(conn, args, now):
@@ -95,10 +113,11 @@ def cmd_claim_trial(conn, args, now):
 
 
 def cmd_buy_savings_plan(conn, args, now):
-    pid = accounts.buy_plan(conn, _book(conn, now), args.account, parse_cny(args.cny), now)
+    pid = _purchase(accounts.buy_plan, conn, _book(conn, now), args.account, parse_cny(args.cny), now, args.pay)
     p = conn.execute(select(S.savings_plans).where(S.savings_plans.c.id == pid)).mappings().one()
-    return {"plan": pid, "account": args.account, "commit_cny": cny(p["commit_ucny"]), "discount_bp": p["bp"],
-            "covers_list_cny": cny(p["cap_ucny"]), "ends": civil.iso(p["ends_at"])}
+    return {"plan": pid, "account": args.account, "commit_cny": cny2(p["commit_ucny"]), "discount_bp": p["bp"],
+            "covers_list_cny": cny(p["cap_ucny"]), "ends": civil.iso(p["ends_at"]),
+            **_order_of(conn, "savings-plan", pid)}
 
 
 def cmd_top_up(conn, args, now):
@@ -137,6 +156,7 @@ def cmd_show(conn, args, now):
         if args.account and a["id"] != args.account:
             continue
         b = accounts.balances(conn, a["id"])
+        b["orders"] = [{**o, "at": civil.iso(o["at"])} for o in b["orders"]]
         out["accounts"].append({"id": a["id"], "name": a["name"], **b})
     q = select(S.workspaces).order_by(S.workspaces.c.id)
     for w in conn.execute(q).mappings().all():
@@ -214,9 +234,12 @@ def _text(name: str, out: dict[str, Any]) -> str:
         for a in out["accounts"]:
             t = a["trial"]
             lines.append(f"account {a['id']} {a['name']}: balance {cny(a['balance_ucny'])} CNY"
-                         f"{' SUSPENDED' if a['suspended'] else ''}; paid {cny(a['paid_ucny'])}, "
-                         f"pay-as-you-go {cny(a['payg_ucny'])}"
+                         f"{' SUSPENDED' if a['suspended'] else ''}; paid {cny2(a['paid_ucny'])}, "
+                         f"purchases {cny2(a['purchases_ucny'])}, pay-as-you-go {cny(a['payg_ucny'])}"
                          + (f"; trial left {cny(t['left_ucny'])} until {civil.iso(t['ends_at'])}" if t else ""))
+            for o in a["orders"]:
+                lines.append(f"  order {o['id']}: {o['kind']} {o['ref']} {o['price_cny']} CNY paid {o['paid_by']}"
+                             f" at {o['at']}")
             for p in a["plans"]:
                 lines.append(f"  savings plan {p['id']}: x{p['bp'] / 10000:.2f}, covers {cny(p['cap_ucny'])} CNY list,"
                              f" used {cny(p['used_ucny'])}, ends {civil.iso(p['ends_at'])}"
@@ -264,6 +287,12 @@ TYPES = {"db": cliargs.db_url, "at": cliargs.iso_time, "cny": cliargs.cny_text,
          "ref": cliargs.text_in(0, 128, "a payment reference")}
 
 
+def _pay_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pay", choices=(billing.PAY_UPFRONT, billing.PAY_BALANCE), default=billing.PAY_UPFRONT,
+                   help="an upfront charge (default) or from the account's balance, which a purchase may not "
+                        "take below zero")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = cliargs.Parser(prog="edgemeter admin", description=__doc__.split("\n")[0], types=TYPES)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
@@ -295,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=int, required=True)
     p.add_argument("--tier", choices=("trial", "basic", "standard"), required=True)
     p.add_argument("--devices", type=int, required=True)
+    _pay_flag(p)
     p = add("activate", cmd_activate, "activate licences of a purchase (units enter the pool)")
     p.add_argument("--purchase", type=int, required=True)
     p.add_argument("--count", type=int, default=1)
@@ -304,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("buy-savings-plan", cmd_buy_savings_plan, "buy a savings plan (commitment in CNY)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--cny", required=True)
+    _pay_flag(p)
     p = add("top-up", cmd_top_up, "add to an account's pay-as-you-go balance")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--cny", required=True)

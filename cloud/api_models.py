@@ -53,16 +53,28 @@ class Account(Model):
     name: str
     created_at: int
     balance_ucny: int
-    paid_ucny: int
+    paid_ucny: int = Field(description="what the account paid: top-ups and purchases charged up front")
     payg_ucny: int
+    purchases_ucny: int = Field(description="the price of every order (savings plans, licences)")
     trial_left_ucny: int
     suspended: bool
     workspaces: int
 
 
+class Order(Model):
+    id: int
+    kind: Literal["savings-plan", "license"]
+    ref: int = Field(description="the savings plan's or the licence purchase's id")
+    price_ucny: int
+    price_cny: str = Field(description="CNY with two decimals")
+    paid_by: Literal["upfront", "balance"]
+    at: int
+
+
 class AccountDetail(Account):
     trial: Trial | None
     plans: list[SavingsPlan]
+    orders: list[Order]
 
 
 class Terms(Model):
@@ -268,6 +280,17 @@ class PlanTotal(Model):
     paid_cny: str = Field(description=CNY2)
 
 
+class StatementPurchase(Model):
+    order: int
+    kind: Literal["savings-plan", "license"]
+    ref: int
+    at: int
+    paid_by: Literal["upfront", "balance"]
+    price_ucny: int
+    price_fen: int
+    price_cny: str = Field(description=CNY2)
+
+
 class Invoice(Model):
     account_id: int
     month: str
@@ -286,6 +309,9 @@ class Invoice(Model):
     due_cny: str = Field(description=CNY2)
     list_ucny: int = Field(description="exact list-price total, µCNY")
     plans: list[PlanTotal]
+    purchases: list[StatementPurchase] = Field(description="orders of the month, on the statement beside the usage")
+    purchases_fen: int
+    purchases_cny: str = Field(description=CNY2)
     forfeits: list[Forfeit]
     by_kind: list[KindTotal]
 

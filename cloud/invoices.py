@@ -21,6 +21,9 @@ Rules:
  I4. Forfeits (an ended trial's or plan's unused rest) are reported beside the lines; they are
      not billable items and owe nothing. by_kind and plans summarise the column totals.
  I5. License (prepaid) workspaces are not invoiced monthly: their usage draws on the pool.
+     Purchases (savings plans, licences: accounts A5) made in the month are listed on the
+     statement beside the usage invoice, each with its price and how it was paid; their prices
+     are whole fen (commitments are whole fen, tier prices whole CNY).
  I6. An invoice is regenerated whole (delete + insert in one transaction), never edited.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
-from edgemeter.cloud import ledger, rounding
+from edgemeter.cloud import accounts, ledger, rounding
 from edgemeter.cloud import schema as S
 from firmware_py import billing, civil
 from firmware_py import pricebook as pb
@@ -92,6 +95,12 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
         _attribute(lines_by_batch.get(batch_id, []), chs, acc, batch_id)
     inv = {"account_id": account_id, "month": month, "from": start, "to": end, "forfeits": forfeits}
     inv.update(_rounded(acc, book))
+    inv["purchases"] = [{"order": o["id"], "kind": o["kind"], "ref": o["ref"], "at": o["at"], "paid_by": o["paid_by"],
+                         "price_ucny": o["price_ucny"], "price_fen": billing.round_fen(o["price_ucny"]) // FEN,
+                         "price_cny": accounts.cny2(o["price_ucny"])}
+                        for o in accounts.orders(conn, account_id, start, end)]
+    inv["purchases_fen"] = sum(p["price_fen"] for p in inv["purchases"])
+    inv["purchases_cny"] = cny(inv["purchases_fen"])
     return inv
 
 
@@ -145,11 +154,6 @@ def exact_ucny(num: int) -> str:
     """num / 10000 µCNY exactly, as a decimal string ('4905', '4905.5')."""
     whole, frac = divmod(num, BP)
     return f"{whole}.{frac:04d}".rstrip("0") if frac else str(whole)
-
-
-def cny_of_ucny(ucny: int) -> str:
-    """µCNY as CNY with two decimals, rounded once to the fen (billing.round_fen)."""
-    return cny(billing.round_fen(ucny) // FEN)
 
 
 def _attribute(lines: list, charges: list, acc: dict, batch_id: int) -> None:
@@ -238,8 +242,13 @@ def to_text(inv: dict[str, Any]) -> str:
                    f"{ln['discount_cny']:>10} {ln['trial_cny']:>10} {ln['plan_cny']:>10} {ln['due_cny']:>12}")
     out.append("list - discount = trial + plan + due, on every line and in total")
     for p in inv.get("plans", []):
-        out.append(f"  savings plan {p['plan']}: paid {p['paid_cny']} for {cny_of_ucny(p['list_ucny'])} list")
+        out.append(f"  savings plan {p['plan']}: paid {p['paid_cny']} for {accounts.cny2(p['list_ucny'])} list")
+    for o in inv.get("purchases", []):
+        out.append(f"purchase: order {o['order']} {o['kind']} {o['ref']} on {civil.iso(o['at'])}: {o['price_cny']} CNY"
+                   f" paid {o['paid_by']}")
+    if inv.get("purchases"):
+        out.append(f"purchases this month: {inv['purchases_cny']} CNY (besides the usage above)")
     for f in inv["forfeits"]:
-        out.append(f"  forfeited: {f['kind']} {f['ref'] or ''} {cny_of_ucny(f['list_ucny'])} CNY of list-price cover"
+        out.append(f"  forfeited: {f['kind']} {f['ref'] or ''} {accounts.cny2(f['list_ucny'])} CNY of list-price cover"
                    " (nothing owed)")
     return "\n".join(out)

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from edgemeter.cloud import ledger
+from edgemeter.cloud import accounts, ledger
 from edgemeter.cloud import schema as S
 from firmware_py import billing
 from firmware_py import lease as LS
@@ -145,15 +145,21 @@ def levels(conn: Connection, ws_id: int) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------ licences
-def buy_license(conn: Connection, book: dict, ws_id: int, tier: str | int, devices: int, now: int) -> int:
-    """Rule S3: record a purchase; returns its id (BillingError from the core on a bad order)."""
-    _license_ws(conn, ws_id)
+def buy_license(conn: Connection, book: dict, ws_id: int, tier: str | int, devices: int, now: int,
+                paid_by: str = billing.PAY_UPFRONT) -> int:
+    """Rule S3: record a purchase and its order (accounts A5: paid up front or from the account's
+    balance); returns its id (BillingError from the core on a bad order, PurchaseRefused when
+    the balance cannot pay it)."""
+    ws = _license_ws(conn, ws_id)
     order = billing.purchase(book, tier, devices, now)
+    accounts.check_payment(conn, ws["account_id"], order["price_ucny"], paid_by)
     addon = conn.execute(select(func.count()).select_from(S.license_purchases)
                          .where(S.license_purchases.c.workspace_id == ws_id)).scalar_one() > 0
-    return ledger.new_id(conn.execute(insert(S.license_purchases).values(
+    pid = ledger.new_id(conn.execute(insert(S.license_purchases).values(
         workspace_id=ws_id, tier=order["tier"], devices=order["devices"], price_ucny=order["price_ucny"],
         purchased_at=order["bought"], activate_by=order["activate_by"], addon=addon)))
+    accounts.record_order(conn, ws["account_id"], "license", pid, order["price_ucny"], paid_by, now)
+    return pid
 
 
 def _order(conn: Connection, purchase_id: int) -> tuple[Any, dict[str, Any]]:

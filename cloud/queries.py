@@ -106,14 +106,14 @@ def accounts_page(conn: Connection, account: int | None, limit: int, offset: int
     a, b = S.accounts, S.account_balances
     nws = select(func.count()).where(S.workspaces.c.account_id == a.c.id).scalar_subquery()
     q = (select(a.c.id, a.c.name, a.c.created_at, b.c.balance_ucny, b.c.paid_ucny, b.c.payg_ucny,
-                b.c.trial_left_ucny, b.c.suspended, nws.label("workspaces"))
+                b.c.purchases_ucny, b.c.trial_left_ucny, b.c.suspended, nws.label("workspaces"))
          .outerjoin(b, b.c.account_id == a.c.id).order_by(a.c.id))
     if account is not None:
         q = q.where(a.c.id == account)
     rows, total = page(conn, q, limit, offset)
     for r in rows:
         r["suspended"] = bool(r["suspended"])
-        for k in ("balance_ucny", "paid_ucny", "payg_ucny", "trial_left_ucny"):
+        for k in ("balance_ucny", "paid_ucny", "payg_ucny", "purchases_ucny", "trial_left_ucny"):
             r[k] = r[k] or 0
     return rows, total
 
@@ -441,9 +441,10 @@ def mismatches_page(conn: Connection, account: int | None, limit: int, offset: i
 
 # ------------------------------------------------------------------------------ invoices
 def invoice_months(conn: Connection, account_id: int, now: int) -> list[str]:
-    """Every month (YYYY-MM, billing calendar) from the account's first charge to now, newest first."""
-    e = S.account_entries
-    first = conn.execute(select(func.min(e.c.at)).where(e.c.account_id == account_id)).scalar()
+    """Every month (YYYY-MM, billing calendar) from the account's first charge or order to now, newest first."""
+    e, o = S.account_entries, S.orders
+    firsts = [conn.execute(select(func.min(t.c.at)).where(t.c.account_id == account_id)).scalar() for t in (e, o)]
+    first = min((f for f in firsts if f is not None), default=None)
     start = bucket_start(int(first) if first is not None else now, "month")
     end = max(now, start)
     months: list[str] = []

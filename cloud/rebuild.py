@@ -7,7 +7,8 @@ What is recomputed (see cloud/schema.py for which tables are entries and which p
      firmware_py.pool.Pool with the workspace's terms (the core's P9: replay rebuilds the
      ledger); the result's buckets, next lease id and lease rows must equal the stored ones.
  R2. leases.booked: the rated µCNY of the batches booked on a lease by its own device.
- R3. account_balances: paid = payments; payg = pay-as-you-go charges; balance = paid - payg;
+ R3. account_balances: paid = payments + orders paid up front; purchases = every order's
+     price; payg = pay-as-you-go charges; balance = payments - payg - orders paid from it;
      trial left = trial amount - trial charges - trial forfeit; suspended = balance < 0
      (billing P5). plan_balances: used = plan charges, forfeited = plan forfeits, closed =
      forfeited.
@@ -73,11 +74,19 @@ def rebuild_pools(conn: Connection) -> tuple[dict, dict]:
 
 def rebuild_accounts(conn: Connection) -> tuple[dict, dict]:
     """R3: ({account: balance columns}, {plan: plan columns})."""
-    accs = {a: {"paid_ucny": 0, "payg_ucny": 0, "trial_left_ucny": 0} for a in
-            conn.execute(select(S.accounts.c.id)).scalars()}
+    accs = {a: {"paid_ucny": 0, "payg_ucny": 0, "trial_left_ucny": 0, "purchases_ucny": 0, "balance_ucny": 0}
+            for a in conn.execute(select(S.accounts.c.id)).scalars()}
     for a, total in conn.execute(select(S.payments.c.account_id, func.sum(S.payments.c.amount_ucny))
                                  .group_by(S.payments.c.account_id)):
-        accs[a]["paid_ucny"] = int(total)
+        accs[a]["paid_ucny"] = accs[a]["balance_ucny"] = int(total)
+    o = S.orders
+    for a, paid_by, total in conn.execute(select(o.c.account_id, o.c.paid_by, func.sum(o.c.price_ucny))
+                                          .group_by(o.c.account_id, o.c.paid_by)):
+        accs[a]["purchases_ucny"] += int(total)
+        if paid_by == "upfront":
+            accs[a]["paid_ucny"] += int(total)
+        else:
+            accs[a]["balance_ucny"] -= int(total)
     for a, amount in conn.execute(select(S.trials.c.account_id, S.trials.c.amount_ucny)):
         accs[a]["trial_left_ucny"] = amount
     e = S.account_entries
@@ -96,7 +105,7 @@ def rebuild_accounts(conn: Connection) -> tuple[dict, dict]:
             plans[ref]["forfeited_ucny"] += total
             plans[ref]["closed"] = True
     for v in accs.values():
-        v["balance_ucny"] = v["paid_ucny"] - v["payg_ucny"]
+        v["balance_ucny"] -= v["payg_ucny"]
         v["suspended"] = v["balance_ucny"] < 0
     return accs, plans
 
@@ -140,7 +149,8 @@ def run(conn: Connection, check: bool = True) -> dict[str, Any]:
     _compare("pools", sp, rp, list(S.POOL_BUCKETS) + ["next_lease", "entries"], diffs,
              default={**{b: 0 for b in S.POOL_BUCKETS}, "next_lease": 1, "entries": 0})
     _compare("leases", sl, rl, list(pools.LEASE_FIELDS) + ["booked"], diffs)
-    _compare("account_balances", sa, ra, ["paid_ucny", "payg_ucny", "balance_ucny", "trial_left_ucny", "suspended"],
+    _compare("account_balances", sa, ra, ["paid_ucny", "payg_ucny", "balance_ucny", "trial_left_ucny", "suspended",
+                                          "purchases_ucny"],
              diffs)
     _compare("plan_balances", spl, rpl, ["used_ucny", "forfeited_ucny", "closed"], diffs)
     _compare("devices", sk, {d: {"acked_seq": a} for d, a in rk.items()}, ["acked_seq"], diffs)

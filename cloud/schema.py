@@ -8,12 +8,12 @@ Two kinds of table:
 
   immutable entries (INSERT only, never UPDATE or DELETE):
     usage_batches, usage_lines, pool_entries, account_entries, payments, license_purchases,
-    license_activations, savings_plans, trials, mismatches, device_keys, price_books
+    license_activations, savings_plans, trials, mismatches, device_keys, price_books, orders
     (an invoice with its lines is replaced whole, never edited)
   projections (derived; `edgemeter admin rebuild` recomputes them from the entries):
     pools, leases      <- pool_entries replayed in order through firmware_py.pool.Pool (its P9)
     leases.booked      <- usage_batches.rated_ucny summed per lease
-    account_balances   <- payments, trials, account_entries
+    account_balances   <- payments, orders, trials, account_entries
     plan_balances      <- account_entries per savings plan
     devices.acked_seq  <- usage_batches (highest seq with every seq from 1 up to it booked)
 
@@ -264,12 +264,25 @@ account_entries = Table(   # postpaid charges (firmware_py.billing P6): (kind, r
     Index("ix_account_entries_account_at", "account_id", "at"),
 )
 
-account_balances = Table(   # projection of payments, trials, account_entries
+orders = Table(   # purchases (firmware_py.billing P7): a savings plan or licences, paid once, no refunds
+    "orders", metadata, _pk(),
+    Column("account_id", ID, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),       # savings-plan | license
+    Column("ref", INT, nullable=False),               # savings_plans.id | license_purchases.id
+    Column("price_ucny", INT, nullable=False),        # the commitment, or devices x tier price
+    Column("paid_by", String(16), nullable=False),    # upfront (a charge outside the balance) | balance
+    Column("at", INT, nullable=False),
+    UniqueConstraint("kind", "ref", name="uq_orders_kind_ref"),
+)
+
+account_balances = Table(   # projection of payments, orders, trials, account_entries
     "account_balances", metadata,
     Column("account_id", ID, ForeignKey("accounts.id"), primary_key=True),
-    Column("paid_ucny", INT, nullable=False, server_default="0"),
+    Column("paid_ucny", INT, nullable=False, server_default="0"),      # top-ups + orders paid up front
     Column("payg_ucny", INT, nullable=False, server_default="0"),
-    Column("balance_ucny", INT, nullable=False, server_default="0"),   # paid - payg (may go < 0)
+    # top-ups - payg - orders paid from the balance (payg may take it below 0, an order may not)
+    Column("balance_ucny", INT, nullable=False, server_default="0"),
+    Column("purchases_ucny", INT, nullable=False, server_default="0"),  # every order's price
     Column("trial_left_ucny", INT, nullable=False, server_default="0"),
     Column("suspended", Boolean, nullable=False, server_default="0"),
 )

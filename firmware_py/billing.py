@@ -27,6 +27,10 @@ Postpaid (a state dict: {"trial": None|{"claimed","end","left"}, "plans": [plan.
   P6. Charges are tuples (kind, ref, list_ucny, bp) worth list_ucny * bp / 10000 uCNY exactly;
       kinds: trial, plan, payg, forfeit-trial, forfeit-plan; ref is the plan id (else 0).
       invoice() sums them per (kind, ref) and rounds each sum once (rule R).
+  P7. A purchase (a savings plan's commitment, licences' devices x tier price) is paid either
+      up front (a charge outside the balance: PAY_UPFRONT) or from the cash balance
+      (PAY_BALANCE), which a purchase may not take below zero: pay() refuses it with the
+      outcome "insufficient-balance" and changes nothing. Paid is paid: there are no refunds.
 License (prepaid; rules L1..L4, no refunds: nothing here takes a purchase back):
   L1. A purchase (first or add-on) is a tier of the book and at least book["license"][0] = 100
       devices; every purchase of a workspace feeds that workspace's one pool.
@@ -114,7 +118,7 @@ def plan_terms(book: dict, commit_ucny: int) -> tuple:
 
 
 def buy_plan(book: dict, state: dict, plan_id: int, commit_ucny: int, now: int) -> dict:
-    """P2: the state with a savings plan bought at now (paid up front, outside the balance)."""
+    """P2: the state with a savings plan bought at now (its payment is pay(), P7)."""
     bp, months = plan_terms(book, commit_ucny)
     if any(p["id"] == plan_id for p in state["plans"]):
         raise BillingError("plan-id", "plan %r already held" % (plan_id,))
@@ -130,6 +134,25 @@ def top_up(state: dict, ucny: int) -> dict:
     st["balance"] += _amount(ucny, "top-up")
     st["suspended"] = st["balance"] < 0
     return st
+
+
+PAY_UPFRONT = "upfront"
+PAY_BALANCE = "balance"
+
+
+def pay(state: dict, price_ucny: int, method: str) -> tuple:
+    """P7: (new_state, None) with the purchase paid, or (state, "insufficient-balance")."""
+    _amount(price_ucny, "price")
+    if method == PAY_UPFRONT:
+        return _copy(state), None
+    if method != PAY_BALANCE:
+        raise BillingError("pay-method", "a purchase is paid %r or %r, got %r" % (PAY_UPFRONT, PAY_BALANCE, method))
+    if state["balance"] < price_ucny:
+        return state, "insufficient-balance"
+    st = _copy(state)
+    st["balance"] -= price_ucny
+    st["suspended"] = st["balance"] < 0
+    return st, None
 
 
 def apply_postpaid(state: dict, usage_ucny: int, now: int) -> tuple:

@@ -20,7 +20,7 @@ def list_accounts(who: Who, conn: Conn, limit: Limit = 100, offset: Offset = 0, 
 
 
 @router.get("/accounts/{account_id}", response_model=AccountDetail,
-            summary="One account: balance, free trial and savings plans")
+            summary="One account: balance, free trial, savings plans and orders")
 def get_account(account_id: IdPath, who: Who, conn: Conn) -> Any:
     queries.check_account(conn, account_id, who.scope)
     row = queries.accounts_page(conn, account_id, 1, 0)[0][0]
@@ -29,4 +29,4 @@ def get_account(account_id: IdPath, who: Who, conn: Conn) -> Any:
               "bought_at": p["bought_at"], "ends_at": p["ends_at"], "used_ucny": p["used_ucny"],
               "forfeited_ucny": p["forfeited_ucny"], "closed": bool(p["closed"]),
               "left_ucny": 0 if p["closed"] else p["cap_ucny"] - p["used_ucny"]} for p in bal["plans"]]
-    return {**row, "trial": bal["trial"], "plans": plans}
+    return {**row, "trial": bal["trial"], "plans": plans, "orders": bal["orders"]}

@@ -418,7 +418,8 @@ views.invoices = async ({ params }) => {
     h("div", { class: "panel-head" }, h("h2", {}, "Balances")),
     h("dl", { class: "kv" },
       h("dt", {}, "Pay-as-you-go balance"), h("dd", { "data-testid": "bal-balance", "data-value": acct.balance_ucny }, fmtCny(acct.balance_ucny) + " CNY"),
-      h("dt", {}, "Topped up / spent"), h("dd", {}, `${fmtCny(acct.paid_ucny)} / ${fmtCny(acct.payg_ucny)} CNY`),
+      h("dt", {}, "Paid / purchases / pay-as-you-go"), h("dd", { "data-testid": "bal-paid", "data-value": acct.paid_ucny },
+        `${fmtCny(acct.paid_ucny)} / ${fmtCny(acct.purchases_ucny)} / ${fmtCny(acct.payg_ucny)} CNY`),
       h("dt", {}, "Status"), h("dd", {}, acct.suspended ? badge("suspended", "bad") : badge("active", "ok")),
       h("dt", {}, "Free trial"), h("dd", { "data-testid": "bal-trial", "data-value": t ? t.left_ucny : "" },
         t ? `${fmtCny(t.left_ucny)} of ${fmtCny(t.amount_ucny)} CNY left, until ${fmtTime(t.ends_at)}` : "not claimed")));
@@ -430,8 +431,14 @@ views.invoices = async ({ params }) => {
     { key: "left_ucny", label: "Left (CNY)", num: true, text: (p) => fmtCny(p.left_ucny) },
     { key: "ends_at", label: "Ends", text: (p) => fmtTime(p.ends_at) }, { key: "closed", label: "State", text: (p) => (p.closed ? "forfeited" : "open") },
   ];
+  const ocols = [
+    { key: "order", label: "Order", num: true }, { key: "kind", label: "Purchase" }, { key: "ref", label: "Ref", num: true },
+    { key: "at", label: "When", text: (o) => fmtTime(o.at) },
+    { key: "price_fen", label: "Price (CNY)", num: true, text: (o) => fmtFen(o.price_fen) }, { key: "paid_by", label: "Paid" },
+  ];
   return [h("h1", {}, `Invoice ${month} — ${acct.name}`), controls, cards,
     table({ id: "invoice-lines", title: "Lines (one per billable item and multiplier)", columns: cols, rows: inv.lines, csv: `invoice-${account}-${month}-shown`, empty: "no postpaid usage this month" }),
+    table({ id: "invoice-purchases", title: `Purchases this month (CNY ${inv.purchases_cny})`, columns: ocols, rows: inv.purchases, empty: "no purchases this month" }),
     h("div", { class: "grid2 wide-right" }, bal, table({ id: "plans", title: "Savings plans", columns: pcols, rows: acct.plans, empty: "no savings plans" }))];
 };
 

@@ -60,7 +60,8 @@ def test_admin_flow_exit_codes_and_outputs(tmp_path, capsys):
         conn.execute(S.account_balances.update().values(paid_ucny=1))
     engine.dispose()
     rc, out, _ = _run(capsys, "rebuild", "--db", url, "--check")
-    assert rc == 1 and "paid_ucny: stored 1 rebuilt 12340000" in out
+    # paid: the 12.34 top-up and the upfront orders (100 basic licences, CNY 500; the CNY 100 plan)
+    assert rc == 1 and "paid_ucny: stored 1 rebuilt 612340000" in out
     assert _run(capsys, "rebuild", "--db", url)[0] == 0
     assert _run(capsys, "rebuild", "--db", url, "--check")[0] == 0
     assert _run(capsys, "show", "--db", "mysql://x/y")[0] == 2
@@ -75,3 +76,44 @@ def test_every_subcommand_prints_its_help(capsys):
             admin.main([name, "--help"])
         assert exc.value.code == 0, name
         assert capsys.readouterr().out.startswith("usage:"), name
+
+
+def test_purchases_are_orders_paid_up_front_or_from_the_balance(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+
+    def js(*args):
+        rc, out, err = _run(capsys, *args, "--db", url, "--json")
+        return rc, (json.loads(out) if rc == 0 else err)
+
+    _, a = js("create-account", "--name", "buyer", "--at", "2026-07-01")
+    acc = str(a["account"])
+    _, w = js("create-workspace", "--account", acc, "--name", "fleet", "--billing", "license")
+    js("top-up", "--account", acc, "--cny", "150", "--at", "2026-07-02")
+    rc, plan = js("buy-savings-plan", "--account", acc, "--cny", "100", "--pay", "balance", "--at", "2026-07-03")
+    assert rc == 0 and (plan["paid_by"], plan["paid_cny"], plan["commit_cny"]) == ("balance", "100.00", "100.00")
+    # the balance (CNY 50) cannot pay a second CNY 100 plan: refused (exit 1), nothing written
+    rc, err = js("buy-savings-plan", "--account", acc, "--cny", "100", "--pay", "balance", "--at", "2026-07-04")
+    assert rc == 1 and "insufficient-balance" in err and "50.00" in err and "100.00" in err
+    rc, err = js("buy-license", "--workspace", str(w["workspace"]), "--tier", "standard", "--devices", "100",
+                 "--pay", "balance", "--at", "2026-07-05")
+    assert rc == 1 and "insufficient-balance" in err
+    rc, lic = js("buy-license", "--workspace", str(w["workspace"]), "--tier", "standard", "--devices", "100",
+                 "--at", "2026-08-05")
+    assert rc == 0 and (lic["paid_by"], lic["price_cny"]) == ("upfront", "1000.00")
+    _, show = js("show", "--account", acc)
+    a = show["accounts"][0]
+    # paid: the top-up and the upfront licences; the plan came out of the balance
+    assert (a["paid_ucny"], a["purchases_ucny"], a["balance_ucny"]) == (1_150_000_000, 1_100_000_000, 50_000_000)
+    assert [(o["kind"], o["price_cny"], o["paid_by"]) for o in a["orders"]] == [
+        ("savings-plan", "100.00", "balance"), ("license", "1000.00", "upfront")]
+    assert len(a["plans"]) == 1
+    _, july = js("invoice", "--account", acc, "--month", "2026-07")
+    _, aug = js("invoice", "--account", acc, "--month", "2026-08")
+    assert [(p["kind"], p["price_cny"], p["paid_by"]) for p in july["purchases"]] == [("savings-plan", "100.00", "balance")]
+    assert (july["purchases_cny"], aug["purchases_cny"], july["due_cny"]) == ("100.00", "1000.00", "0.00")
+    rc, out, _ = _run(capsys, "invoice", "--db", url, "--account", acc, "--month", "2026-08")
+    assert "purchase: order 2 license 1" in out and "1000.00 CNY paid upfront" in out
+    assert _run(capsys, "rebuild", "--db", url, "--check")[0] == 0
+    with pytest.raises(SystemExit) as exc:
+        admin.main(["buy-savings-plan", "--db", url, "--account", acc, "--cny", "100", "--pay", "card"])
+    assert exc.value.code == 2 and "invalid choice: 'card'" in capsys.readouterr().err

@@ -134,3 +134,35 @@ def test_sqlite_writers_serialise_instead_of_deadlocking(sqlite_url):
         assert b.execute(text("SELECT value FROM meta WHERE key='x'")).scalar() == "1"
     a.close(), b.close()
     engine.dispose()
+
+
+def test_migration_0004_bills_earlier_purchases_as_paid_up_front(store_url):
+    """Plans and licences bought before the orders table become orders paid up front."""
+    assert db.migrate(store_url, "0003") == "0003"
+    engine = db.make_engine(store_url)
+    with db.write_connect(engine) as conn, conn.begin():
+        acc, _ = _minimal_device(conn)
+        lic = conn.execute(insert(S.workspaces).values(account_id=acc, name="l", billing="license",
+                                                       created_at=1)).inserted_primary_key[0]
+        conn.execute(text("INSERT INTO account_balances (account_id, paid_ucny, payg_ucny, balance_ucny, "
+                          "trial_left_ucny, suspended) VALUES (:a, 5000000, 0, 5000000, 0, false)"), {"a": acc})
+        conn.execute(text("INSERT INTO payments (account_id, amount_ucny, at, ref) VALUES (:a, 5000000, 5, '')"),
+                     {"a": acc})
+        conn.execute(text("INSERT INTO savings_plans (account_id, commit_ucny, bp, cap_ucny, bought_at, ends_at) "
+                          "VALUES (:a, 100000000, 9000, 111111111, 10, 20)"), {"a": acc})
+        conn.execute(text("INSERT INTO license_purchases (workspace_id, tier, devices, price_ucny, purchased_at, "
+                          "activate_by, addon) VALUES (:w, 3, 100, 1000000000, 11, 30, false)"), {"w": lic})
+    engine.dispose()
+    assert db.migrate(store_url) == _head()
+    engine = db.make_engine(store_url)
+    with engine.connect() as conn:
+        orders = conn.execute(select(S.orders.c.kind, S.orders.c.price_ucny, S.orders.c.paid_by, S.orders.c.at)
+                              .order_by(S.orders.c.id)).all()
+        bal = conn.execute(select(S.account_balances)).mappings().one()
+        from edgemeter.cloud import rebuild
+        diffs = rebuild.run(conn, check=True)["differences"]
+    engine.dispose()
+    assert [tuple(o) for o in orders] == [("savings-plan", 100000000, "upfront", 10),
+                                          ("license", 1000000000, "upfront", 11)]
+    assert (bal["paid_ucny"], bal["purchases_ucny"], bal["balance_ucny"]) == (1105000000, 1100000000, 5000000)
+    assert [d for d in diffs if d[0] == "account_balances"] == []

@@ -79,6 +79,8 @@ def test_postpaid_timelines():
             if "rule" in step:
                 if op == "claim_trial":
                     e = vec.raises(billing.BillingError, billing.claim_trial, BOOK, st, T(step["at"]))
+                elif op == "pay":
+                    e = vec.raises(billing.BillingError, billing.pay, st, step["ucny"], step["method"])
                 else:
                     e = vec.raises(billing.BillingError, billing.buy_plan, BOOK, st, step["id"],
                                    step["commit_ucny"], T(step["at"]))
@@ -92,6 +94,10 @@ def test_postpaid_timelines():
                 st = billing.buy_plan(BOOK, st, step["id"], step["commit_ucny"], T(step["at"]))
                 p = [p for p in st["plans"] if p["id"] == step["id"]][0]
                 assert p["end"] == T(step["plan_end"]) and p["cap"] == step["cap"]
+            elif op == "pay":
+                st, outcome = billing.pay(st, step["ucny"], step["method"])
+                assert outcome == step["outcome"], (case["name"], step, outcome)
+                _check_state(st, step)
             elif op == "top_up":
                 st = billing.top_up(st, step["ucny"])
                 _check_state(st, step)

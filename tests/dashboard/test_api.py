@@ -136,6 +136,10 @@ def test_accounts_balances_and_invoices_come_from_the_services(client, ledger):
             inv = invoices.compute(conn, acc, month, queries.latest_book(conn))
             api_inv = get(client, ledger, f"/accounts/{acc}/invoices/{month}")
             assert api_inv["lines"] == inv["lines"] and api_inv["due_fen"] == inv["due_fen"]
+            assert api_inv["purchases"] == inv["purchases"] and api_inv["purchases_cny"] == inv["purchases_cny"]
+            assert [(o["id"], o["price_ucny"], o["paid_by"]) for o in body["orders"]] == [
+                (o["id"], o["price_ucny"], o["paid_by"]) for o in accounts.orders(conn, acc)]
+            assert body["purchases_ucny"] == bal["purchases_ucny"] == sum(o["price_ucny"] for o in body["orders"])
             assert api_inv["from"] == inv["from"] and month in get(client, ledger, f"/accounts/{acc}/invoices")["months"]
             text = get(client, ledger, f"/accounts/{acc}/invoices/{month}", format="csv")
             assert text == invoices.to_csv(inv)

@@ -225,6 +225,8 @@ def test_every_view_renders_without_console_errors_and_shows_the_ledger(operator
     plan_texts = page.eval_on_selector_all("[data-testid=plans] tbody td[data-col$=_ucny]", "t => t.map(x => x.textContent)")
     assert plan_texts and all(re.fullmatch(r"[\d,]+\.\d\d", t) for t in plan_texts), plan_texts
     assert pg.value("bal-balance") == bal["balance_ucny"] and pg.value("bal-trial") == bal["trial"]["left_ucny"]
+    assert pg.value("bal-paid") == bal["paid_ucny"]
+    assert page.locator("[data-testid=invoice-purchases] tbody tr").count() == len(inv["purchases"])
     # usage, licences, alerts, operations
     page = pg.view("#/usage?range=all", "[data-testid=usage-items]")
     assert sum(int(v) for v in pg.values("usage-items", "ucny")) == rated
