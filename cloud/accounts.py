@@ -18,6 +18,10 @@ rebuilds an account's billing state from the store, calls the core, and stores i
      the balance does not move) or from the balance (the balance falls by the price, and may
      not fall below zero: PurchaseRefused, nothing written). purchases_ucny sums the prices.
      No refunds: nothing takes an order back.
+ A6. The free trial goes to new users (the core's P8): claim_trial refuses (TrialRefused, with
+     the reason) an account that has claimed it, has booked usage (usage_batches, License or
+     postpaid) or an order before the claim, or is older than the operator's new_days (meta key
+     trial_new_days, `edgemeter admin trial-rule --new-days N`; default 30, 0 = no age limit).
  A4. Suspension is a projection too: `suspended` is the core's flag after the last charge or
      top-up. Devices follow it: `commands_due()` lists every device of the account's postpaid
      workspaces whose status differs from the account's, and `mark_commanded()` records that a
@@ -47,6 +51,22 @@ ENTRY_COLS = ("account_id", "batch_id", "at", "kind", "ref", "list_ucny", "bp")
 
 class AccountError(ValueError):
     """A caller mistake about an account or workspace."""
+
+
+class TrialRefused(Exception):
+    """A business refusal (A6): the account is not a new user. .reason is billing P8's code."""
+
+    def __init__(self, reason: str, text: str):
+        super().__init__(f"{reason}: {text}")
+        self.reason = reason
+
+
+TRIAL_REASONS = {
+    "trial-claimed": "the free trial is one-time and this account has claimed it",
+    "not-new-usage": "the free trial is for new users; this account has usage already",
+    "not-new-purchase": "the free trial is for new users; this account has bought a plan or licences",
+    "not-new-age": "the free trial is for new users; claim it within %(days)d days of the account's creation",
+}
 
 
 class PurchaseRefused(Exception):
@@ -138,9 +158,45 @@ def state(conn: Connection, account_id: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ purchases
+TRIAL_RULE_KEY = "trial_new_days"
+
+
+def trial_rule(conn: Connection) -> int:
+    """A6: the operator's new_days for the trial (billing P8; default billing.TRIAL_NEW_DAYS)."""
+    v = conn.execute(select(S.meta.c.value).where(S.meta.c.key == TRIAL_RULE_KEY)).scalar()
+    return billing.TRIAL_NEW_DAYS if v is None else int(v)
+
+
+def set_trial_rule(conn: Connection, new_days: int) -> int:
+    """A6: set new_days (an integer >= 0; 0 = no age limit); returns it."""
+    if type(new_days) is not int or not 0 <= new_days <= 36500:
+        raise AccountError(f"new_days is an integer in 0..36500, got {new_days!r}")
+    if conn.execute(select(S.meta.c.key).where(S.meta.c.key == TRIAL_RULE_KEY)).first() is None:
+        conn.execute(insert(S.meta).values(key=TRIAL_RULE_KEY, value=str(new_days)))
+    else:
+        conn.execute(update(S.meta).where(S.meta.c.key == TRIAL_RULE_KEY).values(value=str(new_days)))
+    return new_days
+
+
+def trial_eligibility(conn: Connection, account_id: int, now: int, st: dict[str, Any] | None = None) -> str | None:
+    """A6: None when the account is a new user who may claim the trial at now, else the reason."""
+    acc = account(conn, account_id)
+    st = st if st is not None else state(conn, account_id)
+    b = S.usage_batches
+    used = conn.execute(select(b.c.id).where(b.c.account_id == account_id, b.c.booked_ms < (now + 1) * 1000)
+                        .limit(1)).first() is not None
+    purchased = conn.execute(select(S.orders.c.id).where(S.orders.c.account_id == account_id,
+                                                         S.orders.c.at <= now).limit(1)).first() is not None
+    return billing.trial_eligible(st, acc["created_at"], now, used, purchased, trial_rule(conn))
+
+
 def claim_trial(conn: Connection, book: dict, account_id: int, now: int) -> dict[str, int]:
-    """P1: the one-time trial (BillingError trial-claimed the second time)."""
-    st = billing.claim_trial(book, state(conn, account_id), now)
+    """P1 + A6: the one-time trial, for a new user only (TrialRefused with the reason otherwise)."""
+    st = state(conn, account_id)
+    why = trial_eligibility(conn, account_id, now, st)
+    if why is not None:
+        raise TrialRefused(why, TRIAL_REASONS[why] % {"days": trial_rule(conn)})
+    st = billing.claim_trial(book, st, now)
     t = st["trial"]
     conn.execute(insert(S.trials).values(account_id=account_id, amount_ucny=t["left"], claimed_at=t["claimed"],
                                          ends_at=t["end"]))

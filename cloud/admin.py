@@ -108,8 +108,19 @@ def cmd_activate(conn, args, now):
 
 
 def cmd_claim_trial(conn, args, now):
-    t = accounts.claim_trial(conn, _book(conn, now), args.account, now)
+    try:
+        t = accounts.claim_trial(conn, _book(conn, now), args.account, now)
+    except accounts.TrialRefused as e:
+        raise Refused(f"account {args.account}: {e}") from None
     return {"account": args.account, "trial_cny": cny(t["left"]), "ends": civil.iso(t["end"])}
+
+
+def cmd_trial_rule(conn, args, now):
+    if args.new_days is not None:
+        accounts.set_trial_rule(conn, args.new_days)
+    days = accounts.trial_rule(conn)
+    return {"new_days": days, "rule": "the free trial goes to accounts with no usage and no purchase"
+            + (f", claimed within {days} days of their creation" if days else " (no age limit)")}
 
 
 def cmd_buy_savings_plan(conn, args, now):
@@ -329,8 +340,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--purchase", type=int, required=True)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--device", type=int, help="the device the licence is bound to")
-    p = add("claim-trial", cmd_claim_trial, "claim the one-time postpaid trial of an account")
+    p = add("claim-trial", cmd_claim_trial, "claim the one-time postpaid trial of a new account (see trial-rule)")
     p.add_argument("--account", type=int, required=True)
+    p = add("trial-rule", cmd_trial_rule, "show or set who is a new user for the free trial", at=False)
+    p.add_argument("--new-days", type=int, help="days after its creation an account may claim the trial (0: no limit)")
     p = add("buy-savings-plan", cmd_buy_savings_plan, "buy a savings plan (commitment in CNY)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--cny", required=True)

@@ -31,6 +31,11 @@ Postpaid (a state dict: {"trial": None|{"claimed","end","left"}, "plans": [plan.
       up front (a charge outside the balance: PAY_UPFRONT) or from the cash balance
       (PAY_BALANCE), which a purchase may not take below zero: pay() refuses it with the
       outcome "insufficient-balance" and changes nothing. Paid is paid: there are no refunds.
+  P8. "New users receive a one-time CNY 10 trial": an account is new, and may claim the trial,
+      while it has no trial yet, no usage and no purchase before the claim, and (when the
+      operator's rule sets new_days > 0) the claim falls within new_days days of the account's
+      creation, [created, created + new_days x 86400). trial_eligible() returns the first
+      reason it is not: "trial-claimed", "not-new-usage", "not-new-purchase", "not-new-age".
 License (prepaid; rules L1..L4, no refunds: nothing here takes a purchase back):
   L1. A purchase (first or add-on) is a tier of the book and at least book["license"][0] = 100
       devices; every purchase of a workspace feeds that workspace's one pool.
@@ -103,6 +108,25 @@ def claim_trial(book: dict, state: dict, now: int) -> dict:
     amount, months = book["trial"]
     st["trial"] = {"claimed": now, "end": civil.add_months(now, months), "left": amount}
     return st
+
+
+TRIAL_NEW_DAYS = const(30)   # P8's default window; the operator's rule may change it (0: no limit)
+
+
+def trial_eligible(state: dict, created: int, now: int, used: bool, purchased: bool,
+                   new_days: int = TRIAL_NEW_DAYS):
+    """P8: None when the account may claim the free trial at now, else the reason it may not."""
+    if type(new_days) is not int or new_days < 0:
+        raise BillingError("trial-rule", "new_days is an integer >= 0, got %r" % (new_days,))
+    if state["trial"] is not None:
+        return "trial-claimed"
+    if used:
+        return "not-new-usage"
+    if purchased:
+        return "not-new-purchase"
+    if new_days and not created <= now < created + new_days * 86400:
+        return "not-new-age"
+    return None
 
 
 def plan_terms(book: dict, commit_ucny: int) -> tuple:

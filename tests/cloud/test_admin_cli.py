@@ -117,3 +117,31 @@ def test_purchases_are_orders_paid_up_front_or_from_the_balance(tmp_path, capsys
     with pytest.raises(SystemExit) as exc:
         admin.main(["buy-savings-plan", "--db", url, "--account", acc, "--cny", "100", "--pay", "card"])
     assert exc.value.code == 2 and "invalid choice: 'card'" in capsys.readouterr().err
+
+
+def test_claim_trial_is_for_new_users_by_the_operators_rule(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+
+    def run(*args):
+        return _run(capsys, *args, "--db", url)
+
+    rc, out, _ = run("trial-rule", "--json")
+    assert rc == 0 and json.loads(out)["new_days"] == 30                     # the default rule
+    run("create-account", "--name", "old", "--at", "2026-07-01T10:00")
+    rc, _, err = run("claim-trial", "--account", "1", "--at", "2026-07-31T10:00")  # day 30: too late
+    assert rc == 1 and "not-new-age" in err and "within 30 days" in err
+    assert run("trial-rule", "--new-days", "-1")[0] == 2
+    assert run("trial-rule", "--new-days", "31")[0] == 0
+    rc, out, _ = run("claim-trial", "--account", "1", "--at", "2026-07-31T10:00", "--json")
+    assert rc == 0 and json.loads(out)["trial_cny"] == "10"
+    rc, _, err = run("claim-trial", "--account", "1", "--at", "2026-07-31T11:00")
+    assert rc == 1 and "trial-claimed" in err
+    run("create-account", "--name", "buyer", "--at", "2026-07-01T10:00")
+    run("buy-savings-plan", "--account", "2", "--cny", "20", "--at", "2026-07-02T10:00")
+    rc, _, err = run("claim-trial", "--account", "2", "--at", "2026-07-03T10:00")
+    assert rc == 1 and "not-new-purchase" in err
+    rc, out, _ = run("show", "--account", "2", "--json")
+    assert json.loads(out)["accounts"][0]["trial"] is None                   # refused: nothing written
+    assert run("trial-rule", "--new-days", "0")[0] == 0                      # no age limit
+    run("create-account", "--name", "late", "--at", "2026-01-01T10:00")
+    assert run("claim-trial", "--account", "3", "--at", "2029-01-01T10:00")[0] == 0

@@ -165,8 +165,9 @@ def test_postpaid_trial_then_payg_suspends_and_top_up_resumes(engine):
         with pytest.raises(accounts.AccountError):
             accounts.create_account(conn, "shop", T0)
         accounts.claim_trial(conn, BOOK, acc, T0)
-        with pytest.raises(billing.BillingError):
+        with pytest.raises(accounts.TrialRefused) as refused:
             accounts.claim_trial(conn, BOOK, acc, T0)
+        assert refused.value.reason == "trial-claimed"
         accounts.charge(conn, [(acc, 1, 6_000_000), (acc, 2, 6_000_000)], T0 + 60)
         kinds = conn.execute(select(S.account_entries.c.batch_id, S.account_entries.c.kind, S.account_entries.c.list_ucny)
                              .order_by(S.account_entries.c.id)).all()
@@ -312,3 +313,13 @@ def test_rebuild_recomputes_every_projection_and_finds_tampering(engine):
         assert rebuild.run(conn, check=False)["written"]
     with tx(engine) as conn, conn.begin():
         assert rebuild.run(conn, check=True)["differences"] == []
+
+
+def test_trial_refused_after_usage(engine):
+    with tx(engine) as conn, conn.begin():
+        acc, ws = _postpaid(conn)
+        _book_batch(conn, acc, ws, 41, 1, [(6, 1, 1, 2200)], T0 + 10)
+        assert accounts.trial_eligibility(conn, acc, T0 + 5) is None        # the usage came later
+        with pytest.raises(accounts.TrialRefused) as refused:
+            accounts.claim_trial(conn, BOOK, acc, T0 + 20)
+        assert refused.value.reason == "not-new-usage" and accounts.balances(conn, acc)["trial"] is None

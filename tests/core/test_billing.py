@@ -116,6 +116,19 @@ def test_postpaid_timelines():
             assert line[3] % billing.FEN == 0
 
 
+def test_trial_goes_to_new_users():
+    for created, at, claimed, used, purchased, days, want in vec.load("billing_postpaid")["trial_eligibility"]:
+        st = billing.new_account()
+        if claimed:
+            st = billing.claim_trial(BOOK, st, T(created))
+        got = billing.trial_eligible(st, T(created), T(at), used, purchased, days)
+        assert got == want, (created, at, claimed, used, purchased, days, got)
+    assert billing.trial_eligible(billing.new_account(), 0, 0, False, False) is None   # default rule: 30 days
+    assert billing.trial_eligible(billing.new_account(), 0, 30 * 86400, False, False) == "not-new-age"
+    e = vec.raises(billing.BillingError, billing.trial_eligible, billing.new_account(), 0, 0, False, False, -1)
+    assert e.rule == "trial-rule"
+
+
 def test_postpaid_rejects_bad_amounts():
     st = billing.new_account()
     for bad in (-1, "5", None, True):
