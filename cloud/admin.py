@@ -29,7 +29,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError
 
-from edgemeter.cloud import accounts, cliargs, db, devices, invoices, ledger, pools, rebuild
+from edgemeter.cloud import accounts, books, cliargs, db, devices, invoices, ledger, pools, rebuild
 from edgemeter.cloud import schema as S
 from edgemeter.cloud.cliargs import parse_cny
 from firmware_py import billing, civil
@@ -121,6 +121,26 @@ def cmd_trial_rule(conn, args, now):
     days = accounts.trial_rule(conn)
     return {"new_days": days, "rule": "the free trial goes to accounts with no usage and no purchase"
             + (f", claimed within {days} days of their creation" if days else " (no age limit)")}
+
+
+def cmd_book(conn, args, now):
+    if args.action == "export":
+        if args.effective:
+            raise ValueError("--effective belongs to book publish")
+        doc = books.export(ledger.latest_book(ledger.ensure_books(conn, now)))
+        text = books.to_text(doc)
+        if args.file:
+            Path(args.file).write_text(text)
+            return {"exported": doc["version"], "hash": doc["hash"], "file": args.file}
+        return {"text": text}
+    if not args.file or not args.effective:
+        raise ValueError("book publish needs FILE and --effective TIME")
+    try:
+        text = Path(args.file).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {args.file}: {e.strerror}") from None
+    effective = now if args.effective == "now" else civil.parse_iso(args.effective)
+    return books.publish(conn, text, effective, now)
 
 
 def cmd_buy_savings_plan(conn, args, now):
@@ -233,11 +253,13 @@ def cmd_revoke_token(conn, args, now):
 
 
 def _book(conn, now):
-    return ledger.latest_book(ledger.ensure_books(conn, now))
+    return ledger.book_in_force(ledger.ensure_books(conn, now), now)
 
 
 # ------------------------------------------------------------------------------ printing
 def _text(name: str, out: dict[str, Any]) -> str:
+    if name == "book" and "text" in out:
+        return out["text"].rstrip("\n")
     if name == "invoice":
         return invoices.to_text(out) + (f"\nCSV written to {out['csv']}" if out.get("csv") else "")
     if name == "show":
@@ -342,6 +364,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, help="the device the licence is bound to")
     p = add("claim-trial", cmd_claim_trial, "claim the one-time postpaid trial of a new account (see trial-rule)")
     p.add_argument("--account", type=int, required=True)
+    p = add("book", cmd_book, "export the price book as an editable file, or publish a new version")
+    p.add_argument("action", choices=("export", "publish"))
+    p.add_argument("file", nargs="?", help="export: write here (default stdout); publish: the book to publish")
+    p.add_argument("--effective", help="publish: when the book comes into force (ISO 8601 or 'now'; not in the past)")
     p = add("trial-rule", cmd_trial_rule, "show or set who is a new user for the free trial", at=False)
     p.add_argument("--new-days", type=int, help="days after its creation an account may claim the trial (0: no limit)")
     p = add("buy-savings-plan", cmd_buy_savings_plan, "buy a savings plan (commitment in CNY)")

@@ -240,6 +240,8 @@ class InvoiceLine(Model):
     item: int
     name: str
     multiplier: int
+    book_version: int = Field(description="the price book that rated these calls")
+    unit_ucny: int = Field(description="that book's price per call times the multiplier, µCNY")
     calls: int
     list_fen: int
     discount_fen: int

@@ -29,6 +29,10 @@ For each message, in order (rules G1-G10; the protocol rules are firmware_py.clo
      commit leaves nothing behind; the broker (or the device) sends the messages again.
  G8. The core's rating is pure, so re-rating lines are memoised per (book version, round wire
      form); the memo is bounded.
+ G10. Price books: every group first loads the books published since the last one it knew
+     (an operator's `edgemeter admin book publish`; no restart) and pushes (G6) the newest book
+     whose effective time has come; a batch is re-rated with the book of its own version,
+     the one the device rated it with (cloud.books B5).
  G9. The sessions a group saved are kept (bounded, LIVE_MAX) with the JSON saved from them; the
      next group that loads such a device reuses the object, without parsing, only when the
      locked row holds exactly that JSON and the same keys (so a rolled-back group, another
@@ -48,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from edgemeter.cloud import accounts, db, ledger, pools
@@ -93,7 +97,7 @@ class Ingest:
         self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         with db.write_connect(engine) as conn, conn.begin():
             self.books = ledger.ensure_books(conn, self.now_ms() // 1000)
-        self.latest = ledger.latest_book(self.books)
+        self.latest = ledger.book_in_force(self.books, self.now_ms() // 1000)
         self._memo: dict[tuple[int, Any], Any] = {}
         self._ws_cache: dict[int, Any] = {}
         self._live: dict[int, tuple[str, _Session]] = {}     # rule G9
@@ -168,10 +172,19 @@ class Ingest:
             screened.append((m, ws, dev, suffix))
         with db.write_connect(self.engine) as conn:
             with conn.begin():
+                self.refresh_books(conn, now)
                 self._group(conn, screened, dead, out, now, now_ms)
         done_ms = self.now_ms()
         out.lag_ms = [done_ms - m.received_ms for m in msgs]
         return out
+
+    def refresh_books(self, conn: Connection, now: int) -> None:
+        """Rule G10: load price books published since (one max() query per group) and take the
+        one in force at now as the book to push."""
+        top = conn.execute(select(func.max(S.price_books.c.version))).scalar()
+        if top is not None and top > max(self.books):
+            self.books.update(ledger.books_since(conn, max(self.books)))   # in place: sessions share it
+        self.latest = ledger.book_in_force(self.books, now)
 
     def dead_letter(self, m: Incoming, reason: str, detail: str) -> Outcome:
         """Record one message as a dead letter in its own transaction (nothing else changes)."""

@@ -1,4 +1,5 @@
-"""Monthly postpaid invoices: one line per billable item and multiplier, rounded to the fen once.
+"""Monthly postpaid invoices: one line per billable item, multiplier and price-book version (each
+line shows its book version and unit price apart: cloud.books B5), rounded to the fen once.
 
 Rules:
  I1. An invoice covers one account and one calendar month of the billing calendar (UTC+8,
@@ -76,13 +77,14 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
                            .order_by(e.c.batch_id, e.c.id)).all()
     batch_ids = select(e.c.batch_id).where(e.c.account_id == account_id, e.c.at >= start, e.c.at < end,
                                            e.c.batch_id.is_not(None))
-    u = S.usage_lines
-    lines_q = (select(u.c.batch_id, u.c.item, u.c.multiplier, u.c.calls, u.c.ucny)
+    u, ub = S.usage_lines, S.usage_batches
+    lines_q = (select(u.c.batch_id, u.c.item, u.c.multiplier, ub.c.book_version, u.c.calls, u.c.ucny)
+               .join(ub, ub.c.id == u.c.batch_id)
                .where(u.c.batch_id.in_(batch_ids)).order_by(u.c.batch_id, u.c.item, u.c.multiplier))
     lines_by_batch: dict[int, list] = {}
-    for b, item, mult, calls, ucny in conn.execute(lines_q):
-        lines_by_batch.setdefault(b, []).append((item, mult, calls, ucny))
-    acc: dict[tuple[int, int], dict[str, Any]] = {}
+    for b, item, mult, ver, calls, ucny in conn.execute(lines_q):
+        lines_by_batch.setdefault(b, []).append(((item, mult, ver), calls, ucny))
+    acc: dict[tuple[int, int, int], dict[str, Any]] = {}
     forfeits = []
     per_batch: dict[int, list] = {}
     for batch_id, kind, ref, lst, bp in charges:
@@ -94,7 +96,7 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
     for batch_id, chs in per_batch.items():
         _attribute(lines_by_batch.get(batch_id, []), chs, acc, batch_id)
     inv = {"account_id": account_id, "month": month, "from": start, "to": end, "forfeits": forfeits}
-    inv.update(_rounded(acc, book))
+    inv.update(_rounded(acc, {**(ledger.books_since(conn, 0) or {book["version"]: book})}))
     inv["purchases"] = [{"order": o["id"], "kind": o["kind"], "ref": o["ref"], "at": o["at"], "paid_by": o["paid_by"],
                          "price_ucny": o["price_ucny"], "price_fen": billing.round_fen(o["price_ucny"]) // FEN,
                          "price_cny": accounts.cny2(o["price_ucny"])}
@@ -104,7 +106,7 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
     return inv
 
 
-def _rounded(acc: dict[tuple[int, int], dict[str, Any]], book: dict) -> dict[str, Any]:
+def _rounded(acc: dict[tuple[int, int, int], dict[str, Any]], books: dict[int, dict]) -> dict[str, Any]:
     """Rules I3, I4: the lines, column totals and per-plan totals, rounded together."""
     keys = sorted(acc)
     plans = sorted({ref for a in acc.values() for ref in a["plan"]})
@@ -117,10 +119,11 @@ def _rounded(acc: dict[tuple[int, int], dict[str, Any]], book: dict) -> dict[str
     cells, grand = rounding.controlled(table, FEN * BP)
     out_lines = []
     for k, row in zip(keys, cells):
-        a, (item, mult) = acc[k], k
-        it = book["items"].get(item)
+        a, (item, mult, ver) = acc[k], k
+        it = books[ver]["items"].get(item) if ver in books else None
         plan_num = sum(v[0] for v in a["plan"].values())
         ln = {"item": item, "name": it[1] if it else f"item-{item}", "multiplier": mult, "calls": a["calls"],
+              "book_version": ver, "unit_ucny": it[2] * mult if it else 0,
               "list_fen": sum(row), "discount_fen": row[0], "trial_fen": row[1], "plan_fen": sum(row[2:-1]),
               "due_fen": row[-1], "list_ucny": a["list"], "trial_ucny": a["trial"], "payg_ucny": a["payg"],
               "plan_ucny": exact_ucny(plan_num), "discount_ucny": exact_ucny(a["disc_num"])}
@@ -159,8 +162,8 @@ def exact_ucny(num: int) -> str:
 def _attribute(lines: list, charges: list, acc: dict, batch_id: int) -> None:
     """Rule I2: walk the batch's lines and charges in order, splitting list amounts at boundaries."""
     ci = 0
-    for item, mult, calls, ucny in lines:
-        a = acc.setdefault((item, mult), {"calls": 0, "list": 0, "trial": 0, "plan": {}, "disc_num": 0, "payg": 0})
+    for key, calls, ucny in lines:
+        a = acc.setdefault(key, {"calls": 0, "list": 0, "trial": 0, "plan": {}, "disc_num": 0, "payg": 0})
         a["calls"] += calls
         a["list"] += ucny
         need = ucny
@@ -200,7 +203,7 @@ def generate(conn: Connection, account_id: int, month: str, now: int, book: dict
     return inv
 
 
-CSV_FIELDS = ("item", "name", "multiplier", "calls", "list_cny", "discount_cny", "trial_cny", "plan_cny", "due_cny",
+CSV_FIELDS = ("item", "name", "multiplier", "book_version", "unit_ucny", "calls", "list_cny", "discount_cny", "trial_cny", "plan_cny", "due_cny",
               "list_ucny", "discount_ucny", "trial_ucny", "plan_ucny", "payg_ucny")
 
 
@@ -221,7 +224,7 @@ def to_csv(inv: dict[str, Any]) -> str:
         w.writerow([ln[f] for f in CSV_FIELDS])
     lines = inv["lines"]
     exact = [sum(ln[f] for ln in lines) for f in ("list_ucny", "trial_ucny", "payg_ucny")]
-    w.writerow(["", "TOTAL", "", sum(ln["calls"] for ln in lines), inv["list_cny"], inv["discount_cny"],
+    w.writerow(["", "TOTAL", "", "", "", sum(ln["calls"] for ln in lines), inv["list_cny"], inv["discount_cny"],
                 inv["trial_cny"], inv["plan_cny"], inv["due_cny"], exact[0],
                 exact_ucny(sum(_num(ln["discount_ucny"]) for ln in lines)), exact[1],
                 exact_ucny(sum(_num(ln["plan_ucny"]) for ln in lines)), exact[2]])
@@ -236,9 +239,10 @@ def _num(exact: str) -> int:
 
 def to_text(inv: dict[str, Any]) -> str:
     out = [f"Invoice account {inv['account_id']} month {inv['month']} (billing calendar UTC+8)",
-           f"{'item':<20} {'x':>3} {'calls':>10} {'list':>12} {'discount':>10} {'trial':>10} {'plan':>10} {'due':>12}"]
-    for ln in inv["lines"] + [dict(inv, name="TOTAL (CNY)", multiplier="", calls=sum(x["calls"] for x in inv["lines"]))]:
-        out.append(f"{ln['name']:<20} {ln['multiplier']:>3} {ln['calls']:>10} {ln['list_cny']:>12} "
+           f"{'item':<20} {'x':>3} {'book':>4} {'µCNY/call':>10} {'calls':>10} {'list':>12} {'discount':>10} {'trial':>10} {'plan':>10} {'due':>12}"]
+    for ln in inv["lines"] + [dict(inv, name="TOTAL (CNY)", multiplier="", book_version="", unit_ucny="",
+                                   calls=sum(x["calls"] for x in inv["lines"]))]:
+        out.append(f"{ln['name']:<20} {ln['multiplier']:>3} {ln['book_version']:>4} {ln['unit_ucny']:>10} {ln['calls']:>10} {ln['list_cny']:>12} "
                    f"{ln['discount_cny']:>10} {ln['trial_cny']:>10} {ln['plan_cny']:>10} {ln['due_cny']:>12}")
     out.append("list - discount = trial + plan + due, on every line and in total")
     for p in inv.get("plans", []):

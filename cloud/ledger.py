@@ -219,15 +219,36 @@ def ensure_books(conn: Connection, now: int) -> dict[int, dict]:
     the store has none (so batches are re-rated with exactly what devices ship with)."""
     from firmware_py import pricebook
 
-    rows = conn.execute(select(S.price_books.c.version, S.price_books.c.cbor)).all()
-    if not rows:
-        book = pricebook.default()
+    books = books_since(conn, 0)
+    if not books:
+        book = dict(pricebook.default(), effective_at=0)
         conn.execute(_insert(conn, S.price_books).values(
-            version=book["version"], hash=book["hash"], cbor=pricebook.to_cbor(book), created_at=now
-        ).on_conflict_do_nothing(index_elements=["version"]))
+            version=book["version"], hash=book["hash"], cbor=pricebook.to_cbor(book), created_at=now,
+            effective_at=0).on_conflict_do_nothing(index_elements=["version"]))
         return {book["version"]: book}
-    return {v: pricebook.from_cbor(bytes(c)) for v, c in rows}
+    return books
+
+
+def books_since(conn: Connection, version: int) -> dict[int, dict]:
+    """The stored price books above `version`, each with its "effective_at" (cloud.books B4)."""
+    from firmware_py import pricebook
+
+    pb = S.price_books
+    rows = conn.execute(select(pb.c.version, pb.c.cbor, pb.c.effective_at).where(pb.c.version > version)).all()
+    out = {}
+    for v, c, eff in rows:
+        book = pricebook.from_cbor(bytes(c))
+        book["effective_at"] = int(eff)
+        out[v] = book
+    return out
 
 
 def latest_book(books: Mapping[int, dict]) -> dict:
+    """The newest stored book (what `edgemeter admin book export` starts from)."""
     return books[max(books)]
+
+
+def book_in_force(books: Mapping[int, dict], now: int) -> dict:
+    """The book in force at now: the newest whose effective time has come (cloud.books B4)."""
+    live = [v for v, b in books.items() if b.get("effective_at", 0) <= now]
+    return books[max(live)] if live else books[min(books)]

@@ -33,7 +33,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
-from edgemeter.cloud import pools
+from edgemeter.cloud import ledger, pools
 from edgemeter.cloud import schema as S
 from firmware_py import civil, pricebook
 from firmware_py import pool as PL
@@ -51,11 +51,11 @@ class NotFound(LookupError):
 # ------------------------------------------------------------------------------ helpers
 def books(conn: Connection) -> dict[int, dict]:
     """The stored price books by version (read-only; the default book when none is stored)."""
-    rows = conn.execute(select(S.price_books.c.version, S.price_books.c.cbor)).all()
-    if not rows:
+    bs = ledger.books_since(conn, 0)
+    if not bs:
         b = pricebook.default()
         return {b["version"]: b}
-    return {v: pricebook.from_cbor(bytes(c)) for v, c in rows}
+    return bs
 
 
 def latest_book(conn: Connection) -> dict:

@@ -99,6 +99,7 @@ def housekeeping(ing: ingest.Ingest, metrics: Metrics | None = None) -> ingest.O
     out = ingest.Outcome()
     now = ing.now_ms() // 1000
     with db.write_connect(ing.engine) as conn, conn.begin():
+        ing.refresh_books(conn, now)          # a published book comes into force (ingest G10)
         hk = pools.housekeeping(conn, ing.latest, now)
         out.events += [("expired", w, (a, u)) for w, a, u in hk["expired"]]
         out.events += [("reclaimed", w, lid) for w, lid in hk["reclaimed"]]

@@ -75,6 +75,8 @@ price_books = Table(
     Column("hash", LargeBinary(32), nullable=False),
     Column("cbor", LargeBinary, nullable=False),
     Column("created_at", INT, nullable=False),
+    # in force from this time (Unix s): raters rate and push it from then on (cloud.books B1-B6)
+    Column("effective_at", INT, nullable=False, server_default="0"),
 )
 
 devices = Table(
@@ -311,6 +313,8 @@ invoice_lines = Table(   # one per billable item and multiplier; amounts rounded
     Column("item", Integer, nullable=False),
     Column("name", String(64), nullable=False),
     Column("multiplier", Integer, nullable=False),
+    Column("book_version", INT, nullable=False, server_default="1"),   # the price book that rated it
+    Column("unit_ucny", INT, nullable=False, server_default="0"),      # that book's price x multiplier
     Column("calls", INT, nullable=False),
     Column("list_ucny", INT, nullable=False),      # exact list-price amount
     Column("list_fen", INT, nullable=False),

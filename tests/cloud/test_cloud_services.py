@@ -246,7 +246,7 @@ def test_invoice_lines_attribute_trial_and_payg_per_item_and_round_once(engine):
         aug = invoices.compute(conn, acc, "2026-08")
         assert [(x["name"], x["multiplier"], x["calls"], x["due_fen"]) for x in aug["lines"]] == [("chat", 4, 1, 1)]
         csv_text = invoices.to_csv(inv)
-        assert csv_text.splitlines()[0].startswith("item,name,multiplier,calls")
+        assert csv_text.splitlines()[0].startswith("item,name,multiplier,book_version,unit_ucny,calls")
         assert csv_text.splitlines()[-1].endswith(",10.90,0.00,10.00,0.00,0.90,10900000,0,10000000,0,900000")
         again = invoices.generate(conn, acc, "2026-07", T0 + 400)       # regenerated whole
         assert conn.execute(select(S.invoices)).all().__len__() == 1 and again["due_fen"] == 90

@@ -184,11 +184,7 @@ class Simulation:
             self.later.append((now + 2.0, "rater-start", r))
             self.note("rater", rater=r.name)
         elif kind == "book":
-            ver = stack.new_price_book(self.url)
-            for r in self.raters:        # rolling restart: each loads the new book
-                if r.alive:
-                    r.stop()
-                    r.start()
+            ver = stack.new_price_book(self.url, self.work)   # raters load it without a restart
             self.note("book", version=ver)
 
     def fault_plan(self) -> list[tuple[float, str]]:

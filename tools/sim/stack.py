@@ -8,6 +8,7 @@ quorum queue.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from edgemeter.cloud import accounts, db, devices, ledger, pools
 from edgemeter.cloud import schema as S
@@ -84,21 +85,25 @@ def load_rabbit_users(cluster: Any, regs: list[dict[str, Any]]) -> None:
     cluster.load([(r["workspace"], r["id"], r["password"]) for r in regs])
 
 
-def new_price_book(url: str, now: int | None = None) -> int:
-    """Store the next price-book version (chat 2.20 -> 2.30 per 1,000 calls); raters load
-    it at their next start and push it to every device that reports an older version."""
-    now = now or int(time.time())
-    engine = db.open_store(url)
-    with db.write_connect(engine) as conn, conn.begin():
-        books = ledger.ensure_books(conn, now)
-        ver = max(books) + 1
-        items = [list(r) for r in pricebook.ITEMS]
-        items[pricebook.CHAT - 1][2] = 2300
-        book = pricebook.make(version=ver, items=[tuple(r) for r in items])
-        conn.execute(insert(S.price_books).values(version=ver, hash=book["hash"],
-                                                  cbor=pricebook.to_cbor(book), created_at=now))
-    engine.dispose()
-    return ver
+def new_price_book(url: str, workdir: Path) -> int:
+    """Publish the next price-book version (chat 2.20 -> 2.30 per 1,000 calls, in force at
+    once) the way an operator does: `edgemeter admin book export`, edit the file, `edgemeter
+    admin book publish FILE --effective now`. Running raters load it with their next group
+    and push it to every device that reports an older version (cloud.books B4, B5)."""
+    path = workdir / f"book-{time.time_ns()}.json"
+    admin = [sys.executable, "-m", "edgemeter.tools.cli", "admin", "book"]
+    subprocess.run(admin + ["export", str(path), "--db", url], check=True, capture_output=True, timeout=120)
+    doc = json.loads(path.read_text())
+    chat = doc["items"]["columns"].index("price_ucny")
+    for row in doc["items"]["rows"]:
+        if row[0] == pricebook.CHAT:
+            row[chat] += 100
+    path.write_text(json.dumps(doc))
+    p = subprocess.run(admin + ["publish", str(path), "--effective", "now", "--db", url, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode:
+        raise RuntimeError(f"book publish failed: {p.stderr.strip()}")
+    return int(json.loads(p.stdout)["version"])
 
 
 def book_versions(url: str) -> list[int]:
