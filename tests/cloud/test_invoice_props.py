@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -162,3 +164,13 @@ def test_controlled_rounding_picks_the_largest_remainders():
     assert grand == 2 and sum(out[0]) == 1 and [sum(c) for c in zip(*out)] == [1, 1]
     with pytest.raises(ValueError):
         rounding.controlled([[1, -1]], 100)
+
+
+def test_invoice_rounding_vectors():
+    """tests/vectors/billing_invoice.json: the readings table's rounding row, pinned."""
+    doc = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "billing_invoice.json").read_text())
+    for case in doc["cases"]:
+        out, grand = rounding.controlled(case["cells"], case["den"])
+        assert (out, grand) == (case["out"], case["grand"]), case["name"]
+        alone = sum(billing.round_fen(sum(r) * FEN, case["den"]) // FEN for r in case["cells"])
+        assert sum(map(sum, out)) == grand and (alone != grand or len(case["cells"][0]) > 1), case["name"]
