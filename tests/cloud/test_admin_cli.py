@@ -80,6 +80,8 @@ def test_every_subcommand_prints_its_help(capsys):
 
 def test_purchases_are_orders_paid_up_front_or_from_the_balance(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'p.db'}"
+    assert admin.main(["migrate", "--db", url]) == 0
+    capsys.readouterr()
 
     def js(*args):
         rc, out, err = _run(capsys, *args, "--db", url, "--json")
@@ -121,6 +123,8 @@ def test_purchases_are_orders_paid_up_front_or_from_the_balance(tmp_path, capsys
 
 def test_claim_trial_is_for_new_users_by_the_operators_rule(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 't.db'}"
+    assert admin.main(["migrate", "--db", url]) == 0
+    capsys.readouterr()
 
     def run(*args):
         return _run(capsys, *args, "--db", url)

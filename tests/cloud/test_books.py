@@ -30,6 +30,8 @@ def _edit(doc: dict, table: str, row_id: int, col: str, value) -> str:
 
 def test_export_round_trips_and_publish_refuses_what_would_break(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'b.db'}"
+    assert admin.main(["migrate", "--db", url]) == 0
+    capsys.readouterr()
     f = tmp_path / "book.json"
     assert admin.main(["book", "export", str(f), "--db", url, "--json"]) == 0
     text = f.read_text()
@@ -106,5 +108,8 @@ def test_a_book_published_while_devices_serve_reaches_them_without_a_restart(tmp
 
 @pytest.mark.parametrize("bad", [["book", "publish"], ["book", "export", "--effective", "now"]])
 def test_book_command_mistakes_exit_2(tmp_path, capsys, bad):
-    assert admin.main(bad + ["--db", f"sqlite:///{tmp_path / 'c.db'}"]) == 2
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert admin.main(["migrate", "--db", url]) == 0
+    capsys.readouterr()
+    assert admin.main(bad + ["--db", url]) == 2
     assert "edgemeter admin book:" in capsys.readouterr().err
