@@ -45,7 +45,9 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    e = db.open_store(f"sqlite:///{tmp_path_factory.mktemp('inv') / 'ledger.db'}")
+    url = f"sqlite:///{tmp_path_factory.mktemp('inv') / 'ledger.db'}"
+    db.migrate(url)
+    e = db.open_store(url)
     yield e
     e.dispose()
 
