@@ -17,6 +17,8 @@ their totals. Here instead (rules F1-F4):
  F3. Among the roundings of F2, the one chosen rounds up the cells with the largest
      remainders in total (largest remainder). It is deterministic: the same table, rows and
      columns in the same order, always gives the same rounding.
+ Known limit: a figure that sums several cells of one row (an invoice line's payment from
+     several savings plans) is within one fen per cell, not one fen overall.
  F4. A cell that is exact (or zero) is never moved: zeros stay zero, whole fen stay as they are.
      So a column whose exact total is at most a whole amount (the CNY 10.00 trial, a plan's
      commitment) never displays more than that amount.

@@ -109,7 +109,11 @@ def check_invoice(inv: dict, plans: dict) -> None:
         assert _within(ln["list_fen"], ln["list_ucny"] * 10000, den)
         assert _within(ln["trial_fen"], ln["trial_ucny"] * 10000, den)
         assert _within(ln["due_fen"], ln["payg_ucny"] * 10000, den)
-        assert _within(ln["plan_fen"], invoices._num(ln["plan_ucny"]), den)
+        # a line's plan figure sums one cell per plan (each within a fen of its exact value), so
+        # with several plans it can be off by up to one fen per plan: known, see cloud.rounding
+        n = max(1, len(inv["plans"]))
+        exact = invoices._num(ln["plan_ucny"])
+        assert exact // den - (n - 1) <= ln["plan_fen"] <= -(-exact // den) + (n - 1)
         assert _within(ln["discount_fen"], invoices._num(ln["discount_ucny"]), den)
         assert ln["trial_ucny"] + ln["payg_ucny"] + (invoices._num(ln["plan_ucny"])
                                                      + invoices._num(ln["discount_ucny"])) // 10000 == ln["list_ucny"]
