@@ -8,7 +8,7 @@
 Rules:
  M1. The broker is behind a transport (cloud.transport, rules T1-T5): mqtt:// is one paho-mqtt
      2.x client, MQTT 5, persistent session (clean_start false, session expiry a day) under a
-     stable client id, QoS 1 shared subscription $share/raters/em/+/+/up/# (docs/protocol.md,
+     stable client id, QoS 1 shared subscription $share/<group>/em/+/+/up/# (docs/protocol.md,
      Topics); amqp:// is a competing consumer of the raters' quorum queue on a RabbitMQ
      cluster (cloud.amqp). Either way several raters split the devices' messages and a
      restarted rater, or another one, gets the messages that were not acknowledged.
