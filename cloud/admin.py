@@ -169,8 +169,9 @@ def cmd_rebuild(conn, args, now):
     r = rebuild.run(conn, check=args.check)
     out = {**r, "differences": [dict(zip(("table", "key", "column", "stored", "rebuilt"), d))
                                 for d in r["differences"]]}
-    if args.check and r["differences"]:
-        out["refused"] = f"{len(r['differences'])} projection(s) differ from the entries"
+    if args.check and (r["differences"] or r["violations"]):
+        out["refused"] = (f"{len(r['differences'])} projection(s) differ from the entries, "
+                          f"{len(r['violations'])} invariant(s) broken")
     return out
 
 
@@ -238,12 +239,13 @@ def _text(name: str, out: dict[str, Any]) -> str:
     if name == "rebuild":
         head = (f"rebuilt {out['pools']} pool(s), {out['leases']} lease(s), {out['accounts']} account(s), "
                 f"{out['devices']} device(s) from the entries ({out['rounds']} rounds) in {out['seconds']:.3f} s")
+        broken = [f"  invariant: {v}" for v in out["violations"]] or ["every invariant holds"]
         if not out["differences"]:
-            return head + "\nevery projection equals its entries"
+            return "\n".join([head, "every projection equals its entries"] + broken)
         body = [f"  {d['table']} {d['key']} {d['column']}: stored {d['stored']} rebuilt {d['rebuilt']}"
                 for d in out["differences"]]
         tail = "written: projections replaced by the rebuilt values" if out["written"] else "nothing written (--check)"
-        return "\n".join([head, f"{len(body)} difference(s):"] + body + [tail])
+        return "\n".join([head, f"{len(body)} difference(s):"] + body + broken + [tail])
     if name == "dead-letters":
         lines = ["dead letters by reason: " + (", ".join(f"{r} {n}" for r, n in out["by_reason"].items()) or "none")]
         for r in out["recent"]:

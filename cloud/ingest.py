@@ -8,7 +8,8 @@ For each message, in order (rules G1-G10; the protocol rules are firmware_py.clo
  G2. The device's CloudSession is built from its stored state and keys (key ids up to the last
      one delivered) and decides: MAC, strictness, freshness, duplicates, re-rating, leases.
      Its rejections become dead letters with a reason code (malformed, unknown_kid, bad_mac,
-     wrong_device, wrong_topic, replay, no_pool, foreign_lease). A dead letter changes nothing
+     wrong_device, wrong_topic, replay, no_pool, foreign_lease, out_of_range: an integer the
+     ledger cannot hold, cloud_session C8). A dead letter changes nothing
      but the dead-letter table.
  G3. Bookings are inserted with ON CONFLICT (device_id, seq) DO NOTHING; a row that comes back
      was booked now, one that does not was already booked (a duplicate, acked again). For each
@@ -363,6 +364,8 @@ class Ingest:
                 lines.append((bid, item, mult, calls, ucny))
             if b["verdict"] != P.V_OK:
                 mismatch(bid, b, P.VERDICTS[b["verdict"]])
+            if b.get("range"):     # cloud_session C8: booked at 0, the fields stored as 0
+                mismatch(bid, b, "out of range: " + ", ".join(b["range"]))
             if ws["billing"] == "license":
                 if b["lease"]:
                     reports.setdefault(ws["id"], []).append((b["lease"], b["dev"], b["ucny"], bid))
