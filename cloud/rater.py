@@ -43,13 +43,21 @@ Rules:
  M10. The rater never creates or upgrades a store: it starts only on a ledger at the newest
      schema (`edgemeter admin migrate` makes one; cloud.db rule 3), and only once its first
      connection to the broker succeeds; after that it reconnects for ever.
+ M11. The store fails closed: when the ledger file is unlinked or replaced under the rater
+     (cloud.db rule 5) or the store stays unusable (disk full, I/O errors), the group is not
+     committed and not acknowledged; the rater logs one error line naming the fault and
+     exits with status 3, leaving the messages to the broker. A memory fault on SQLite's
+     shared-memory index (SIGBUS) is reported on stderr by faulthandler before the process
+     dies; nothing it had not committed was acknowledged.
 Exit status: 0 after a graceful stop; 2 for bad arguments or a malformed store/broker URL; 1 when
 the store is missing or unreachable, the broker cannot be reached at start, or the metrics port
-cannot be bound. Errors at start are one line on stderr.
+cannot be bound; 3 when the store failed while running (rule M11). Errors at start are one line
+on stderr.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import json
 import logging
@@ -179,6 +187,8 @@ class Rater:
         for attempt in range(6):
             try:
                 return [(self.ing.process(msgs), msgs)]
+            except db.StoreGone:
+                raise           # rule M11: nothing committed, nothing acked
             except OperationalError as e:
                 self.log.warning("store unavailable, retrying", extra={"fields": {"error": str(e)[:300],
                                                                                    "retry_s": delay}})
@@ -194,6 +204,8 @@ class Rater:
         for m in msgs:
             try:
                 results.append((self.ing.process([m]), [m]))
+            except db.StoreGone:
+                raise
             except Exception as e:  # noqa: BLE001 - a poison message: dead-letter it and go on
                 self.log.error("message failed; dead-lettered", extra={"fields": {"topic": m.topic, "error": repr(e)}})
                 results.append((self.ing.dead_letter(m, "internal", repr(e)[:2000]), [m]))
@@ -227,6 +239,8 @@ class Rater:
         self.ing.forget_workspaces()
         try:
             out = housekeeping(self.ing, self.metrics)
+        except db.StoreGone:
+            raise
         except Exception:  # noqa: BLE001 - housekeeping must never stop ingest
             self.log.exception("housekeeping failed")
             return
@@ -298,4 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, rater.stop)
     log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
                                            "pid": os.getpid(), "metrics_port": args.metrics_port}})
-    return rater.run()
+    faulthandler.enable()     # rule M11: a SIGBUS on SQLite's shared memory is reported
+    try:
+        return rater.run()
+    except (db.StoreGone, RuntimeError, OperationalError) as e:
+        log.error("store failed; stopped without acknowledging the group in hand",
+                  extra={"fields": {"error": str(e)[:500]}})
+        return 3
