@@ -29,7 +29,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError
 
-from edgemeter.cloud import accounts, cliargs, db, devices, invoices, ledger, pools, rebuild
+from edgemeter.cloud import accounts, cliargs, db, devices, invoices, keystore, ledger, pools, rebuild
 from edgemeter.cloud import schema as S
 from edgemeter.cloud.cliargs import parse_cny
 from firmware_py import billing, civil
@@ -124,6 +124,10 @@ def cmd_rotate_key(conn, args, now):
     r = devices.rotate_key(conn, args.device, now)
     return {"device": r["id"], "kid": r["kid"], "key": r["key"].hex(),
             "note": "the rater sends it to the device in a ROTATE command (wrapped under the old key)"}
+
+
+def cmd_wrap_keys(conn, args, now):
+    return devices.wrap_all(conn)
 
 
 def cmd_sync_mosquitto(conn, args, now):
@@ -316,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mosquitto-dir", help="rewrite passwd and acl in this directory (SIGHUP the broker)")
     p = add("rotate-key", cmd_rotate_key, "issue a new HMAC key for a device (the rater delivers it)")
     p.add_argument("--device", type=int, required=True)
+    add("wrap-keys", cmd_wrap_keys, "wrap device keys under the current KEK (EDGEMETER_KEK_FILE; "
+        "cloud/keystore.py): clear ones and those under an older KEK", at=False)
     p = add("sync-mosquitto", cmd_sync_mosquitto, "rewrite the broker's passwd and acl from the registry", at=False)
     p.add_argument("--mosquitto-dir", required=True)
     p = add("show", cmd_show, "balances, pools, activations and leases", at=False)
@@ -353,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as e:
         print(f"edgemeter admin {args.cmd}: the store at {db.redact(args.db)} failed: {db.reason(e)}", file=sys.stderr)
         return 1
-    except (ValueError, billing.BillingError, db.StoreError, OSError) as e:   # StoreURLError is a ValueError
+    except (ValueError, billing.BillingError, db.StoreError, keystore.KeyStoreError, OSError) as e:   # StoreURLError is a ValueError
         return cliargs.fail(f"admin {args.cmd}", e)
 
 

@@ -26,6 +26,10 @@ Rules:
     database file is never memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as
     SQLite requires for several processes, and a fault on it kills the process with SIGBUS
     before any commit of the group (the rater reports it through faulthandler).
+ 6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
+    and -shm the database file's mode), and files an older version created readable by others
+    are narrowed to 0600 when opened by their owner. Its directory is the operator's (rule 4:
+    `install -d -m 700`).
 
 Errors (one line each, naming the URL with its password hidden):
     ValueError
@@ -78,6 +82,17 @@ def _missing_hint(url: str) -> str:
 
 class StoreGone(RuntimeError):
     """Rule 5: the SQLite file this connection writes was unlinked or replaced."""
+
+
+def _tighten(path: str) -> None:
+    """Rule 6 for ledger files created before it: owner-only, when we own them."""
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            st = os.stat(p)
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(p, 0o600)
+        except OSError:
+            pass
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -135,6 +150,14 @@ def make_engine(url: str, **kw) -> Engine:
 
 
 def _sqlite_settings(engine: Engine, path: str | None) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _private(dialect, _rec, cargs, cparams):  # type: ignore[no-untyped-def]
+        old = os.umask(0o077)    # rule 6: a file SQLite creates now is 0600 (its -wal/-shm follow it)
+        try:
+            return dialect.connect(*cargs, **cparams)
+        finally:
+            os.umask(old)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, record):  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # rule 1: we emit BEGIN ourselves
@@ -147,6 +170,7 @@ def _sqlite_settings(engine: Engine, path: str | None) -> None:
         cur.close()
         if path:
             record.info["em_file"] = _identity(path)
+            _tighten(path)
 
     @event.listens_for(engine, "commit")
     def _on_commit(conn: Connection) -> None:   # rule 5, before the COMMIT is sent

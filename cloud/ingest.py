@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from edgemeter.cloud import accounts, db, ledger, pools
+from edgemeter.cloud import accounts, db, keystore, ledger, pools
 from edgemeter.cloud import schema as S
 from firmware_py import cloud_session as CS
 from firmware_py import proto as P
@@ -219,7 +219,7 @@ class Ingest:
         keys: dict[int, dict[int, bytes]] = {}
         for d, kid, key in found:
             if d in rows and kid <= rows[d]["kid_sent"]:
-                keys.setdefault(d, {})[kid] = bytes(key)
+                keys.setdefault(d, {})[kid] = keystore.unwrap(d, kid, bytes(key))
         return rows, keys
 
     def _session(self, row: Any, keys: dict[int, bytes]) -> "_Session":

@@ -72,7 +72,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from edgemeter.cloud import accounts, cliargs, db, ingest, pools
+from edgemeter.cloud import accounts, cliargs, db, devices, ingest, keystore, pools
 from edgemeter.cloud.metrics import Metrics
 from edgemeter.cloud.transport import open_transport
 from edgemeter.cloud import schema as S
@@ -122,8 +122,7 @@ def _rotations(conn: Any, ing: ingest.Ingest, out: ingest.Outcome) -> None:
     due = conn.execute(select(d.c.id, d.c.workspace_id, d.c.kid, d.c.kid_sent).where(d.c.kid > d.c.kid_sent)).all()
     for dev, ws, kid, _sent in due:
         rows, keys = ing._load_devices(conn, {dev})
-        new_key = conn.execute(select(S.device_keys.c.key).where(S.device_keys.c.device_id == dev,
-                                                                 S.device_keys.c.kid == kid)).scalar_one()
+        new_key = devices.keys(conn, dev)[kid]
         sess = ing._session(rows[dev], keys[dev])
         data = sess.command(P.OP_ROTATE, kid, bytes(new_key))
         out.publish.append((P.topic(ws, dev, "down/cmd"), data))
@@ -288,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     log = json_logger()
     try:
+        clear = keystore.ring() is None
         rater = Rater(args.broker, args.db, args.client_id, args.username, args.password, args.ca_file,
                       args.group, args.housekeeping, log=log)
-    except (ValueError, db.StoreError, OSError) as e:   # OSError: an unreadable --ca-file
+    except (ValueError, db.StoreError, keystore.KeyStoreError, OSError) as e:   # OSError: an unreadable --ca-file
         return cliargs.fail("rater", e)
     try:
         rater.connect()
@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, rater.stop)
     log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
                                            "pid": os.getpid(), "metrics_port": args.metrics_port}})
+    if clear:
+        log.warning("device keys are stored in clear: set EDGEMETER_KEK_FILE (cloud/keystore.py)")
     faulthandler.enable()     # rule M11: a SIGBUS on SQLite's shared memory is reported
     try:
         return rater.run()
