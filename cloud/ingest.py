@@ -294,8 +294,8 @@ class Ingest:
         from the message only after its tag verifies, so a forged message loads no rows."""
         want = {sess.s["lease"]} - {0}
         outcome, msg = P.check(payload, sess.keys, sess.dev)
-        if outcome == P.OK and msg.get("lease"):
-            want.add(msg["lease"])   # only a verified message names a lease to load (proto W1)
+        if outcome == P.OK and msg.get("lease") and not CS.out_of_range(msg):
+            want.add(msg["lease"])   # only a verified message names a lease to load (proto W1), in range (cloud_session C8)
         # anything else: the session rejects it (malformed, unknown kid, bad MAC, wrong device)
         pool = cache.get(ws)
         if pool is None:
