@@ -158,3 +158,25 @@ def test_rebuild_check_finds_a_lease_used_beyond_its_grant(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"lease {ws}/{lid}: used" in r.stdout and "beyond its bound" in r.stdout
     assert "differ" not in r.stdout                          # the projections do match
+
+
+def test_api_sums_of_claims_written_before_the_bound_stay_exact(tmp_path):
+    """A store booked before claims were bounded holds device deductions of 2^63 - 1: the
+    API's sums over them are exact integers, not a SQL overflow (500)."""
+    from sqlalchemy import update
+    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+    dev = rig.reg["postpaid"][0]["id"]
+    d = rig.devs[dev]
+    rig.send(d.usage([STANDARD_CHAT], ucny=1), d.usage([STANDARD_CHAT], ucny=2))     # two mismatches
+    with db.write_connect(rig.engine) as conn, conn.begin():
+        conn.execute(update(S.usage_batches).values(device_ucny=BIG - 1))
+        conn.execute(update(S.mismatches).values(device_ucny=BIG - 1))
+    client = TestClient(create_app(engine=rig.engine, tokens={"op-token-for-the-claims-test": None}))
+    h = {"Authorization": "Bearer op-token-for-the-claims-test"}
+    for path in ("/api/v1/overview", "/api/v1/alerts", "/api/v1/usage/devices", "/api/v1/devices"):
+        r = client.get(path, headers=h)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    assert [r["device_ucny"] for r in client.get("/api/v1/usage/devices", headers=h).json()["items"]] == [
+        2 * (BIG - 1)]
+    alert = [a for a in client.get("/api/v1/alerts", headers=h).json()["items"] if a["kind"] == "rating_mismatch"]
+    assert str(2 * (BIG - 1) - 2 * 5450) in alert[0]["message"]
