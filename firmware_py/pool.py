@@ -250,10 +250,10 @@ def max_round(book):
     """The most one round can rate under book (P5's overshoot): the dearest item of each of the
     ASR, TTS and LLM groups (one of each per round, rating R7) plus every other item, each at
     its max_count and its component's largest model multiplier."""
-    mult = {}
+    mult: dict = {}
     for _mid, comp, m, _names in book["models"].values():
         mult[comp] = max(mult.get(comp, 1), m)
-    best = {}
+    best: dict = {}
     other = 0
     for row in book["items"].values():
         cost = row[2] * row[8] * (mult.get(row[5], 1) if row[6] & 16 else 1)   # 16: F_MODEL
