@@ -22,8 +22,8 @@ Rules:
  5. A SQLite store fails closed: each connection remembers the device and inode of the file it
     opened, and every COMMIT first checks that the path still names that file; when it was
     unlinked (its directory deleted) or replaced, the commit raises StoreGone and nothing is
-    committed, so the rater acknowledges nothing booked into a file no one will read. The
-    database file is never memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as
+    committed (and no new connection opens another file at that path), so the rater
+    acknowledges nothing booked into a file no one will read. The database file is never memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as
     SQLite requires for several processes, and a fault on it kills the process with SIGBUS
     before any commit of the group (the rater reports it through faulthandler).
  6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
@@ -150,8 +150,13 @@ def make_engine(url: str, **kw) -> Engine:
 
 
 def _sqlite_settings(engine: Engine, path: str | None) -> None:
+    first: dict[str, tuple[int, int] | None] = {}   # the file this engine's first connection opened
+
     @event.listens_for(engine, "do_connect")
     def _private(dialect, _rec, cargs, cparams):  # type: ignore[no-untyped-def]
+        if path and first.get("file") and _identity(path) != first["file"]:
+            raise StoreGone(f"the ledger file {path} was unlinked or replaced while in use; "
+                            "not opening another")   # rule 5, before SQLite makes a new one
         old = os.umask(0o077)    # rule 6: a file SQLite creates now is 0600 (its -wal/-shm follow it)
         try:
             return dialect.connect(*cargs, **cparams)
@@ -170,6 +175,7 @@ def _sqlite_settings(engine: Engine, path: str | None) -> None:
         cur.close()
         if path:
             record.info["em_file"] = _identity(path)
+            first.setdefault("file", record.info["em_file"])
             _tighten(path)
 
     @event.listens_for(engine, "commit")
