@@ -1,5 +1,5 @@
-"""Every device claim is bounded by what the cloud granted, on a real SQLite ledger through the
-rater's real booking step (cloud.ingest.Ingest, what `edgemeter rater` runs per group):
+"""Every device claim is bounded by what the cloud granted, on a real ledger (SQLite; SQLite and
+PostgreSQL where the store's integer range matters) through the rater's real booking step (cloud.ingest.Ingest, what `edgemeter rater` runs per group):
 
  - a signed lease report of use far beyond the lease cannot drain the workspace pool, starve
    the next device or overflow the pool's projections (the use counted is bounded by the
@@ -94,8 +94,8 @@ def test_a_lease_report_beyond_the_grant_cannot_drain_the_pool(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_integers_beyond_the_store_get_a_definite_verdict(tmp_path):
-    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+def test_integers_beyond_the_store_get_a_definite_verdict(store_url):
+    rig = Rig(store_url, postpaid=1, license_=0)
     dev = rig.reg["postpaid"][0]["id"]
     d = rig.devs[dev]
     told: dict[str, int] = {}
@@ -160,11 +160,11 @@ def test_rebuild_check_finds_a_lease_used_beyond_its_grant(tmp_path):
     assert "differ" not in r.stdout                          # the projections do match
 
 
-def test_api_sums_of_claims_written_before_the_bound_stay_exact(tmp_path):
+def test_api_sums_of_claims_written_before_the_bound_stay_exact(store_url):
     """A store booked before claims were bounded holds device deductions of 2^63 - 1: the
     API's sums over them are exact integers, not a SQL overflow (500)."""
     from sqlalchemy import update
-    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+    rig = Rig(store_url, postpaid=1, license_=0)
     dev = rig.reg["postpaid"][0]["id"]
     d = rig.devs[dev]
     rig.send(d.usage([STANDARD_CHAT], ucny=1), d.usage([STANDARD_CHAT], ucny=2))     # two mismatches
