@@ -1,5 +1,6 @@
 """Every device claim is bounded by what the cloud granted, on a real ledger (SQLite; SQLite and
-PostgreSQL where the store's integer range matters) through the rater's real booking step (cloud.ingest.Ingest, what `edgemeter rater` runs per group):
+PostgreSQL where the store's integer range matters) through the rater's real booking step
+(cloud.ingest.Ingest, what `edgemeter rater` runs per group):
 
  - a signed lease report of use far beyond the lease cannot drain the workspace pool, starve
    the next device or overflow the pool's projections (the use counted is bounded by the
