@@ -44,7 +44,8 @@ Rules:
      schema (`edgemeter admin migrate` makes one; cloud.db rule 3), and only once its first
      connection to the broker succeeds; after that it reconnects for ever.
  M11. The store fails closed: when the ledger file is unlinked or replaced under the rater
-     (cloud.db rule 5) or the store stays unusable (disk full, I/O errors), the group is not
+     (cloud.db rule 5), a device key cannot be unwrapped (no KEK, or another one: cloud.keystore
+     K2) or the store stays unusable (disk full, I/O errors), the group is not
      committed and not acknowledged; the rater logs one error line naming the fault and
      exits with status 3, leaving the messages to the broker. A memory fault on SQLite's
      shared-memory index (SIGBUS) is reported on stderr by faulthandler before the process
@@ -186,7 +187,7 @@ class Rater:
         for attempt in range(6):
             try:
                 return [(self.ing.process(msgs), msgs)]
-            except db.StoreGone:
+            except (db.StoreGone, keystore.KeyStoreError):
                 raise           # rule M11: nothing committed, nothing acked
             except OperationalError as e:
                 self.log.warning("store unavailable, retrying", extra={"fields": {"error": str(e)[:300],
@@ -203,7 +204,7 @@ class Rater:
         for m in msgs:
             try:
                 results.append((self.ing.process([m]), [m]))
-            except db.StoreGone:
+            except (db.StoreGone, keystore.KeyStoreError):
                 raise
             except Exception as e:  # noqa: BLE001 - a poison message: dead-letter it and go on
                 self.log.error("message failed; dead-lettered", extra={"fields": {"topic": m.topic, "error": repr(e)}})
@@ -238,7 +239,7 @@ class Rater:
         self.ing.forget_workspaces()
         try:
             out = housekeeping(self.ing, self.metrics)
-        except db.StoreGone:
+        except (db.StoreGone, keystore.KeyStoreError):
             raise
         except Exception:  # noqa: BLE001 - housekeeping must never stop ingest
             self.log.exception("housekeeping failed")
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()     # rule M11: a SIGBUS on SQLite's shared memory is reported
     try:
         return rater.run()
-    except (db.StoreGone, RuntimeError, OperationalError) as e:
+    except (db.StoreGone, keystore.KeyStoreError, RuntimeError, OperationalError) as e:
         log.error("store failed; stopped without acknowledging the group in hand",
                   extra={"fields": {"error": str(e)[:500]}})
         return 3

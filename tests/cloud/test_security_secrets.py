@@ -20,6 +20,14 @@ from edgemeter.cloud import schema as S
 from edgemeter.tools.fleetpub import STANDARD_CHAT, Device
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ring():
+    """The KEK ring is cached per process: each test starts and ends without one."""
+    keystore.reset()
+    yield
+    keystore.reset()
+
+
 def _mode(p) -> int:
     return stat.S_IMODE(os.stat(p).st_mode)
 
@@ -111,3 +119,24 @@ def test_an_older_store_is_wrapped_and_a_rotated_kek_rewraps(tmp_path, monkeypat
     kek.write_text(kek.read_text().splitlines()[0] + "\n")
     keystore.reset()
     _books_a_batch(url, reg["postpaid"][1])
+
+
+def test_a_rater_without_the_kek_stops_before_any_ack(make_broker, tmp_path, monkeypatch):
+    from rater_helpers import RaterProc, fleet_devices, wait_for
+    from edgemeter.tools.fleetpub import Fleet
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("EDGEMETER_KEK_FILE", str(_kek_file(tmp_path, 1)))
+    reg = setup_store(url, postpaid_devices=1)                   # keys wrapped
+    monkeypatch.delenv("EDGEMETER_KEK_FILE")
+    broker = make_broker()
+    rater = RaterProc(broker.url, url, "rater-nokek", tmp_path).start()
+    fleet = Fleet(broker.host, broker.port, fleet_devices(reg, ("postpaid",))).start()
+    try:
+        fleet.send(reg["postpaid"][0]["id"], rounds=1)
+        assert wait_for(lambda: rater.proc.poll() is not None, 20), "the rater went on"
+        assert rater.proc.returncode == 3 and "EDGEMETER_KEK" in rater.log()
+        assert fleet.devices[reg["postpaid"][0]["id"]].acked == 0
+    finally:
+        fleet.stop()
+        rater.kill9()
