@@ -37,8 +37,10 @@ book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), 
       pool.MAX_ROUND per round. A verified batch that breaks this gets a definite verdict:
       booked as V_INVALID at 0 (the fields out of range stored as 0, listed in the booking's
       "range"; the payload keeps what was sent), so the cumulative ack passes it; a seq out
-      of range cannot be booked and is rejected (REJECT_OUT_OF_RANGE), the device told in an
-      ack carrying V_INVALID for that seq. Any other uplink out of range is rejected.
+      of range, or more than SEQ_AHEAD above the acked mark (no device seals that many
+      batches ahead of its acks), cannot be booked and is rejected (REJECT_OUT_OF_RANGE), the
+      device told in an ack carrying V_INVALID for that seq. Any other uplink out of range
+      (a status's seq included) is rejected.
 """
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import pool as PL
@@ -54,6 +56,7 @@ STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "win": 0, 
          "top": 0, "lease": 0, "bv": 0}
 _WINDOW = 32
 _I63 = 1 << 63          # C8: the ledger's signed 64-bit columns hold -2**63 .. 2**63 - 1
+SEQ_AHEAD = 1 << 32     # C8: the furthest a seq (batch or status) may run ahead of the ack
 
 
 def out_of_range(msg):
@@ -106,6 +109,8 @@ class CloudSession:
         bad = out_of_range(msg)
         if mt == P.USAGE:
             return acts + self._usage(msg, booked, bad)
+        if mt == P.STATUS and msg["seq"] - self.s["acked"] > SEQ_AHEAD:
+            bad.append("seq")
         if bad:
             return [("reject", REJECT_OUT_OF_RANGE, "out of range: %s" % ", ".join(bad))]
         if not self._fresh(msg["boot"], msg["n"]):
@@ -142,7 +147,7 @@ class CloudSession:
 
     def _usage(self, msg, booked, bad=()):
         seq = msg["seq"]
-        if "seq" in bad:     # C8: not bookable; the device is told
+        if "seq" in bad or seq - self.s["acked"] > SEQ_AHEAD:     # C8: the device is told
             return [("reject", REJECT_OUT_OF_RANGE, "out of range: seq %d" % seq),
                     ("publish", "down/ack", self.ack(booked, {seq: P.V_INVALID}))]
         if seq > self.s["top"]:

@@ -181,3 +181,22 @@ def test_api_sums_of_claims_written_before_the_bound_stay_exact(store_url):
         2 * (BIG - 1)]
     alert = [a for a in client.get("/api/v1/alerts", headers=h).json()["items"] if a["kind"] == "rating_mismatch"]
     assert str(2 * (BIG - 1) - 2 * 5450) in alert[0]["message"]
+
+
+def test_a_seq_far_ahead_of_the_ack_is_refused_and_counts_nothing_unsynced(tmp_path):
+    """seq 2^63 - 1 fits the ledger but no device seals 2^32 batches ahead of its acks: such a
+    batch (or status) is refused with a definite verdict, and the API's unsynced count stays true."""
+    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+    dev = rig.reg["postpaid"][0]["id"]
+    d = rig.devs[dev]
+    rig.send(d.usage([STANDARD_CHAT]))
+    topic, _ = d.usage([STANDARD_CHAT])
+    msg = dict(d.unacked.pop(d.seq), seq=BIG - 1)
+    d.seq -= 1
+    out = rig.send((topic, P.seal(d.key, msg)),
+                   d.control(P.STATUS, t=NOW, seq=BIG - 1, acked=1, lease=0, used=0, remaining=0, ver=1, flags=0))
+    assert out.dead == {"out_of_range": 2} and out.booked == 0
+    assert [m for m in rig.down[dev] if m["type"] == P.ACK][-1]["verdicts"] == {BIG - 1: P.V_INVALID}
+    client = TestClient(create_app(engine=rig.engine, tokens={"op-token-for-the-claims-test": None}))
+    ov = client.get("/api/v1/overview", headers={"Authorization": "Bearer op-token-for-the-claims-test"}).json()
+    assert ov["unsynced_batches"] == 0 and ov["batches"] == 1
