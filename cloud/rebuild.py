@@ -6,7 +6,9 @@ What is recomputed (see cloud/schema.py for which tables are entries and which p
  R1. pools and leases: each workspace's pool_entries replayed in id order through a fresh
      firmware_py.pool.Pool with the workspace's terms (the core's P9: replay rebuilds the
      ledger); the result's buckets, next lease id and lease rows must equal the stored ones.
- R2. leases.booked: the rated µCNY of the batches booked on a lease by its own device.
+ R2. leases.booked: the rated µCNY of the batches reported on a lease (cloud.pools S6: those
+     with a pool entry; a batch that named a lease not yet opened, or another device's, was
+     not, and stays a mismatch even if that lease id is opened later).
  R3. account_balances: paid = payments; payg = pay-as-you-go charges; balance = paid - payg;
      trial left = trial amount - trial charges - trial forfeit; suspended = balance < 0
      (billing P5). plan_balances: used = plan charges, forfeited = plan forfeits, closed =
@@ -65,10 +67,10 @@ def rebuild_pools(conn: Connection) -> tuple[dict, dict]:
         n += 1
     flush()
     b = S.usage_batches
+    e = S.pool_entries
     booked = conn.execute(
         select(b.c.workspace_id, b.c.lease_id, func.sum(b.c.rated_ucny))
-        .join(S.leases, and_(S.leases.c.workspace_id == b.c.workspace_id, S.leases.c.id == b.c.lease_id,
-                             S.leases.c.device_id == b.c.device_id))
+        .join(e, and_(e.c.batch_id == b.c.id, e.c.workspace_id == b.c.workspace_id))
         .where(b.c.lease_id != 0).group_by(b.c.workspace_id, b.c.lease_id))
     for ws, lid, total in booked:
         if (ws, lid) in out_leases:
