@@ -23,9 +23,10 @@ Rules:
     opened, and every COMMIT first checks that the path still names that file; when it was
     unlinked (its directory deleted) or replaced, the commit raises StoreGone and nothing is
     committed (and no new connection opens another file at that path), so the rater
-    acknowledges nothing booked into a file no one will read. The database file is never memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as
-    SQLite requires for several processes, and a fault on it kills the process with SIGBUS
-    before any commit of the group (the rater reports it through faulthandler).
+    acknowledges nothing booked into a file no one will read. The database file is never
+    memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as SQLite requires for several
+    processes, and a fault on it kills the process with SIGBUS before any commit of the group
+    (the rater reports it through faulthandler).
  6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
     and -shm the database file's mode), and files an older version created readable by others
     are narrowed to 0600 when opened by their owner. Its directory is the operator's (rule 4:
