@@ -19,6 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 def _rig(make_broker, tmp_path):
     broker = make_broker()
     path = tmp_path / "ledger" / "ledger.db"
+    path.parent.mkdir(mode=0o700)
     url = f"sqlite:///{path}"
     reg = setup_store(url, postpaid_devices=1)
     rater = RaterProc(broker.url, url, "rater-fc", tmp_path).start()

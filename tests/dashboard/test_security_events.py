@@ -23,7 +23,7 @@ def _admin(*args: str) -> dict:
 
 def test_revoking_a_token_ends_its_open_event_stream(tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    engine = db.open_store(url)
+    engine = db.open_store(url, create=True)
     with db.write_connect(engine) as conn, conn.begin():
         acc = accounts.create_account(conn, "acme", 1_800_000_000)
         tok = tokens.create(conn, "tenant", acc, "stream test", 1_800_000_000)
