@@ -167,6 +167,11 @@ class Agent:
         with self.lock:
             st = self.meter.status()
         st["ws"] = self.ws
+        j = self.report["journal"]     # what recovery found at open (meter M7, journal J4)
+        st["journal_damaged"] = len(j["damaged"])
+        st["journal_quarantined"] = j["quarantined"]
+        st["journal_bad_records"] = self.report["bad_records"]
+        st["state_lost"] = bool(self.report.get("state_lost"))
         return st
 
     # ---------------------------------------------------------------- for the shell

@@ -28,7 +28,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "fsync": True},
     "meter": {"book_file": "", **{k: v for k, v in {**fm.CFG, **device_session.CFG}.items()
                                    if k not in ("max_bytes", "segment_bytes")}},
-    "api": {"socket": "/run/edgemeter/agent.sock", "socket_mode": 0o660, "max_line": 65536},
+    "api": {"socket": "/run/edgemeter/agent.sock", "socket_mode": 0o660, "max_line": 65536,
+            "max_connections": 64},
     "agent": {"tick_ms": 500, "shutdown_wait_s": 5, "return_lease": True, "log_level": "info"},
 }
 REQUIRED = ("device.ws", "device.dev")
@@ -97,6 +98,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "meter.window": _uint(1, 64), "meter.max_open": _uint(1, 4096),
     "meter.ram_rounds": _uint(1, 65536),
     "api.socket": _str, "api.socket_mode": _uint(0, 0o777), "api.max_line": _uint(256, 2**24),
+    "api.max_connections": _uint(1, 4096),
     "agent.tick_ms": _uint(10, 60000), "agent.shutdown_wait_s": _uint(0, 3600),
     "agent.return_lease": _bool, "agent.log_level": _level,
 }

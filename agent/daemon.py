@@ -79,11 +79,18 @@ def run(cfg: dict[str, Any], ready: threading.Event | None = None,
              "unsealed, %d re-deducted, torn %s, damaged %s", rep["boot"], j["records"],
              j["unacked"], rep["resend"], rep["unsealed"], rep["rededucted"], j["torn"],
              j["damaged"])
+    if j["damaged"] or rep["bad_records"]:
+        log.warning("journal damage: %d damaged span(s) (%d quarantined as .bad files in %s), %d "
+                    "unreadable record(s); the rest was recovered", len(j["damaged"]), j["quarantined"],
+                    cfg["journal"]["dir"], rep["bad_records"])
+    if rep.get("state_lost"):
+        log.warning("both state files were missing: boot counter taken from the journal and the clock "
+                    "(boot %d); see agent/README.md, lost state", rep["boot"])
     api = None
     if cfg["api"]["socket"]:
         try:
             api = SocketAPI(cfg["api"]["socket"], agent, cfg["api"]["socket_mode"],
-                            cfg["api"]["max_line"]).serve()
+                            cfg["api"]["max_line"], cfg["api"]["max_connections"]).serve()
         except OSError as exc:
             log.error("socket %s: %s", cfg["api"]["socket"], exc)
             agent.close()

@@ -17,12 +17,15 @@ Rules:
      settles them after meter.round_timeout seconds.
  K4. The socket file is created with mode api.socket_mode (default 0660) in a directory the
      agent owns; a stale socket file from a previous run is replaced.
+ K5. At most api.max_connections connections are served at once (one thread each); one more
+     is answered {"ok": false, "error": "busy"} and closed at once.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -100,11 +103,29 @@ def handle(agent: Agent, req: Any) -> dict:
     return {"ok": True, "code": code, "reason": REASONS[code]}
 
 
+_LONG_INT = re.compile(rb'"([^"\\]{1,40})"\s*:\s*-?\d{21}')
+
+
+def _parse_int(text: str) -> int:
+    """K1: JSON integers of at most 20 digits (any uint64); longer ones are bad requests."""
+    if len(text.lstrip("-")) > 20:
+        raise BadRequest("an integer of %d digits: at most 20" % len(text.lstrip("-")))
+    return int(text)
+
+
+def _decode(line: bytes) -> Any:
+    try:
+        return json.loads(line, parse_int=_parse_int)
+    except BadRequest as exc:
+        m = _LONG_INT.search(line)
+        raise BadRequest("%s: %s" % (m.group(1).decode("utf-8", "replace"), exc) if m else str(exc)) from None
+
+
 def respond(agent: Agent, line: bytes) -> dict:
     """Decode, handle, and turn every failure into an error response (K2, K3)."""
     req: Any = None
     try:
-        req = json.loads(line)
+        req = _decode(line)
         out = handle(agent, req)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         out = {"ok": False, "error": "bad_json", "message": str(exc)}
@@ -158,9 +179,11 @@ class SocketAPI(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, agent: Agent, mode: int = 0o660, max_line: int = 65536) -> None:
+    def __init__(self, path: str, agent: Agent, mode: int = 0o660, max_line: int = 65536,
+                 max_connections: int = 64) -> None:
         self.agent = agent
         self.max_line = max_line
+        self.slots = threading.BoundedSemaphore(max_connections)   # K5
         self.path = path
         d = os.path.dirname(path)
         if d:
@@ -183,6 +206,23 @@ class SocketAPI(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, mode)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
                                        name="edgemeter-sockapi", daemon=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """K5: a thread per connection while a slot is free; else "busy" and close."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b'{"ok":false,"error":"busy","message":"too many connections"}\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def serve(self) -> "SocketAPI":
         self.thread.start()

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError
 
-from edgemeter.cloud import accounts, books, cliargs, db, devices, invoices, ledger, pools, rebuild
+from edgemeter.cloud import accounts, books, cliargs, db, devices, invoices, keystore, ledger, pools, rebuild
 from edgemeter.cloud import schema as S
 from edgemeter.cloud.cliargs import parse_cny
 from firmware_py import billing, civil
@@ -176,6 +176,10 @@ def cmd_rotate_key(conn, args, now):
             "note": "the rater sends it to the device in a ROTATE command (wrapped under the old key)"}
 
 
+def cmd_wrap_keys(conn, args, now):
+    return devices.wrap_all(conn)
+
+
 def cmd_sync_mosquitto(conn, args, now):
     return devices.write_mosquitto_files(conn, args.mosquitto_dir)
 
@@ -220,8 +224,9 @@ def cmd_rebuild(conn, args, now):
     r = rebuild.run(conn, check=args.check)
     out = {**r, "differences": [dict(zip(("table", "key", "column", "stored", "rebuilt"), d))
                                 for d in r["differences"]]}
-    if args.check and r["differences"]:
-        out["refused"] = f"{len(r['differences'])} projection(s) differ from the entries"
+    if args.check and (r["differences"] or r["violations"]):
+        out["refused"] = (f"{len(r['differences'])} projection(s) differ from the entries, "
+                          f"{len(r['violations'])} invariant(s) broken")
     return out
 
 
@@ -294,12 +299,13 @@ def _text(name: str, out: dict[str, Any]) -> str:
     if name == "rebuild":
         head = (f"rebuilt {out['pools']} pool(s), {out['leases']} lease(s), {out['accounts']} account(s), "
                 f"{out['devices']} device(s) from the entries ({out['rounds']} rounds) in {out['seconds']:.3f} s")
+        broken = [f"  invariant: {v}" for v in out["violations"]] or ["every invariant holds"]
         if not out["differences"]:
-            return head + "\nevery projection equals its entries"
+            return "\n".join([head, "every projection equals its entries"] + broken)
         body = [f"  {d['table']} {d['key']} {d['column']}: stored {d['stored']} rebuilt {d['rebuilt']}"
                 for d in out["differences"]]
         tail = "written: projections replaced by the rebuilt values" if out["written"] else "nothing written (--check)"
-        return "\n".join([head, f"{len(body)} difference(s):"] + body + [tail])
+        return "\n".join([head, f"{len(body)} difference(s):"] + body + broken + [tail])
     if name == "dead-letters":
         lines = ["dead letters by reason: " + (", ".join(f"{r} {n}" for r, n in out["by_reason"].items()) or "none")]
         for r in out["recent"]:
@@ -324,6 +330,27 @@ def _pay_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pay", choices=(billing.PAY_UPFRONT, billing.PAY_BALANCE), default=billing.PAY_UPFRONT,
                    help="an upfront charge (default) or from the account's balance, which a purchase may not "
                         "take below zero")
+
+
+def _device_and_token_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The admin subcommands of devices, keys, the broker's files and API tokens."""
+    p = add("register-device", cmd_register_device, "register a device: MQTT credentials and HMAC key")
+    p.add_argument("--workspace", type=int, required=True)
+    p.add_argument("--id", type=int, help="the device id (default: the next free one)")
+    p.add_argument("--mosquitto-dir", help="rewrite passwd and acl in this directory (SIGHUP the broker)")
+    p = add("rotate-key", cmd_rotate_key, "issue a new HMAC key for a device (the rater delivers it)")
+    p.add_argument("--device", type=int, required=True)
+    add("wrap-keys", cmd_wrap_keys, "wrap device keys under the current KEK (EDGEMETER_KEK_FILE; "
+        "cloud/keystore.py): clear ones and those under an older KEK", at=False)
+    p = add("sync-mosquitto", cmd_sync_mosquitto, "rewrite the broker's passwd and acl from the registry", at=False)
+    p.add_argument("--mosquitto-dir", required=True)
+    p = add("create-token", cmd_create_token, "create an HTTP API token (printed once; only its hash is kept)")
+    p.add_argument("--role", choices=("operator", "tenant"), required=True)
+    p.add_argument("--account", type=int, help="the one account a tenant token sees")
+    p.add_argument("--name", type=cliargs.text_in(0, 64, "a note"),
+                   help="a note: who or what uses the token (at most 64 characters)")
+    p = add("revoke-token", cmd_revoke_token, "revoke an HTTP API token by id")
+    p.add_argument("--id", type=int, required=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -378,14 +405,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--cny", required=True)
     p.add_argument("--ref", help="payment reference")
-    p = add("register-device", cmd_register_device, "register a device: MQTT credentials and HMAC key")
-    p.add_argument("--workspace", type=int, required=True)
-    p.add_argument("--id", type=int, help="the device id (default: the next free one)")
-    p.add_argument("--mosquitto-dir", help="rewrite passwd and acl in this directory (SIGHUP the broker)")
-    p = add("rotate-key", cmd_rotate_key, "issue a new HMAC key for a device (the rater delivers it)")
-    p.add_argument("--device", type=int, required=True)
-    p = add("sync-mosquitto", cmd_sync_mosquitto, "rewrite the broker's passwd and acl from the registry", at=False)
-    p.add_argument("--mosquitto-dir", required=True)
     p = add("show", cmd_show, "balances, pools, activations and leases", at=False)
     p.add_argument("--account", type=int)
     p.add_argument("--workspace", type=int)
@@ -398,13 +417,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("dead-letters", cmd_dead_letters, "rejected messages by reason, most recent first", at=False)
     p.add_argument("--limit", type=int, default=20)
     add("housekeeping", cmd_housekeeping, "expire ended activations and reclaim silent leases now")
-    p = add("create-token", cmd_create_token, "create an HTTP API token (printed once; only its hash is kept)")
-    p.add_argument("--role", choices=("operator", "tenant"), required=True)
-    p.add_argument("--account", type=int, help="the one account a tenant token sees")
-    p.add_argument("--name", type=cliargs.text_in(0, 64, "a note"),
-                   help="a note: who or what uses the token (at most 64 characters)")
-    p = add("revoke-token", cmd_revoke_token, "revoke an HTTP API token by id")
-    p.add_argument("--id", type=int, required=True)
+    _device_and_token_commands(add)
     return ap
 
 
@@ -421,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     except DBAPIError as e:
         print(f"edgemeter admin {args.cmd}: the store at {db.redact(args.db)} failed: {db.reason(e)}", file=sys.stderr)
         return 1
-    except (ValueError, billing.BillingError, db.StoreError, OSError) as e:   # StoreURLError is a ValueError
+    except (ValueError, billing.BillingError, db.StoreError, keystore.KeyStoreError, OSError) as e:   # StoreURLError is a ValueError
         return cliargs.fail(f"admin {args.cmd}", e)
 
 

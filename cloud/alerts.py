@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
+from edgemeter.cloud import queries
 from edgemeter.cloud import schema as S
 
 KINDS = ("pool_low", "license_expiring", "account_suspended", "device_silent", "rating_mismatch")
@@ -127,13 +128,14 @@ def rating_mismatch(conn: Connection, now: int, account: int | None, th: Thresho
     m, b = S.mismatches, S.usage_batches
     since_ms = (now - th.mismatch_hours * 3600) * 1000
     q = (select(m.c.device_id, b.c.workspace_id, b.c.account_id, func.count(), func.max(m.c.at_ms),
-                func.sum(m.c.device_ucny - m.c.rated_ucny))
+                *queries.wide_sum(m.c.device_ucny - m.c.rated_ucny, "diff"))
          .join(b, and_(b.c.id == m.c.batch_id)).where(m.c.at_ms >= since_ms)
          .group_by(m.c.device_id, b.c.workspace_id, b.c.account_id).order_by(m.c.device_id))
     if account is not None:
         q = q.where(b.c.account_id == account)
     out = []
-    for dev, ws, acc, n, last, diff in conn.execute(q):
+    for dev, ws, acc, n, last, hi, lo in conn.execute(q):
+        diff = queries.wide(hi, lo)
         out.append(_alert("rating_mismatch", "critical", f"device {dev}",
                           f"device {dev}: {n} batch(es) whose deduction differs from the cloud's rating "
                           f"(device minus cloud {int(diff or 0)} µCNY)",

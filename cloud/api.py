@@ -23,7 +23,9 @@ Rules:
      make the store overflow; strings are constrained by pattern. Malformed input is 422.
  H6. Live updates: GET /api/v1/changes returns a fingerprint of what the dashboard shows;
      GET /api/v1/events streams it as Server-Sent Events (`event: change`) whenever it moves,
-     with a heartbeat, for at most `max_s` seconds per connection (clients reconnect).
+     with a heartbeat, for at most `max_s` seconds per connection (clients reconnect). The
+     stream checks its token every REVOKE_CHECK_S seconds (cloud/routes/live.py) and ends with `event: revoked`
+     once it is revoked (tokens T3).
  H7. The dashboard (cloud/static) is served at / with every asset local, under a
      Content-Security-Policy that allows only this origin: it works offline, with no CDN.
 Money is integer µCNY (`*_ucny`) or fen (`*_fen`), and on invoices also CNY with two decimals

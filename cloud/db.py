@@ -19,13 +19,26 @@ Rules:
     store is never used half-built.
  4. `migrate()` creates a SQLite file but not its directory: a path into a folder that does
     not exist is a mistake to report, not a tree to create.
+ 5. A SQLite store fails closed: each connection remembers the device and inode of the file it
+    opened, and every COMMIT first checks that the path still names that file; when it was
+    unlinked (its directory deleted) or replaced, the commit raises StoreGone and nothing is
+    committed (and no new connection opens another file at that path), so the rater
+    acknowledges nothing booked into a file no one will read. The database file is never
+    memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as SQLite requires for several
+    processes, and a fault on it kills the process with SIGBUS before any commit of the group
+    (the rater reports it through faulthandler).
+ 6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
+    and -shm the database file's mode), and files an older version created readable by others
+    are narrowed to 0600 when opened by their owner. Its directory is the operator's (rule 4:
+    `install -d -m 700`).
 
 Errors (one line each, naming the URL with its password hidden):
     ValueError
      +-- StoreURLError     the URL is malformed or names a back end we do not serve (usage)
     RuntimeError
      +-- StoreError        the store cannot be used: unreachable, missing, not migrated,
-                           refusing the connection or the write (a failed operation)
+     |                     refusing the connection or the write (a failed operation)
+     +-- StoreGone         the SQLite file in use is no longer the one at its path (rule 5)
 """
 from __future__ import annotations
 
@@ -68,6 +81,29 @@ def _missing_hint(url: str) -> str:
     return f"run `edgemeter admin migrate --db {redact(url)}` to create it"
 
 
+class StoreGone(RuntimeError):
+    """Rule 5: the SQLite file this connection writes was unlinked or replaced."""
+
+
+def _tighten(path: str) -> None:
+    """Rule 6 for ledger files created before it: owner-only, when we own them."""
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            st = os.stat(p)
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(p, 0o600)
+        except OSError:
+            pass
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def normalize_url(url: str) -> str:
     """The SQLAlchemy URL for `url`: plain postgresql:// (or postgres://) becomes postgresql+psycopg://."""
     if not isinstance(url, str) or "://" not in url:
@@ -107,22 +143,48 @@ def make_engine(url: str, **kw) -> Engine:
     sa_url = _parse(url)
     if sa_url.get_backend_name() == "sqlite":
         engine = create_engine(sa_url, **kw)
-        _sqlite_settings(engine)
+        _sqlite_settings(engine, os.path.abspath(sa_url.database)
+                         if sa_url.database and sa_url.database != ":memory:" else None)
         return engine
     kw.setdefault("pool_pre_ping", True)
     return create_engine(sa_url, **kw)
 
 
-def _sqlite_settings(engine: Engine) -> None:
+def _sqlite_settings(engine: Engine, path: str | None) -> None:
+    first: dict[str, tuple[int, int] | None] = {}   # the file this engine's first connection opened
+
+    @event.listens_for(engine, "do_connect")
+    def _private(dialect, _rec, cargs, cparams):  # type: ignore[no-untyped-def]
+        if path and first.get("file") and _identity(path) != first["file"]:
+            raise StoreGone(f"the ledger file {path} was unlinked or replaced while in use; "
+                            "not opening another")   # rule 5, before SQLite makes a new one
+        old = os.umask(0o077)    # rule 6: a file SQLite creates now is 0600 (its -wal/-shm follow it)
+        try:
+            return dialect.connect(*cargs, **cparams)
+        finally:
+            os.umask(old)
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn, record):  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # rule 1: we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA mmap_size=0")   # rule 5
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        if path:
+            record.info["em_file"] = _identity(path)
+            first.setdefault("file", record.info["em_file"])
+            _tighten(path)
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Connection) -> None:   # rule 5, before the COMMIT is sent
+        opened = conn.connection.info.get("em_file")
+        if path and opened is not None and _identity(path) != opened:
+            raise StoreGone(f"the ledger file {path} was unlinked or replaced while in use; "
+                            "nothing more is committed")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -18,8 +18,9 @@ Rules:
      `pattern` lines on %u confine every device to em/<ws>/<dev>/, so it names no device and
      a registration changes only the password file. Both files are replaced atomically;
      send the broker SIGHUP to load them.
- D5. In production the keys live in a KMS and device_keys holds wrapped copies; this store
-     keeps them in the clear for the rater (see cloud/README.md).
+ D5. device_keys holds each key wrapped under the key-encryption key of cloud.keystore (kept
+     outside the database: EDGEMETER_KEK_FILE / EDGEMETER_KEK); without one, in the clear.
+     wrap_all() wraps the clear keys of an older store and rewraps keys after a KEK rotation.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from edgemeter.cloud import keystore
 from edgemeter.cloud import schema as S
 from firmware_py import proto
 from edgemeter.cloud.mosquitto import device_user, render_acl
@@ -73,7 +75,7 @@ def register(conn: Connection, ws_id: int, now: int, dev: int | None = None) -> 
                                                   password_hash=mosquitto_hash(password), kid=1, created_at=now))
     except IntegrityError:
         raise DeviceError(f"device id {dev} is taken") from None
-    conn.execute(insert(S.device_keys).values(device_id=dev, kid=1, key=key, created_at=now))
+    conn.execute(insert(S.device_keys).values(device_id=dev, kid=1, key=keystore.wrap(dev, 1, key), created_at=now))
     return {"id": dev, "workspace": ws_id, "username": username(ws_id, dev), "password": password, "kid": 1, "key": key}
 
 
@@ -85,8 +87,8 @@ def device(conn: Connection, dev: int) -> Any:
 
 
 def keys(conn: Connection, dev: int) -> dict[int, bytes]:
-    return {k: bytes(v) for k, v in conn.execute(select(S.device_keys.c.kid, S.device_keys.c.key)
-                                                 .where(S.device_keys.c.device_id == dev))}
+    return {k: keystore.unwrap(dev, k, bytes(v)) for k, v in conn.execute(
+        select(S.device_keys.c.kid, S.device_keys.c.key).where(S.device_keys.c.device_id == dev))}
 
 
 def rotate_key(conn: Connection, dev: int, now: int) -> dict[str, Any]:
@@ -94,9 +96,25 @@ def rotate_key(conn: Connection, dev: int, now: int) -> dict[str, Any]:
     device(conn, dev)
     kid = max(keys(conn, dev)) + 1
     key = secrets.token_bytes(proto.KEY_LEN)
-    conn.execute(insert(S.device_keys).values(device_id=dev, kid=kid, key=key, created_at=now))
+    conn.execute(insert(S.device_keys).values(device_id=dev, kid=kid, key=keystore.wrap(dev, kid, key),
+                                              created_at=now))
     conn.execute(S.devices.update().where(S.devices.c.id == dev).values(kid=kid))
     return {"id": dev, "kid": kid, "key": key}
+
+
+def wrap_all(conn: Connection) -> dict[str, int]:
+    """Rule D5 (cloud.keystore K3): wrap every key stored in clear or under an older KEK with
+    the current KEK; returns {"wrapped": n, "keys": total}."""
+    t = S.device_keys
+    rows = conn.execute(select(t.c.device_id, t.c.kid, t.c.key)).all()
+    n = 0
+    for dev, kid, blob in rows:
+        blob = bytes(blob)
+        if keystore.needs_wrap(blob):
+            key = keystore.unwrap(dev, kid, blob)
+            conn.execute(t.update().where(t.c.device_id == dev, t.c.kid == kid).values(key=keystore.wrap(dev, kid, key)))
+            n += 1
+    return {"wrapped": n, "keys": len(rows)}
 
 
 def _replace(path: Path, text: str, mode: int = 0o600) -> None:

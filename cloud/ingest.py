@@ -8,7 +8,8 @@ For each message, in order (rules G1-G10; the protocol rules are firmware_py.clo
  G2. The device's CloudSession is built from its stored state and keys (key ids up to the last
      one delivered) and decides: MAC, strictness, freshness, duplicates, re-rating, leases.
      Its rejections become dead letters with a reason code (malformed, unknown_kid, bad_mac,
-     wrong_device, wrong_topic, replay, no_pool, foreign_lease). A dead letter changes nothing
+     wrong_device, wrong_topic, replay, no_pool, foreign_lease, out_of_range: an integer the
+     ledger cannot hold, cloud_session C8). A dead letter changes nothing
      but the dead-letter table.
  G3. Bookings are inserted with ON CONFLICT (device_id, seq) DO NOTHING; a row that comes back
      was booked now, one that does not was already booked (a duplicate, acked again). For each
@@ -55,7 +56,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from edgemeter.cloud import accounts, db, ledger, pools
+from edgemeter.cloud import accounts, db, keystore, ledger, pools
 from edgemeter.cloud import schema as S
 from firmware_py import cloud_session as CS
 from firmware_py import proto as P
@@ -231,7 +232,7 @@ class Ingest:
         keys: dict[int, dict[int, bytes]] = {}
         for d, kid, key in found:
             if d in rows and kid <= rows[d]["kid_sent"]:
-                keys.setdefault(d, {})[kid] = bytes(key)
+                keys.setdefault(d, {})[kid] = keystore.unwrap(d, kid, bytes(key))
         return rows, keys
 
     def _session(self, row: Any, keys: dict[int, bytes]) -> "_Session":
@@ -306,8 +307,8 @@ class Ingest:
         from the message only after its tag verifies, so a forged message loads no rows."""
         want = {sess.s["lease"]} - {0}
         outcome, msg = P.check(payload, sess.keys, sess.dev)
-        if outcome == P.OK and msg.get("lease"):
-            want.add(msg["lease"])   # only a verified message names a lease to load (proto W1)
+        if outcome == P.OK and msg.get("lease") and not CS.out_of_range(msg):
+            want.add(msg["lease"])   # only a verified message names a lease to load (proto W1), in range (cloud_session C8)
         # anything else: the session rejects it (malformed, unknown kid, bad MAC, wrong device)
         pool = cache.get(ws)
         if pool is None:
@@ -376,6 +377,8 @@ class Ingest:
                 lines.append((bid, item, mult, calls, ucny))
             if b["verdict"] != P.V_OK:
                 mismatch(bid, b, P.VERDICTS[b["verdict"]])
+            if b.get("range"):     # cloud_session C8: booked at 0, the fields stored as 0
+                mismatch(bid, b, "out of range: " + ", ".join(b["range"]))
             if ws["billing"] == "license":
                 if b["lease"]:
                     reports.setdefault(ws["id"], []).append((b["lease"], b["dev"], b["ucny"], bid))

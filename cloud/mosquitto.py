@@ -4,6 +4,8 @@ by the device registry (cloud.devices) and by the harness that starts brokers (t
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +13,7 @@ DEPLOY = Path(str(resources.files("edgemeter.deploy")))
 TEMPLATE = DEPLOY / "mosquitto" / "mosquitto.conf"
 ACL_TEMPLATE = DEPLOY / "mosquitto" / "acl.example"
 DEVICE_PATTERNS = ("pattern write em/%u/up/#", "pattern read em/%u/down/#")
+UPLINK = "em/+/+/up/#"
 
 
 class BrokerError(RuntimeError):
@@ -36,3 +39,21 @@ def render_acl(template: Path = ACL_TEMPLATE) -> str:
         if need not in lines:
             raise BrokerError(f"{template}: no '{need}' line")
     return text
+
+
+def share_group(password: str | None) -> str:
+    """The raters' shared-subscription group: "raters-" and 16 hex digits of
+    HMAC-SHA-256(rater password, "edgemeter share group"); plain "raters" for a broker without
+    passwords (a test or bench broker). Mosquitto 2.0.11 grants every SUBSCRIBE (its acl_file
+    is checked per delivered message) and deals a shared message to a group member before it
+    checks that member's ACL, so any client in the group would swallow the uplink dealt to it.
+    A group name only holders of the rater password can compute keeps devices out of it; every
+    rater sharing the password computes the same name (deploy/mosquitto/README.md)."""
+    if not password:
+        return "raters"
+    return "raters-" + hmac.new(password.encode(), b"edgemeter share group", hashlib.sha256).hexdigest()[:16]
+
+
+def rater_subscription(password: str | None) -> str:
+    """The raters' shared subscription to every device's uplink: $share/<share_group>/em/+/+/up/#."""
+    return f"$share/{share_group(password)}/{UPLINK}"

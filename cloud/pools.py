@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from edgemeter.cloud import accounts, ledger
 from edgemeter.cloud import schema as S
-from firmware_py import billing
+from firmware_py import billing, pricebook
 from firmware_py import lease as LS
 from firmware_py import pool as L
 
@@ -64,11 +64,15 @@ def _license_ws(conn: Connection, ws_id: int) -> Any:
     return ws
 
 
+# pool P5's overshoot: the dearest round of the shipped price book
+OVERSHOOT = L.max_round(pricebook.default())
+
+
 def terms(ws: Any) -> dict[str, int]:
-    """The workspace's lease terms in pool.TERMS form."""
+    """The workspace's lease terms in pool.TERMS form (overshoot: OVERSHOOT)."""
     return {"grant": ws["grant_units"], "max": ws["max_units"], "validity": ws["validity_s"],
             "policy": ws["offline_policy"], "allowance": ws["offline_units"], "low": ws["low_units"],
-            "renew_pct": ws["renew_pct"]}
+            "renew_pct": ws["renew_pct"], "overshoot": OVERSHOOT}
 
 
 # ------------------------------------------------------------------------------ load / store
@@ -270,8 +274,9 @@ def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int,
 
     Adds the units to each lease's booked total and reports that total to the core as a lower
     bound of the device's use (one entry per batch). Returns {batch id: problem} for batches on
-    a lease that is unknown or another device's (the batch stays booked; the caller records a
-    mismatch).
+    a lease that is unknown or another device's, and `beyond-grant` for one whose use the pool
+    counted only up to the lease's bound (pool P5); the batch stays booked, the caller records
+    a mismatch.
     """
     lids = {it[0] for it in items}
     pool = load(conn, ws_id, lids)
@@ -290,6 +295,8 @@ def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int,
         totals[lid] += units
         entries.append(pool.report(lid, totals[lid], now))
         batch_ids.append(batch_id)
+        if entries[-1][2] < totals[lid]:
+            problems[batch_id] = "beyond-grant"
     store(conn, pool, entries, now, batch_ids=batch_ids)
     upd = [{"b_ws": ws_id, "b_id": lid, "b_booked": v} for lid, v in totals.items() if lid in pool.leases]
     if upd:

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, literal_column, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
@@ -201,6 +201,21 @@ def devices_page(conn: Connection, account: int | None, limit: int, offset: int,
     return _fleet_rows(conn, rows, cutoff), total
 
 
+def wide_sum(expr: Any, name: str) -> tuple[Any, Any]:
+    """An exact SUM of a signed 64-bit expression as two columns that cannot overflow: the sums
+    of its high 32 bits (arithmetic shift) and of its low 32 bits; wide() joins them. Device
+    claims may reach 2^63 - 1 per row, and SQLite's SUM fails with `integer overflow` past
+    the int64 range (PostgreSQL's would widen to numeric)."""
+    e = expr.self_group()
+    return (func.coalesce(func.sum(e.op(">>")(literal_column("32"))), 0).label(name + "_hi"),
+            func.coalesce(func.sum(e.op("&")(literal_column("4294967295"))), 0).label(name + "_lo"))
+
+
+def wide(hi: Any, lo: Any) -> int:
+    """The exact integer of a wide_sum pair."""
+    return (int(hi or 0) << 32) + int(lo or 0)
+
+
 def _fleet_rows(conn: Connection, rows: list[dict], cutoff_ms: int) -> list[dict]:
     ids = [r["id"] for r in rows]
     if not ids:
@@ -357,13 +372,14 @@ def usage_by_device(conn: Connection, account: int | None, limit: int, offset: i
     b = S.usage_batches
     q = (select(b.c.device_id, b.c.workspace_id, b.c.account_id, func.count().label("batches"),
                 func.sum(b.c.rounds).label("rounds"), func.sum(b.c.rated_ucny).label("rated_ucny"),
-                func.sum(b.c.device_ucny).label("device_ucny"), func.min(b.c.t0).label("first_t0"),
+                *wide_sum(b.c.device_ucny, "device_ucny"), func.min(b.c.t0).label("first_t0"),
                 func.max(b.c.t0).label("last_t0"))
          .group_by(b.c.device_id, b.c.workspace_id, b.c.account_id).order_by(b.c.device_id))
     q = _usage_filters(q, account, since, until, account_id, workspace_id, device_id)
     rows, total = page(conn, q, limit, offset)
     for r in rows:
-        for k in ("batches", "rounds", "rated_ucny", "device_ucny"):
+        r["device_ucny"] = wide(r.pop("device_ucny_hi"), r.pop("device_ucny_lo"))
+        for k in ("batches", "rounds", "rated_ucny"):
             r[k] = int(r[k] or 0)
     return rows, total
 

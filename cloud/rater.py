@@ -8,7 +8,7 @@
 Rules:
  M1. The broker is behind a transport (cloud.transport, rules T1-T5): mqtt:// is one paho-mqtt
      2.x client, MQTT 5, persistent session (clean_start false, session expiry a day) under a
-     stable client id, QoS 1 shared subscription $share/raters/em/+/+/up/# (docs/protocol.md,
+     stable client id, QoS 1 shared subscription $share/<group>/em/+/+/up/# (docs/protocol.md,
      Topics); amqp:// is a competing consumer of the raters' quorum queue on a RabbitMQ
      cluster (cloud.amqp). Either way several raters split the devices' messages and a
      restarted rater, or another one, gets the messages that were not acknowledged.
@@ -43,13 +43,22 @@ Rules:
  M10. The rater never creates or upgrades a store: it starts only on a ledger at the newest
      schema (`edgemeter admin migrate` makes one; cloud.db rule 3), and only once its first
      connection to the broker succeeds; after that it reconnects for ever.
+ M11. The store fails closed: when the ledger file is unlinked or replaced under the rater
+     (cloud.db rule 5), a device key cannot be unwrapped (no KEK, or another one: cloud.keystore
+     K2) or the store stays unusable (disk full, I/O errors), the group is not
+     committed and not acknowledged; the rater logs one error line naming the fault and
+     exits with status 3, leaving the messages to the broker. A memory fault on SQLite's
+     shared-memory index (SIGBUS) is reported on stderr by faulthandler before the process
+     dies; nothing it had not committed was acknowledged.
 Exit status: 0 after a graceful stop; 2 for bad arguments or a malformed store/broker URL; 1 when
 the store is missing or unreachable, the broker cannot be reached at start, or the metrics port
-cannot be bound. Errors at start are one line on stderr.
+cannot be bound; 3 when the store failed while running (rule M11). Errors at start are one line
+on stderr.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import json
 import logging
@@ -64,7 +73,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from edgemeter.cloud import accounts, cliargs, db, ingest, pools
+from edgemeter.cloud import accounts, cliargs, db, devices, ingest, keystore, pools
 from edgemeter.cloud.metrics import Metrics
 from edgemeter.cloud.transport import open_transport
 from edgemeter.cloud import schema as S
@@ -115,8 +124,7 @@ def _rotations(conn: Any, ing: ingest.Ingest, out: ingest.Outcome) -> None:
     due = conn.execute(select(d.c.id, d.c.workspace_id, d.c.kid, d.c.kid_sent).where(d.c.kid > d.c.kid_sent)).all()
     for dev, ws, kid, _sent in due:
         rows, keys = ing._load_devices(conn, {dev})
-        new_key = conn.execute(select(S.device_keys.c.key).where(S.device_keys.c.device_id == dev,
-                                                                 S.device_keys.c.kid == kid)).scalar_one()
+        new_key = devices.keys(conn, dev)[kid]
         sess = ing._session(rows[dev], keys[dev])
         data = sess.command(P.OP_ROTATE, kid, bytes(new_key))
         out.publish.append((P.topic(ws, dev, "down/cmd"), data))
@@ -180,6 +188,8 @@ class Rater:
         for attempt in range(6):
             try:
                 return [(self.ing.process(msgs), msgs)]
+            except (db.StoreGone, keystore.KeyStoreError):
+                raise           # rule M11: nothing committed, nothing acked
             except OperationalError as e:
                 self.log.warning("store unavailable, retrying", extra={"fields": {"error": str(e)[:300],
                                                                                    "retry_s": delay}})
@@ -195,6 +205,8 @@ class Rater:
         for m in msgs:
             try:
                 results.append((self.ing.process([m]), [m]))
+            except (db.StoreGone, keystore.KeyStoreError):
+                raise
             except Exception as e:  # noqa: BLE001 - a poison message: dead-letter it and go on
                 self.log.error("message failed; dead-lettered", extra={"fields": {"topic": m.topic, "error": repr(e)}})
                 results.append((self.ing.dead_letter(m, "internal", repr(e)[:2000]), [m]))
@@ -228,6 +240,8 @@ class Rater:
         self.ing.forget_workspaces()
         try:
             out = housekeeping(self.ing, self.metrics)
+        except (db.StoreGone, keystore.KeyStoreError):
+            raise
         except Exception:  # noqa: BLE001 - housekeeping must never stop ingest
             self.log.exception("housekeeping failed")
             return
@@ -275,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     log = json_logger()
     try:
+        clear = keystore.ring() is None
         rater = Rater(args.broker, args.db, args.client_id, args.username, args.password, args.ca_file,
                       args.group, args.housekeeping, log=log)
-    except (ValueError, db.StoreError, OSError) as e:   # OSError: an unreadable --ca-file
+    except (ValueError, db.StoreError, keystore.KeyStoreError, OSError) as e:   # OSError: an unreadable --ca-file
         return cliargs.fail("rater", e)
     try:
         rater.connect()
@@ -299,4 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, rater.stop)
     log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
                                            "pid": os.getpid(), "metrics_port": args.metrics_port}})
-    return rater.run()
+    if clear:
+        log.warning("device keys are stored in clear: set EDGEMETER_KEK_FILE (cloud/keystore.py)")
+    faulthandler.enable()     # rule M11: a SIGBUS on SQLite's shared memory is reported
+    try:
+        return rater.run()
+    except (db.StoreGone, keystore.KeyStoreError, RuntimeError, OperationalError) as e:
+        log.error("store failed; stopped without acknowledging the group in hand",
+                  extra={"fields": {"error": str(e)[:500]}})
+        return 3

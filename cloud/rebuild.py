@@ -6,7 +6,9 @@ What is recomputed (see cloud/schema.py for which tables are entries and which p
  R1. pools and leases: each workspace's pool_entries replayed in id order through a fresh
      firmware_py.pool.Pool with the workspace's terms (the core's P9: replay rebuilds the
      ledger); the result's buckets, next lease id and lease rows must equal the stored ones.
- R2. leases.booked: the rated µCNY of the batches booked on a lease by its own device.
+ R2. leases.booked: the rated µCNY of the batches reported on a lease (cloud.pools S6: those
+     with a pool entry; a batch that named a lease not yet opened, or another device's, was
+     not, and stays a mismatch even if that lease id is opened later).
  R3. account_balances: paid = payments + orders paid up front; purchases = every order's
      price; payg = pay-as-you-go charges; balance = payments - payg - orders paid from it;
      trial left = trial amount - trial charges - trial forfeit; suspended = balance < 0
@@ -16,6 +18,13 @@ What is recomputed (see cloud/schema.py for which tables are entries and which p
 Differences are reported as (table, key, column, stored, rebuilt). With --check nothing is
 written and the exit status is 1 when any difference exists; without it the stored
 projections are overwritten with the rebuilt ones in one transaction.
+
+Invariants of the rebuilt ledger, reported as one line each (`violations`; exit status 1 with
+--check), whatever the stored projections say:
+ I1. Every pool bucket is >= 0 and conserves (firmware_py/pool.py P1).
+ I2. No lease counts use beyond its bound, total + offline allowance + one round
+     (pool P5: a device's report is bounded by what the cloud granted).
+ I3. A pool's overdraft is at most one round per lease (the allowed overdraft, P5).
 """
 from __future__ import annotations
 
@@ -59,10 +68,10 @@ def rebuild_pools(conn: Connection) -> tuple[dict, dict]:
         n += 1
     flush()
     b = S.usage_batches
+    e = S.pool_entries
     booked = conn.execute(
         select(b.c.workspace_id, b.c.lease_id, func.sum(b.c.rated_ucny))
-        .join(S.leases, and_(S.leases.c.workspace_id == b.c.workspace_id, S.leases.c.id == b.c.lease_id,
-                             S.leases.c.device_id == b.c.device_id))
+        .join(e, and_(e.c.batch_id == b.c.id, e.c.workspace_id == b.c.workspace_id))
         .where(b.c.lease_id != 0).group_by(b.c.workspace_id, b.c.lease_id))
     for ws, lid, total in booked:
         if (ws, lid) in out_leases:
@@ -70,6 +79,29 @@ def rebuild_pools(conn: Connection) -> tuple[dict, dict]:
     for row in out_leases.values():
         row.setdefault("booked", 0)
     return out_pools, out_leases
+
+
+def invariants(rp: dict, rl: dict) -> list[str]:
+    """I1-I3 over the rebuilt pools and leases: one line per violation."""
+    out = []
+    over = pools.OVERSHOOT
+    per_ws: dict[int, int] = {}
+    for (ws, lid), r in sorted(rl.items()):
+        per_ws[ws] = per_ws.get(ws, 0) + 1
+        bound = r["total"] + r["allow"] + over
+        if r["used"] > bound:
+            out.append(f"lease {ws}/{lid}: used {r['used']} beyond its bound {bound} (total {r['total']} + "
+                       f"offline {r['allow']} + one round {over})")
+    for ws, p in sorted(rp.items()):
+        neg = [b for b in S.POOL_BUCKETS if p[b] < 0]
+        if neg:
+            out.append(f"pool {ws}: {', '.join(neg)} below zero")
+        if p["added"] + p["overdraft"] != p["free"] + p["out"] + p["unrec"] + p["consumed"]:
+            out.append(f"pool {ws}: added + overdraft != free + out + unrec + consumed")
+        if p["overdraft"] > over * per_ws.get(ws, 0):
+            out.append(f"pool {ws}: overdraft {p['overdraft']} beyond one round per lease "
+                       f"({per_ws.get(ws, 0)} x {over})")
+    return out
 
 
 def rebuild_accounts(conn: Connection) -> tuple[dict, dict]:
@@ -157,7 +189,7 @@ def run(conn: Connection, check: bool = True) -> dict[str, Any]:
     rounds = conn.execute(select(func.coalesce(func.sum(S.usage_batches.c.rounds), 0))).scalar_one()
     if not check and diffs:
         _write(conn, rp, rl, ra, rpl, rk)
-    return {"differences": diffs, "seconds": elapsed, "rounds": int(rounds), "pools": len(rp), "leases": len(rl),
+    return {"differences": diffs, "violations": invariants(rp, rl), "seconds": elapsed, "rounds": int(rounds), "pools": len(rp), "leases": len(rl),
             "accounts": len(ra), "devices": len(rk), "written": bool(not check and diffs)}
 
 

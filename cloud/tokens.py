@@ -96,6 +96,12 @@ def lookup(conn: Connection, token: str) -> Principal | None:
     return Principal(row[1], row[2], row[0], row[3])
 
 
+def is_revoked(conn: Connection, token_id: int) -> bool:
+    """Rule T3 for what outlives a request (an event stream): revoked, or gone."""
+    row = conn.execute(select(S.api_tokens.c.revoked_at).where(S.api_tokens.c.id == token_id)).first()
+    return row is None or row[0] is not None
+
+
 def static_lookup(static: Mapping[str, int | None], token: str) -> Principal | None:
     """Rule T4: static tokens map to None (operator) or an account id (tenant)."""
     found = None

@@ -4,7 +4,7 @@ The rater (cloud/rater.py) books what a transport hands it and gives back what t
 what to acknowledge; cloud.ingest never sees the broker. Two transports:
 
  * MqttTransport (mqtt://, mqtts://): paho-mqtt 2 on one MQTT 5 broker or an MQTT 5 cluster,
-   the raters sharing `$share/raters/em/+/+/up/#` (Mosquitto as shipped; EMQX, HiveMQ and
+   the raters sharing `$share/<group>/em/+/+/up/#` (the group named from the rater password) (Mosquitto as shipped; EMQX, HiveMQ and
    VerneMQ speak the same protocol).
  * AmqpTransport (amqp://HOST:PORT[,HOST:PORT...], cloud/amqp.py): a RabbitMQ cluster whose
    MQTT plugin the devices connect to; the raters are competing AMQP 0-9-1 consumers of one
@@ -38,9 +38,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgemeter.cloud import ingest
+from edgemeter.cloud.mosquitto import rater_subscription
 from edgemeter.cloud.mqttclient import client_class
 
-SUBSCRIPTION = "$share/raters/em/+/+/up/#"
 SESSION_EXPIRY_S = 86400
 RECEIVE_MAXIMUM = 100    # the broker's Receive Maximum (deploy/mosquitto: max_inflight_messages)
 
@@ -67,6 +67,9 @@ class MqttTransport:
         self.log = log
         self.host, self.port = u.hostname, u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
         self.client_id = client_id
+        # the shared group is named from the rater password (cloud.mosquitto.share_group): no
+        # device can join it and be dealt other tenants' uplink
+        self.subscription = rater_subscription(password or u.password)
         c = self.client = client_class(log)(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                             manual_ack=True)
         # Our own QoS 1 publishes (acks, grants, commands) in flight at once: the shipped broker
@@ -94,14 +97,14 @@ class MqttTransport:
             self.log.error("connect refused", extra={"fields": {"reason": str(reason)}})
             return
         self.connected = True
-        client.subscribe(SUBSCRIPTION, qos=1)
+        client.subscribe(self.subscription, qos=1)
         self.log.info("connected", extra={"fields": {"broker": f"{self.host}:{self.port}", "client_id": self.client_id,
                                                      "session_present": bool(flags.session_present)}})
 
     def _on_subscribe(self, client, userdata, mid, reasons, props):  # type: ignore[no-untyped-def]
         ok = all(not r.is_failure for r in reasons)
         (self.log.info if ok else self.log.error)("subscribed" if ok else "subscribe refused", extra={
-            "fields": {"filter": SUBSCRIPTION, "reasons": [str(r) for r in reasons]}})
+            "fields": {"filter": self.subscription.split("/", 2)[2], "shared": True, "reasons": [str(r) for r in reasons]}})
 
     def _on_disconnect(self, client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
         self.connected = False

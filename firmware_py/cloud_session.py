@@ -32,6 +32,15 @@ book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), 
   C7. Downlink numbers (gn, cn) increase by one per message; the rater persists state()
       with the message before publishing it. Key rotation: command(OP_ROTATE, kid, key)
       wraps the key (proto W5); the first uplink under the new kid switches downlink to it.
+  C8. Claims are bounded by what the ledger can hold: every integer of an uplink must lie in
+      the signed 64-bit range of the ledger's columns, and a batch's `ucny` may claim at most
+      pool.MAX_ROUND per round. A verified batch that breaks this gets a definite verdict:
+      booked as V_INVALID at 0 (the fields out of range stored as 0, listed in the booking's
+      "range"; the payload keeps what was sent), so the cumulative ack passes it; a seq out
+      of range, or more than SEQ_AHEAD above the acked mark (no device seals that many
+      batches ahead of its acks), cannot be booked and is rejected (REJECT_OUT_OF_RANGE), the
+      device told in an ack carrying V_INVALID for that seq. Any other uplink out of range
+      (a status's seq included) is rejected.
 """
 from firmware_py import pricebook, proto as P, rating
 from firmware_py import pool as PL
@@ -40,11 +49,24 @@ REJECT_WRONG_TOPIC = "wrong_topic"       # not an uplink message, or not on its 
 REJECT_REPLAY = "replay"                 # a control message that is not fresh (C5)
 REJECT_NO_POOL = "no_pool"               # a lease message from a postpaid device
 REJECT_FOREIGN_LEASE = "foreign_lease"   # a return of a lease the device does not hold
+REJECT_OUT_OF_RANGE = "out_of_range"     # an integer the ledger cannot hold (C8)
 
 _UP = (P.USAGE, P.LEASE_REQUEST, P.LEASE_RENEW, P.LEASE_RETURN, P.STATUS)
 STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "win": 0, "acked": 0,
          "top": 0, "lease": 0, "bv": 0}
 _WINDOW = 32
+_I63 = 1 << 63          # C8: the ledger's signed 64-bit columns hold -2**63 .. 2**63 - 1
+SEQ_AHEAD = 1 << 32     # C8: the furthest a seq (batch or status) may run ahead of the ack
+
+
+def out_of_range(msg):
+    """C8: the names of msg's fields the ledger cannot hold (sorted; empty when none)."""
+    bad = [k for k, v in msg.items() if type(v) is int and not -_I63 <= v < _I63]
+    if msg["type"] == P.USAGE and "ucny" not in bad and \
+            msg["ucny"] > len(msg["rounds"]) * PL.MAX_ROUND:
+        bad.append("ucny")
+    bad.sort()
+    return bad
 
 
 class CloudSession:
@@ -84,8 +106,13 @@ class CloudSession:
             self.s["kid"] = msg["kid"]
             self.s["pending"] = 0
             acts.append(("event", "rotated", msg["kid"]))
+        bad = out_of_range(msg)
         if mt == P.USAGE:
-            return acts + self._usage(msg, booked)
+            return acts + self._usage(msg, booked, bad)
+        if mt == P.STATUS and msg["seq"] - self.s["acked"] > SEQ_AHEAD:
+            bad.append("seq")
+        if bad:
+            return [("reject", REJECT_OUT_OF_RANGE, "out of range: %s" % ", ".join(bad))]
         if not self._fresh(msg["boot"], msg["n"]):
             return [("reject", REJECT_REPLAY, "replay: boot %d n %d" % (msg["boot"], msg["n"]))]
         if mt == P.STATUS:
@@ -118,12 +145,21 @@ class CloudSession:
         s["win"] |= 1 << back
         return True
 
-    def _usage(self, msg, booked):
+    def _usage(self, msg, booked, bad=()):
         seq = msg["seq"]
+        if "seq" in bad or seq - self.s["acked"] > SEQ_AHEAD:     # C8: the device is told
+            return [("reject", REJECT_OUT_OF_RANGE, "out of range: seq %d" % seq),
+                    ("publish", "down/ack", self.ack(booked, {seq: P.V_INVALID}))]
         if seq > self.s["top"]:
             self.s["top"] = seq
         if seq <= self.s["acked"] or booked(seq):
             return [("duplicate", seq)]
+        if bad:
+            b = self.rate(dict(msg, rounds=[]))
+            b.update(("device_ucny" if k == "ucny" else k, 0) for k in bad)
+            b.update(ucny=0, verdict=P.V_INVALID, range=bad,
+                     rounds=[(0, r[1:], None) for r in msg["rounds"]])
+            return [("book", b)]
         return [("book", self.rate(msg))]
 
     def rate_round(self, book, wire):

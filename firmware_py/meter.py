@@ -23,6 +23,9 @@ Rules (M2-M4 and M7, storage and recovery, are in firmware_py.meter_base):
       components only (LIGHT at the base model); other items are still billed as recorded,
       with an event "degrade_exceeded". end_round rates, deducts and journals (meter_base M2); an
       invalid round raises RatingError and stays open; a refused append keeps it open too.
+      record refuses at once (RatingError count-range, nothing changed) a count that would
+      take the item's calls in the round beyond the price book's max_count, which end_round
+      could never bill: the components already recorded stay billable.
   M5. Agent sessions (billing.txt special cases): a launch item (pricebook U_LAUNCH: voice
       translation, news radio, children's stories) recorded with launch=None launches its
       agent (count 1) unless its session is open, when the round continues it (count 0: no
@@ -122,6 +125,10 @@ class Meter(MeterBase):
             self.agents = {}
         rnd = r[1]
         e = rnd.get(iid)
+        if _type(count) is _int_t and (e[0] if e else 0) + count > row[8]:
+            # M1: refused now, not at end: the round's other components stay billable
+            raise rating.RatingError("count-range", "%s: %d in one round, at most %d" % (
+                row[1], (e[0] if e else 0) + count, row[8]))
         if (e is None and image is None and not direct and _type(count) is _int_t and count >= 0
                 and mid >= 0):
             rnd[iid] = [count, mid, 0, 0, 0]  # what rating.add does, on the per-round path

@@ -29,6 +29,12 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       book last pushed, rounds after jp re-deducted (device_session D6), unacked batches rebuilt from seal
       records and resent as retransmissions (meter_log G1-G2), then DeviceSession.start (a boot
       counted, the D5 gap fill). Open rounds live in RAM: a power cut loses them unbilled.
+  M8. Both state slots lost while the journal holds segments: the boot counter is not known,
+      and a smaller one would have the cloud refuse the device's control messages as replays
+      (cloud_session C5). The next boot is then above every boot in the journal's seal
+      records and above `now` (Unix seconds: more than any count of restarts), event
+      "state_lost" and report["state_lost"]; the shell warns. Seqs come from the journal as
+      after any recovery; seqs already acked and compacted away are the cloud's duplicates.
 Caller mistakes raise ValueError; storage errors other than a full journal or disk (OSError)
 pass through to the shell.
 """
@@ -161,6 +167,12 @@ class MeterBase:
         if st and (srep.get("a") not in ("ok", "empty") or srep.get("b") not in ("ok", "empty")):
             s.boot += 1  # S4: the newest state may be lost; never reuse its boot number
             self._event("state_fallback", srep)
+        lost = not st and (jrep["segments"] > 0 or jrep["records"] > 0)
+        if lost:  # M8: both state slots gone, the journal shows an earlier life
+            for seq in info["seqs"]:
+                s.boot = max(s.boot, info["seqs"][seq][0])
+            s.boot = max(s.boot, now)
+            self._event("state_lost", s.boot + 1)
         self.pend, self.npend, self.rd = info["pend"], info["npend"], info["rd"]
         self._run(s.start(now))
         if self.dirty or self.jp != self.j.next:
@@ -168,7 +180,7 @@ class MeterBase:
         self.last_round = now
         return {"journal": jrep, "state": srep, "rededucted": rededucted[0],
                 "resend": len(s.outbox), "unsealed": self.npend, "bad_records": info["bad"],
-                "orphans": info["orphans"], "boot": s.boot}
+                "orphans": info["orphans"], "boot": s.boot, "state_lost": lost}
 
     def _rebuild(self, seq, boot, rs, now):
         s = self.s

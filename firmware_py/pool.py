@@ -17,7 +17,11 @@ overdraft) and counted in the lease's `extra`, so its outstanding is R + extra -
   P5. Reports (renewal, return, status, booked batches) are lower bounds of the device's use:
       used = max(reported), so replays and reordering change nothing. New use comes out of
       the lease's outstanding first, then free; what neither covers is overdraft (served
-      beyond the grant: counted, never hidden).
+      beyond the grant: counted, never hidden). A report is bounded by what the cloud
+      granted: use above the lease's total + allowance + terms["overshoot"] (MAX_ROUND, the
+      most the last round may overshoot, lease L3) is taken as that bound, so one device's
+      claim can neither drain the pool nor overflow it; report() and close() return the
+      entry with the use actually counted.
   P6. Reclaim: a live lease with no report for 2 x its validity moves its outstanding into
       unrec, not into free (the device may still be serving offline from it).
   P7. Contact revives: a report or a grant on a reclaimed lease moves it back to live.
@@ -50,8 +54,12 @@ OP_REPORT = const(5)
 OP_CLOSE = const(6)
 OP_RECLAIM = const(7)
 
+# The most one round may cost (uCNY = pool units) under any price book the protocol allows: far
+# above max_round(book) of the shipped book (tests/core/test_lease.py checks it).
+MAX_ROUND = const(1 << 32)
+
 TERMS = {"grant": 545000, "max": 5450000, "validity": 86400, "policy": CONTINUE,
-         "allowance": 54500, "low": 1090000, "renew_pct": 20}
+         "allowance": 54500, "low": 1090000, "renew_pct": 20, "overshoot": MAX_ROUND}
 
 
 
@@ -146,13 +154,16 @@ class Pool:
         es.append(self.apply([OP_GRANT, lid, units, now]))
         return es, self.grant_info(lid, ask, units)
 
+    def bound(self, lid):
+        """The most use a report on lease lid may count (P5): total + allowance + overshoot."""
+        r = self.lease(lid)
+        return r[2] + r[3] + self.terms["overshoot"]
+
     def report(self, lid, used, now):
-        self.lease(lid)
-        return self.apply([OP_REPORT, lid, check_units(used, "used"), now])
+        return self.apply([OP_REPORT, lid, min(check_units(used, "used"), self.bound(lid)), now])
 
     def close(self, lid, used, now):
-        self.lease(lid)
-        return self.apply([OP_CLOSE, lid, check_units(used, "used"), now])
+        return self.apply([OP_CLOSE, lid, min(check_units(used, "used"), self.bound(lid)), now])
 
     def reclaim_due(self, now):
         """Entries reclaiming every live lease silent for 2 x its validity (P6)."""
@@ -233,6 +244,24 @@ class Pool:
         self.free -= f
         self.overdraft += rest - f
         self.consumed += delta
+
+
+def max_round(book):
+    """The most one round can rate under book (P5's overshoot): the dearest item of each of the
+    ASR, TTS and LLM groups (one of each per round, rating R7) plus every other item, each at
+    its max_count and its component's largest model multiplier."""
+    mult: dict = {}
+    for _mid, comp, m, _names in book["models"].values():
+        mult[comp] = max(mult.get(comp, 1), m)
+    best: dict = {}
+    other = 0
+    for row in book["items"].values():
+        cost = row[2] * row[8] * (mult.get(row[5], 1) if row[6] & 16 else 1)   # 16: F_MODEL
+        if row[4] in (1, 2, 4):      # G_ASR, G_TTS, G_LLM
+            best[row[4]] = max(best.get(row[4], 0), cost)
+        else:
+            other += cost
+    return other + sum(best.values())
 
 
 def _outstanding(r):

@@ -52,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from edgemeter.cloud.mqttclient import RaterClient
+from edgemeter.cloud.mosquitto import rater_subscription
 from edgemeter.tools import benchrows
 
 ROUNDS = 10
@@ -329,7 +330,7 @@ def run(quick: bool = False, devices: int = 100, batches: int | None = None,
         base.subscribe_offline()
         same = Receiver(broker.host, broker.port, "bench-same", "$share/same/em/+/+/up/#", RaterClient)
         same.subscribe_offline()
-        pre = Receiver(broker.host, broker.port, "bench-rater", "$share/raters/em/+/+/up/#")
+        pre = Receiver(broker.host, broker.port, "bench-rater", rater_subscription(None))
         pre.subscribe_offline()          # the rater's own session, created under its client id
         load = os.getloadavg()[0]
         since = 0

@@ -205,9 +205,11 @@ def test_rater_client_over_tls_matches_stock_paho(secure_broker: Any) -> None:
     of up to 16 KiB); a burst of messages of many sizes arrives identical to a stock client's."""
     b = secure_broker
     user, password = b.add_device(77, 7701)
-    rater = ("rater", b.users["rater"])
-    stock, ours = (Sink(cls, b.host, b.tls_port, cid, "em/77/7701/up/#", qos=1, login=rater, ca_file=b.ca_file)
-                   for cls, cid in ((mqtt.Client, "q-tls-stock"), (RaterClient, "q-tls-ours")))
+    # two users: the TLS (device) listener makes the user name the client id
+    # (use_username_as_clientid), so two connections of one user would displace each other
+    stock, ours = (Sink(cls, b.host, b.tls_port, cid, "em/77/7701/up/#", qos=1, login=(u, b.users[u]),
+                        ca_file=b.ca_file)
+                   for cls, cid, u in ((mqtt.Client, "q-tls-stock", "rater"), (RaterClient, "q-tls-ours", "admin")))
     pub = _publisher(b.host, b.tls_port, user, (user, password), b.ca_file)
     try:
         sent = [("em/77/7701/up/usage", bytes([i % 251]) * (i * 97 % 30000)) for i in range(300)]

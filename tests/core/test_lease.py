@@ -86,6 +86,22 @@ def test_pool_is_never_overspent_under_random_operations():
         assert p.free >= 0 and p.out >= 0 and p.unrec >= 0
 
 
+def test_pool_counts_a_report_only_up_to_the_lease_bound():
+    """P5: a report beyond total + allowance + overshoot counts as that bound, so a single
+    device's claim cannot drain the pool; the shipped book's dearest round is within MAX_ROUND."""
+    from firmware_py import pricebook
+    over = PL.max_round(pricebook.default())
+    assert 0 < over <= PL.MAX_ROUND
+    p = PL.Pool(terms={"grant": 1000, "max": 1000, "allowance": 50, "overshoot": 300})
+    p.add(10 ** 9)
+    p.open(7, 0, T)
+    e = p.report(1, 1 << 62, T + 1)
+    assert e[2] == p.bound(1) == 1000 + 50 + 300 and p.check()
+    assert (p.consumed, p.overdraft, p.free) == (1350, 0, 10 ** 9 - 1350)
+    e = p.close(1, (1 << 63) - 101, T + 2)
+    assert e[2] == 1350 and p.consumed == 1350 and p.check()
+
+
 def test_pool_open_on_an_empty_pool_is_final_and_caller_mistakes_raise():
     p = PL.Pool(terms={"policy": L.STOP})
     es, g = p.open(1, 0, T)

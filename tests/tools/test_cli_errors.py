@@ -143,6 +143,7 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["admin", "rebuild", "--db", "sqlite:///{tmp}/rebuild.db"], 1, "no ledger", {"absent": ["{tmp}/rebuild.db"]}),
     (["admin", "dead-letters", "--db", "{db}", "--limit", "0"], 2, "--limit", {}),
     (["admin", "housekeeping", "--db", "sqlite:///{tmp}/hk.db"], 1, "no ledger", {"absent": ["{tmp}/hk.db"]}),
+    (["admin", "wrap-keys", "--db", "sqlite:///{tmp}/wk.db"], 1, "no ledger", {"absent": ["{tmp}/wk.db"]}),
     (["admin", "create-token", "--db", "{db}", "--role", "tenant", "--account", "99"], 2, "no account 99", {}),
     (["admin", "create-token", "--db", "{db}", "--role", "operator", "--name", "t" * 65], 2,
      "a note is 0 to 64 characters", {}),

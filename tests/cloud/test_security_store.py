@@ -1,0 +1,77 @@
+"""The ledger fails closed: a rater whose SQLite file is unlinked or replaced under it, or whose
+shared-memory index (-shm) faults, stops acknowledging at once with a clear error instead of
+booking into a file no one will read. Real Mosquitto, real `edgemeter rater` processes, real
+SQLite files."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from rater_helpers import RaterProc, fleet_devices, ledger_summary, setup_store, wait_for
+from edgemeter.tools.fleetpub import Fleet
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _rig(make_broker, tmp_path):
+    broker = make_broker()
+    path = tmp_path / "ledger" / "ledger.db"
+    path.parent.mkdir(mode=0o700)
+    url = f"sqlite:///{path}"
+    reg = setup_store(url, postpaid_devices=1)
+    rater = RaterProc(broker.url, url, "rater-fc", tmp_path).start()
+    fleet = Fleet(broker.host, broker.port, fleet_devices(reg, ("postpaid",))).start()
+    dev = reg["postpaid"][0]["id"]
+    for _ in range(3):
+        fleet.send(dev, rounds=1)
+    assert fleet.wait_acked(20)
+    return url, path, rater, fleet, dev
+
+
+def _stops_without_acking(rater: RaterProc, fleet: Fleet, dev: int, words: str) -> None:
+    acked = fleet.devices[dev].acked
+    for _ in range(3):
+        fleet.send(dev, rounds=1)
+    assert wait_for(lambda: rater.proc.poll() is not None, 20), "the rater went on"
+    assert rater.proc.returncode == 3, rater.log()[-2000:]
+    time.sleep(0.5)
+    assert fleet.devices[dev].acked == acked, "a batch was acked after the ledger was lost"
+    assert words in rater.log() and "Traceback" not in rater.log()
+
+
+@pytest.mark.parametrize("how", ["unlink the directory", "replace the file"])
+def test_a_lost_ledger_file_stops_the_rater_before_any_ack(make_broker, tmp_path, how):
+    url, path, rater, fleet, dev = _rig(make_broker, tmp_path)
+    try:
+        if how == "unlink the directory":
+            shutil.rmtree(path.parent)
+        else:
+            shutil.copy(path, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", path)
+        _stops_without_acking(rater, fleet, dev, "ledger file")
+    finally:
+        fleet.stop()
+        rater.kill9()
+
+
+def test_a_faulting_shared_memory_index_is_logged_and_nothing_is_lost(make_broker, tmp_path):
+    url, path, rater, fleet, dev = _rig(make_broker, tmp_path)
+    try:
+        booked = ledger_summary(url)["batches"]
+        os.truncate(str(path) + "-shm", 0)      # the rater's mapping of it now faults (SIGBUS)
+        acked = fleet.devices[dev].acked
+        for _ in range(3):
+            fleet.send(dev, rounds=1)
+        assert wait_for(lambda: rater.proc.poll() is not None or fleet.devices[dev].acked > acked, 20)
+        if rater.proc.poll() is not None:   # it faulted: said so, and acked nothing it did not book
+            assert "shared memory" in rater.log() or "Bus error" in rater.log(), rater.log()[-2000:]
+            assert fleet.devices[dev].acked == acked
+            rater.start()
+        assert fleet.wait_acked(30)
+        assert ledger_summary(url)["batches"] == booked + 3
+    finally:
+        fleet.stop()
+        rater.kill9()
