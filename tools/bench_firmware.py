@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools import bench_m3, benchrows, build_firmware
+from edgemeter.tools import bench_firmware_heap, bench_m3, benchrows, build_firmware
 
 _MP_COST = r"""
 import sys, time, gc
@@ -315,7 +315,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every firmware figure as rows {name, value, unit, how}."""
     blocks, k = (4, 25) if quick else (10, 50)
     return (cost_rows(blocks, k) + [cpu_row(2000 if quick else 5000)] + heap_rows(30 if quick else 60)
-            + image_rows() + bench_m3.run(quick))
+            + image_rows() + bench_firmware_heap.unix32_rows(quick) + bench_m3.run(quick))
 
 
 def main(argv: list[str] | None = None) -> int:

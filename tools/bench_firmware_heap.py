@@ -112,7 +112,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         {"name": "  the same without the preload", "value": best_np // 1024, "unit": "KiB",
          "how": "romboot --no-preload: modules imported by the loop's own imports"},
         {"name": "  target", "value": 32, "unit": "KiB", "how": "the full firmware loop in a 32 KiB heap"},
-    ] + unix32_rows(quick)
+    ]
 
 
 _BOOT = ("import gc\ngc.collect()\nimport firmware_py.main\nfrom firmware_py import pricebook\n"
@@ -135,11 +135,11 @@ def _sim_hwm(heap_kib: int, rounds: int) -> int:
 
 
 def unix32_rows(quick: bool = False) -> list[dict[str, Any]]:
-    """Heap figures of the frozen 32-bit unix firmware (rows with keys heap.unix32.*)."""
+    """Heap figures of the frozen 32-bit unix firmware (rows with keys fw.unix32.*; reported by `edgemeter bench --only firmware`)."""
     from edgemeter.tools import mpbuild
     exe = mpbuild.firmware("unix32")
     if exe is None:
-        return [{"name": "firmware heap (unix32)", "value": "-", "unit": "", "key": "heap.unix32",
+        return [{"name": "firmware heap (unix32)", "value": "-", "unit": "", "key": "fw.unix32",
                  "how": "skipped: no build/fw-unix32 (edgemeter build-firmware --target unix32)"}]
     boot = int(subprocess.run([str(exe), "-X", "heapsize=64k", "-c", _BOOT], capture_output=True,
                               text=True, check=True, cwd="/",
@@ -150,11 +150,11 @@ def unix32_rows(quick: bool = False) -> list[dict[str, Any]]:
            f"--mp-rounds {rounds} (kill -9 and recovery included)")
     rows = [
         {"name": "unix32: live heap after imports and the default book", "value": boot,
-         "unit": "B", "key": "heap.unix32.boot_bytes",
+         "unit": "B", "key": "fw.unix32.boot_bytes",
          "how": f"{exe} -X heapsize=64k: gc.mem_alloc() after import firmware_py.main, "
                 "pricebook.default(), gc.collect(); interpreter included"},
         {"name": "unix32: full loop heap high-water mark in 32k", "value": hwm or "failed",
-         "unit": "B", "key": "heap.unix32.hwm_bytes", "how": how + ", --mp-heap 32k"},
+         "unit": "B", "key": "fw.unix32.hwm_bytes", "how": how + ", --mp-heap 32k"},
     ]
     if not quick:
         lo, hi = 20, 32
@@ -163,7 +163,7 @@ def unix32_rows(quick: bool = False) -> list[dict[str, Any]]:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if _sim_hwm(mid, rounds) else (mid, hi)
         rows.append({"name": "unix32: smallest heap the full loop runs in", "value": hi if hwm
-                     else "-", "unit": "KiB", "key": "heap.unix32.min_heap_kib",
+                     else "-", "unit": "KiB", "key": "fw.unix32.min_heap_kib",
                      "how": how + ", bisection over --mp-heap, 1 KiB steps; target 32, stretch 24"})
     return rows
 
