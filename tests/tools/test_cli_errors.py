@@ -90,6 +90,10 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
     (["dashboard", "--db", "sqlite:///{tmp}/old.db", "--port", "0"], 1,
      "run `edgemeter admin migrate --db sqlite:///{tmp}/old.db`", {}),
     (["admin", "nope", "--db", "{db}"], 2, "invalid choice: 'nope'", {}),
+    (["admin", "book", "frob", "--db", "{db}"], 2, "invalid choice: 'frob'", {}),
+    (["admin", "book", "publish", "--db", "{db}"], 2, "book publish needs FILE and --effective TIME", {}),
+    (["admin", "trial-rule", "--db", "{db}", "--new-days", "-1"], 2, "new_days is an integer in 0..36500", {}),
+    (["admin", "trial-rule", "--db", "{db}", "--new-days", "x"], 2, "invalid int value: 'x'", {}),
     # admin: amounts, counts, ids and times, bounded before the store
     (["admin", "top-up", "--db", "{db}", "--account", "1", "--cny", "9999999999999"], 2,
      "from 0.000001 to 1,000,000,000, got '9999999999999'", {}),
