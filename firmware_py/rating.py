@@ -25,7 +25,7 @@ RatingError whose .rule is one of:
   R12 photo-direct         photo balanced only in direct connection mode
   R13 photo-size           photo balanced needs its image size, at most 640x480 (either way)
   R14 wire                 round_from_wire: the array is not a canonical round
-  R15 memo                 rate_wire() keeps the last few results (at most _MEMO_MAX rounds)
+  R15 memo                 rate_wire() keeps the last few results (at most _MEMO_MAX rounds; 0: off)
                            with the price book's hash and a copy of the round: a round whose
                            entries are ints by type (True is not 1) and equal to a kept one's
                            under the same book gets its total and wire form, not rated again
@@ -197,7 +197,7 @@ def rate(book: dict, rnd: dict):
 
 
 _MEMO: list = []   # [book hash, copy of the round, total, wire], the newest last
-_MEMO_MAX = const(1)   # each kept round costs ~350 B of heap; a device mostly repeats its last round
+_MEMO_MAX = const(0)   # off: each kept round costs ~350 B, which the 32 KiB loop cannot spare
 
 
 def rate_wire(book: dict, rnd: dict):
@@ -217,9 +217,10 @@ def rate_wire(book: dict, rnd: dict):
             return m[2], _list_t(m[3])
     total = rate(book, rnd)[1]
     wire = round_to_wire(rnd)
-    if _len(_MEMO) >= _MEMO_MAX:
-        _MEMO.pop(0)
-    _MEMO.append([h, {k: _list_t(rnd[k]) for k in rnd}, total, wire])
+    if _MEMO_MAX:
+        if _len(_MEMO) >= _MEMO_MAX:
+            _MEMO.pop(0)
+        _MEMO.append([h, {k: _list_t(rnd[k]) for k in rnd}, total, wire])
     return total, _list_t(wire)
 
 

@@ -143,7 +143,7 @@ def with_keys(module: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: set[str] = set()
     for r in rows:
         if not r.get("key"):
-            slug = "".join(c if c.isalnum() else "_" for c in r["name"].lower().split("(")[0].strip())
+            slug = "".join(c if c.isalnum() else "_" for c in r["name"].lower().strip())
             r["key"] = module + "." + "_".join(w for w in slug.split("_") if w)
         if r["key"] in seen:
             raise ValueError(f"benchmark {module}: key {r['key']} used twice")
