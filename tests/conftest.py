@@ -9,8 +9,15 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from edgemeter.tools.broker import Broker
+
+# Property tests check what holds, never how fast: no per-example deadline and no "too slow"
+# health check, which would turn a busy CI machine into failures (speed is the benchmarks' job).
+settings.register_profile("edgemeter", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edgemeter")
 
 
 @pytest.fixture(scope="session")
