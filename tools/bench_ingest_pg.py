@@ -11,7 +11,7 @@
     and a SQLite file, each with N postpaid devices registered through cloud.devices.
  2. Phases, each with R rater processes (`edgemeter rater`, the shipped command) on one
     ledger: the raters' persistent sessions are created with the shared subscription
-    ($share/raters/em/+/+/up/#), the publishers queue N x batches signed 10-round batches
+    (cloud.mosquitto.rater_subscription: the broker has no passwords, so $share/raters/em/+/+/up/#), the publishers queue N x batches signed 10-round batches
     (QoS 1) while every rater is offline (Mosquitto spreads a shared subscription's messages
     over its sessions, offline ones included), then the R raters start together and drain.
     Phases: SQLite with 1 rater (the reference, same harness), PostgreSQL with 1, 2, 3 raters.
@@ -42,11 +42,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgemeter.cloud.mosquitto import rater_subscription
 from edgemeter.tools import benchrows
 from edgemeter.tools.bench_ingest import (QUEUE_LINES, ROUNDS, RaterProc, Receiver,
                                           make_store, messages, publish, wait_booked)
 
-SUBSCRIPTION = "$share/raters/em/+/+/up/#"
+SUBSCRIPTION = rater_subscription(None)   # the bench broker has no passwords
 
 
 def _end_session(host: str, port: int, client_id: str) -> None:
