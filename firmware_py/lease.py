@@ -25,7 +25,9 @@ Rules (DeviceLease, one slot):
       last one may overshoot; the overshoot is in `used` and reported (pool rule P5).
   L5. Renew while still serving when remaining <= renew_at, time left <= validity // 5, or
       the lease has lapsed; a request or renewal is resent every `retry` seconds until a
-      grant arrives.
+      grant arrives. The resend timers (L5, L8) run on the raw clock, not on effective time: a
+      clock set back below the high-water mark resends at once and then every `retry` seconds
+      of the new clock, so a rollback can delay no lost request or return.
   L6. Grants carry increasing numbers gn: gn <= the last accepted is STALE (a replay), and so
       is a grant for the lease being returned.
   L7. A grant flagged closed confirms the return of the lease it names.
@@ -55,6 +57,12 @@ DENY_OFFLINE = const(5)
 VERDICTS = ("allow", "degrade", "no lease", "final units used", "lease lapsed (policy stop)",
             "offline allowance used")
 
+
+
+def _due(since, now, retry):
+    """A resend timer (L5, L8) on the raw clock: never sent, `retry` seconds since the last send,
+    or the clock set back before it (the time elapsed is unknown: resend at once)."""
+    return not since or now - since >= retry or now < since
 
 
 class LeaseError(ValueError):
@@ -182,21 +190,21 @@ class DeviceLease:
         at once (after a reconnect)."""
         t = self.clock(now)
         out: list = []
-        if self.ret_lease and (not self.ret_at or t - self.ret_at >= retry):
-            self.ret_at = t
+        if self.ret_lease and _due(self.ret_at, now, retry):
+            self.ret_at = now
             out.append(("return", self.ret_lease, self.ret_used))
-        due = not self.asked or t - self.asked >= retry
+        due = _due(self.asked, now, retry)
         if self.st == REQUESTED and due:
-            self.asked = t
+            self.asked = now
             out.append(("request", want))
         elif self.st == ACTIVE:
             if (self.remaining() <= self.renew_at or self.expires - t <= self.validity // 5
                     or self.lapse >= 0):
                 self._go("renew")
-                self.asked = t
+                self.asked = now
                 out.append(("renew", self.lease, self.used, want))
         elif self.st == RENEWING and due:
-            self.asked = t
+            self.asked = now
             out.append(("renew", self.lease, self.used, want))
         return out
 

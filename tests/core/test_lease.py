@@ -163,6 +163,23 @@ def test_clock_rollback_never_extends_a_lease():
     assert d.hw == T + 150
 
 
+def test_a_lost_request_is_resent_while_the_clock_is_behind():
+    d = L.DeviceLease()
+    d.request()
+    d.allow(T + 3600)  # the clock was an hour ahead, then is set right (back) while asking
+    assert d.poll(T, 60, 0) == [("request", 0)]  # behind the mark: sent at once (L5)
+    assert d.poll(T + 30, 60, 0) == []
+    assert d.poll(T + 60, 60, 0) == [("request", 0)]  # still behind, resent every retry
+    assert d.poll(T + 120, 60, 0) == [("request", 0)] and d.hw == T + 3600
+    d.accept(1, 7, 1000, 100, 0, 0, L.CONTINUE, 50, 200, T + 121)
+    d.deduct(900, T + 122)
+    assert d.poll(T + 123, 60, 0) == [("renew", 7, 900, 0)]
+    assert d.poll(T + 150, 60, 0) == [] and d.poll(T + 183, 60, 0) == [("renew", 7, 900, 0)]
+    d.release(T + 184)
+    assert d.poll(T + 184, 60, 0) == [("return", 7, 900)]
+    assert d.poll(T + 200, 60, 0) == [] and d.poll(T + 244, 60, 0) == [("return", 7, 900)]
+
+
 def test_grants_stale_replaced_and_returns_confirmed():
     d = _dev()
     d.deduct(100, T)
