@@ -26,6 +26,12 @@ Rules:
      statement beside the usage invoice, each with its price and how it was paid; their prices
      are whole fen (commitments are whole fen, tier prices whole CNY).
  I6. An invoice is regenerated whole (delete + insert in one transaction), never edited.
+ I7. The trial and each savings plan are funds spent over several months: a month's invoice
+     shows of each at most what its cumulative exact spending up to the month's end, rounded
+     to the fen, exceeds that up to the month's start, rounded the same way (cloud.rounding
+     F6). The months' invoices together thus never show more than the fund held (the CNY 10.00
+     trial shows 10.00 at most over its three months), and each month's figure is still its
+     exact value rounded down or up.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import csv
 import io
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from edgemeter.cloud import accounts, ledger, rounding
@@ -53,10 +59,12 @@ def month_bounds(month: str) -> tuple[int, int]:
     """[start, end) Unix seconds of YYYY-MM on the billing calendar (rule I1)."""
     try:
         y, m = (int(v) for v in month.split("-"))
-        if len(month) != 7 or not 1 <= m <= 12:
+        if len(month) != 7 or not month[:4].isdigit() or not 1 <= m <= 12:
             raise ValueError
     except ValueError:
         raise InvoiceError(f"a month is YYYY-MM, got {month!r}") from None
+    if y < 1970:
+        raise InvoiceError(f"a month is YYYY-MM from 1970-01 on (Unix time), got {month!r}")
     start = civil.to_unix(y, m, 1)
     return start, civil.add_months(start, 1)
 
@@ -96,7 +104,8 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
     for batch_id, chs in per_batch.items():
         _attribute(lines_by_batch.get(batch_id, []), chs, acc, batch_id)
     inv = {"account_id": account_id, "month": month, "from": start, "to": end, "forfeits": forfeits}
-    inv.update(_rounded(acc, {**(ledger.books_since(conn, 0) or {book["version"]: book})}))
+    inv.update(_rounded(acc, {**(ledger.books_since(conn, 0) or {book["version"]: book})},
+                        fund_caps(conn, account_id, start, end)))
     inv["purchases"] = [{"order": o["id"], "kind": o["kind"], "ref": o["ref"], "at": o["at"], "paid_by": o["paid_by"],
                          "price_ucny": o["price_ucny"], "price_fen": billing.round_fen(o["price_ucny"]) // FEN,
                          "price_cny": accounts.cny2(o["price_ucny"])}
@@ -106,36 +115,54 @@ def compute(conn: Connection, account_id: int, month: str, book: dict | None = N
     return inv
 
 
-def _rounded(acc: dict[tuple[int, int, int], dict[str, Any]], books: dict[int, dict]) -> dict[str, Any]:
-    """Rules I3, I4: the lines, column totals and per-plan totals, rounded together."""
+def fund_caps(conn: Connection, account_id: int, start: int, end: int) -> dict[Any, int]:
+    """Rule I7: {"trial": fen, plan id: fen} that the month [start, end) may show of each fund."""
+    e = S.account_entries
+
+    def spent(before: int) -> dict[Any, int]:
+        q = (select(e.c.kind, e.c.ref, func.sum(e.c.list_ucny * e.c.bp))
+             .where(e.c.account_id == account_id, e.c.at < before, e.c.kind.in_(("trial", "plan")))
+             .group_by(e.c.kind, e.c.ref))
+        return {("trial" if kind == "trial" else ref): billing.round_fen(int(num), BP) // FEN
+                for kind, ref, num in conn.execute(q)}
+    upto, before = spent(end), spent(start)
+    return {k: v - before.get(k, 0) for k, v in upto.items()}
+
+
+def _rounded(acc: dict[tuple[int, int, int], dict[str, Any]], books: dict[int, dict],
+             caps: dict[Any, int]) -> dict[str, Any]:
+    """Rules I3, I4: the lines and column totals rounded together (one savings-plan column),
+    then the plan column's total split among the plans (cloud.rounding F5); caps (fen) on the
+    trial ("trial") and on each plan (its id) per rule I7."""
     keys = sorted(acc)
     plans = sorted({ref for a in acc.values() for ref in a["plan"]})
-    cols = ["discount", "trial"] + [("plan", ref) for ref in plans] + ["payg"]
-    table = []
-    for k in keys:
-        a = acc[k]
-        table.append([a["disc_num"], a["trial"] * BP] + [a["plan"].get(ref, (0, 0))[0] for ref in plans]
-                     + [a["payg"] * BP])
-    cells, grand = rounding.controlled(table, FEN * BP)
+    plan_nums = {ref: sum(acc[k]["plan"].get(ref, (0, 0))[0] for k in keys) for ref in plans}
+    den = FEN * BP
+    plan_caps = [caps.get(ref) for ref in plans]
+    col_caps = {1: caps["trial"]} if "trial" in caps else {}
+    if plans:
+        col_caps[2] = sum(rounding.split_bounds(plan_nums[ref], den, c)[1] for ref, c in zip(plans, plan_caps))
+    table = [[acc[k]["disc_num"], acc[k]["trial"] * BP, sum(v[0] for v in acc[k]["plan"].values()),
+              acc[k]["payg"] * BP] for k in keys]
+    cells, grand = rounding.controlled(table, den, col_caps)
     out_lines = []
     for k, row in zip(keys, cells):
         a, (item, mult, ver) = acc[k], k
         it = books[ver]["items"].get(item) if ver in books else None
-        plan_num = sum(v[0] for v in a["plan"].values())
         ln = {"item": item, "name": it[1] if it else f"item-{item}", "multiplier": mult, "calls": a["calls"],
               "book_version": ver, "unit_ucny": it[2] * mult if it else 0,
-              "list_fen": sum(row), "discount_fen": row[0], "trial_fen": row[1], "plan_fen": sum(row[2:-1]),
-              "due_fen": row[-1], "list_ucny": a["list"], "trial_ucny": a["trial"], "payg_ucny": a["payg"],
-              "plan_ucny": exact_ucny(plan_num), "discount_ucny": exact_ucny(a["disc_num"])}
+              "list_fen": sum(row), "discount_fen": row[0], "trial_fen": row[1], "plan_fen": row[2],
+              "due_fen": row[3], "list_ucny": a["list"], "trial_ucny": a["trial"], "payg_ucny": a["payg"],
+              "plan_ucny": exact_ucny(table[len(out_lines)][2]), "discount_ucny": exact_ucny(a["disc_num"])}
         out_lines.append(_with_cny(ln))
-    col = [sum(row[j] for row in cells) for j in range(len(cols))]
-    plan_rows = []
-    for j, ref in enumerate(plans, start=2):
-        lst = sum(acc[k]["plan"].get(ref, (0, 0))[1] for k in keys)
-        plan_rows.append({"plan": ref, "list_ucny": lst, "paid_fen": col[j], "paid_cny": cny(col[j])})
+    col = [sum(row[j] for row in cells) for j in range(4)]
+    paid = rounding.split(col[2], [plan_nums[ref] for ref in plans], den, plan_caps)
+    plan_rows = [{"plan": ref, "list_ucny": sum(acc[k]["plan"].get(ref, (0, 0))[1] for k in keys),
+                  "paid_ucny": exact_ucny(plan_nums[ref]), "paid_fen": f, "paid_cny": cny(f)}
+                 for ref, f in zip(plans, paid)]
     totals = _with_cny({"list_fen": grand, "discount_fen": col[0], "trial_fen": col[1],
-                        "plan_fen": sum(col[2:-1]), "due_fen": col[-1]})
-    by_kind = ([{"kind": "payg", "ref": 0, "list_ucny": sum(acc[k]["payg"] for k in keys), "amount_fen": col[-1]}]
+                        "plan_fen": col[2], "due_fen": col[3]})
+    by_kind = ([{"kind": "payg", "ref": 0, "list_ucny": sum(acc[k]["payg"] for k in keys), "amount_fen": col[3]}]
                + [{"kind": "plan", "ref": p["plan"], "list_ucny": p["list_ucny"], "amount_fen": p["paid_fen"]}
                   for p in plan_rows]
                + [{"kind": "trial", "ref": 0, "list_ucny": sum(acc[k]["trial"] for k in keys), "amount_fen": col[1]}])

@@ -17,11 +17,18 @@ their totals. Here instead (rules F1-F4):
  F3. Among the roundings of F2, the one chosen rounds up the cells with the largest
      remainders in total (largest remainder). It is deterministic: the same table, rows and
      columns in the same order, always gives the same rounding.
- Known limit: a figure that sums several cells of one row (an invoice line's payment from
-     several savings plans) is within one fen per cell, not one fen overall.
  F4. A cell that is exact (or zero) is never moved: zeros stay zero, whole fen stay as they are.
      So a column whose exact total is at most a whole amount (the CNY 10.00 trial, a plan's
      commitment) never displays more than that amount.
+ F5. A displayed column total that several parties paid together (the savings-plan column, paid
+     by each plan) is split among them by split(): each part is its exact value rounded down or
+     up, the parts add up to the column total exactly, the largest remainders rounded up (ties:
+     the earlier part), and F4 holds for each part.
+ F6. A column may carry a cap in fen (controlled(caps=...)): its displayed total never exceeds
+     it, and the grand total of F1 yields (to the other rounding, floor or ceiling) where the
+     caps leave no room for it. Invoices cap a fund spent over several months (the trial, a
+     plan) at what the fund's cumulative exact spending, rounded once at each month's end,
+     leaves for the month, so the months' displayed amounts together never exceed the fund.
 """
 from __future__ import annotations
 
@@ -32,22 +39,28 @@ from firmware_py import billing
 FEN = billing.FEN
 
 
-def controlled(cells: list[list[int]], den: int) -> tuple[list[list[int]], int]:
+def controlled(cells: list[list[int]], den: int,
+               caps: dict[int, int] | None = None) -> tuple[list[list[int]], int]:
     """(fen cells, grand total in fen) for exact cells[i][j] / den fen (non-negative ints).
 
-    The grand total is round_fen of the exact total (F1); rows, columns and cells obey F2-F4.
+    The grand total is round_fen of the exact total (F1); rows, columns and cells obey F2-F4;
+    caps maps a column index to the most its displayed total may show (F6).
     """
     if den <= 0 or any(v < 0 or type(v) is not int for row in cells for v in row):
         raise ValueError("controlled rounding takes non-negative integer cells and den > 0")
     ncols = len(cells[0]) if cells else 0
     if any(len(row) != ncols for row in cells):
         raise ValueError("controlled rounding takes a rectangular table")
+    caps = caps or {}
     total = sum(sum(row) for row in cells)
     grand = billing.round_fen(total * FEN, den) // FEN
     out = [[v // den for v in row] for row in cells]
-    need = grand - sum(sum(row) for row in out)
+    floors = sum(sum(row) for row in out)
+    room = sum(_col_hi(cells, j, den, caps) - sum(r[j] for r in out) for j in range(ncols))
+    grand = max(total // den, min(grand, floors + room))  # F6: capped columns may force the floor
+    need = grand - floors
     if need:
-        ups = _flow(cells, den, need)
+        ups = _flow(cells, den, need, caps)
         for i, j in ups:
             out[i][j] += 1
     return out, grand
@@ -60,7 +73,39 @@ def _bounds(values: list[int], den: int) -> tuple[int, int]:
     return frac // den, -(-frac // den)
 
 
-def _flow(cells: list[list[int]], den: int, need: int) -> list[tuple[int, int]]:
+def _col_hi(cells: list[list[int]], j: int, den: int, caps: dict[int, int]) -> int:
+    """The most column j may display: its exact total rounded up, or its cap (F6) when lower
+    (never below the column's floor, which its cells' floors already show)."""
+    lo, hi = _bounds([row[j] for row in cells], den)
+    base = sum(row[j] // den for row in cells)
+    return base + min(hi, max(lo, caps[j] - base)) if j in caps else base + hi
+
+
+def split_bounds(num: int, den: int, cap: int | None = None) -> tuple[int, int]:
+    """(lo, hi) fen a part of exact num / den fen may show under F5: its floor, and its ceiling
+    or its cap when lower (never below the floor)."""
+    lo = num // den
+    hi = lo + (1 if num % den else 0)
+    return lo, hi if cap is None else max(lo, min(hi, cap))
+
+
+def split(total: int, nums: list[int], den: int, caps: list[int | None] | None = None) -> list[int]:
+    """F5: `total` fen split among parts of exact nums[k] / den fen, largest remainder first
+    (ties: the earlier part), no part above caps[k] (None: no cap); ValueError if total is not
+    between the parts' floors and their (capped) ceilings."""
+    bounds = [split_bounds(v, den, c) for v, c in zip(nums, caps or [None] * len(nums))]
+    out = [lo for lo, _ in bounds]
+    need = total - sum(out)
+    if not 0 <= need <= sum(hi - lo for lo, hi in bounds):
+        raise ValueError(f"cannot split {total} fen among parts of {sum(out)} to "
+                         f"{sum(hi for _, hi in bounds)} fen")
+    order = sorted((k for k, (lo, hi) in enumerate(bounds) if hi > lo), key=lambda k: (-(nums[k] % den), k))
+    for k in order[:need]:
+        out[k] += 1
+    return out
+
+
+def _flow(cells: list[list[int]], den: int, need: int, caps: dict[int, int]) -> list[tuple[int, int]]:
     """The cells to round up (F2, F3): a min-cost flow of value `need`.
 
     Nodes: 0 source, 1 sink, rows, columns. A row's (column's) lower bound is an edge of cost
@@ -86,6 +131,8 @@ def _flow(cells: list[list[int]], den: int, need: int) -> list[tuple[int, int]]:
         edge(0, 2 + i, hi - lo, 0)
     for j in range(nc):
         lo, hi = _bounds([row[j] for row in cells], den)
+        hi = _col_hi(cells, j, den, caps) - sum(row[j] // den for row in cells)
+        lo = min(lo, hi)
         edge(2 + nr + j, 1, lo, -big)
         edge(2 + nr + j, 1, hi - lo, 0)
     cell_edge = {}

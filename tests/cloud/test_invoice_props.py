@@ -34,7 +34,8 @@ MULTS = (1, 1, 1, 2, 3, 4, 8, 13, 32)
 COLUMNS = ("list", "discount", "trial", "plan", "due")
 
 line_st = st.tuples(st.sampled_from(PRICED), st.sampled_from(MULTS), st.integers(1, 3000))
-batch_st = st.tuples(st.integers(0, 45), st.lists(line_st, min_size=1, max_size=5))
+MONTHS = ("2026-07", "2026-08", "2026-09", "2026-10")
+batch_st = st.tuples(st.integers(0, 110), st.lists(line_st, min_size=1, max_size=5))
 plan_st = st.tuples(st.sampled_from([2000, 3750, 9999, 10000, 10001, 25000]), st.integers(0, 40))
 history_st = st.fixed_dictionaries({
     "trial": st.booleans(), "plans": st.lists(plan_st, max_size=3),
@@ -92,7 +93,7 @@ def _within(shown: int, exact_num: int, den: int) -> bool:
     return exact_num // den <= shown <= -(-exact_num // den)
 
 
-def check_invoice(inv: dict, plans: dict) -> None:
+def check_invoice(inv: dict, plans: dict, caps: dict) -> None:
     lines = inv["lines"]
     for c in COLUMNS:
         assert sum(ln[c + "_fen"] for ln in lines) == inv[c + "_fen"], c
@@ -103,25 +104,26 @@ def check_invoice(inv: dict, plans: dict) -> None:
         assert x["list_fen"] - x["discount_fen"] == x["trial_fen"] + x["plan_fen"] + x["due_fen"]
         assert min(x[c + "_fen"] for c in COLUMNS) >= 0
     exact_list = sum(ln["list_ucny"] for ln in lines)
-    assert inv["list_fen"] * FEN == billing.round_fen(exact_list)
+    assert _within(inv["list_fen"], exact_list * 10000, FEN * 10000)
+    at_cap = inv["trial_fen"] == caps.get("trial") or any(p["paid_fen"] == caps.get(p["plan"]) for p in inv["plans"])
+    # rounded once, half away from zero (F1), unless a fund at its cap left no room (F6)
+    assert inv["list_fen"] * FEN == billing.round_fen(exact_list) or at_cap
     den = FEN * 10000
     for ln in lines:
         assert _within(ln["list_fen"], ln["list_ucny"] * 10000, den)
         assert _within(ln["trial_fen"], ln["trial_ucny"] * 10000, den)
         assert _within(ln["due_fen"], ln["payg_ucny"] * 10000, den)
-        # a line's plan figure sums one cell per plan (each within a fen of its exact value), so
-        # with several plans it can be off by up to one fen per plan: known, see cloud.rounding
-        n = max(1, len(inv["plans"]))
-        exact = invoices._num(ln["plan_ucny"])
-        assert exact // den - (n - 1) <= ln["plan_fen"] <= -(-exact // den) + (n - 1)
+        assert _within(ln["plan_fen"], invoices._num(ln["plan_ucny"]), den)
         assert _within(ln["discount_fen"], invoices._num(ln["discount_ucny"]), den)
         assert ln["trial_ucny"] + ln["payg_ucny"] + (invoices._num(ln["plan_ucny"])
                                                      + invoices._num(ln["discount_ucny"])) // 10000 == ln["list_ucny"]
     assert _within(inv["trial_fen"], sum(ln["trial_ucny"] for ln in lines) * 10000, den)
     assert inv["trial_fen"] <= BOOK["trial"][0] // FEN
+    assert _within(inv["plan_fen"], sum(invoices._num(ln["plan_ucny"]) for ln in lines), den)
     assert sum(p["paid_fen"] for p in inv["plans"]) == inv["plan_fen"]
     for p in inv["plans"]:
         assert p["paid_fen"] <= plans[p["plan"]]
+        assert _within(p["paid_fen"], invoices._num(p["paid_ucny"]), den)
     rows = list(csv.DictReader(io.StringIO(invoices.to_csv(inv))))
     assert [r["due_cny"] for r in rows] == [ln["due_cny"] for ln in lines] + [inv["due_cny"]]
     assert rows[-1]["list_cny"] == inv["list_cny"] and rows[-1]["list_ucny"] == str(exact_list)
@@ -134,8 +136,13 @@ def test_every_invoice_adds_up(engine, h):
         tx = conn.begin()
         try:
             acc, plans = _history(conn, h)
-            for month in ("2026-07", "2026-08"):
-                check_invoice(invoices.compute(conn, acc, month, BOOK), plans)
+            invs = [invoices.compute(conn, acc, month, BOOK) for month in MONTHS]
+            for inv in invs:
+                check_invoice(inv, plans, invoices.fund_caps(conn, acc, inv["from"], inv["to"]))
+            # the funds over all months (rule I7): never more than they held
+            assert sum(inv["trial_fen"] for inv in invs) <= BOOK["trial"][0] // FEN
+            for pid, commit_fen in plans.items():
+                assert sum(p["paid_fen"] for inv in invs for p in inv["plans"] if p["plan"] == pid) <= commit_fen
         finally:
             tx.rollback()
 

@@ -141,6 +141,8 @@ CASES: list[tuple[list[str], int, str, dict[str, Any]]] = [
      "{tmp}/junk.db/mq: Not a directory", {}),
     (["admin", "show", "--db", "{db}", "--account", "0"], 2, "--account", {}),
     (["admin", "invoice", "--db", "{db}", "--account", "1", "--month", "2026-13"], 2, "a month is YYYY-MM", {}),
+    (["admin", "invoice", "--db", "{db}", "--account", "1", "--month", "0000-01"], 2, "from 1970-01 on", {}),
+    (["admin", "invoice", "--db", "{db}", "--account", "1", "--month", "+026-01"], 2, "a month is YYYY-MM", {}),
     (["admin", "invoice", "--db", "{db}", "--account", "99", "--month", "2026-11"], 2, "no account 99", {}),
     (["admin", "invoice", "--db", "{db}", "--account", "1", "--month", "2026-11", "--csv", "{tmp}/inv/x.csv"], 2,
      "directory {tmp}/inv does not exist", {"absent": ["{tmp}/inv"]}),
