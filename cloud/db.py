@@ -26,7 +26,7 @@ Rules:
     acknowledges nothing booked into a file no one will read. The database file is never
     memory-mapped (PRAGMA mmap_size=0); the WAL index (-shm) is, as SQLite requires for several
     processes, and a fault on it kills the process with SIGBUS before any commit of the group
-    (the rater reports it through faulthandler).
+    (the rater's watchdog reports it and exits 3: cloud.supervise).
  6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
     and -shm the database file's mode), and files an older version created readable by others
     are narrowed to 0600 when opened by their owner. Its directory is the operator's (rule 4:

@@ -48,8 +48,10 @@ Rules:
      K2) or the store stays unusable (disk full, I/O errors), the group is not
      committed and not acknowledged; the rater logs one error line naming the fault and
      exits with status 3, leaving the messages to the broker. A memory fault on SQLite's
-     shared-memory index (SIGBUS) is reported on stderr by faulthandler before the process
-     dies; nothing it had not committed was acknowledged.
+     shared-memory index (SIGBUS), which no process survives, ends the rater's worker process
+     (faulthandler reports where on stderr); its watchdog parent logs one error line naming
+     the signal and exits with status 3 (cloud.supervise W1-W4); nothing the worker had not
+     committed was acknowledged.
 Exit status: 0 after a graceful stop; 2 for bad arguments or a malformed store/broker URL; 1 when
 the store is missing or unreachable, the broker cannot be reached at start, or the metrics port
 cannot be bound; 3 when the store failed while running (rule M11). Errors at start are one line
@@ -73,7 +75,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from edgemeter.cloud import accounts, cliargs, db, devices, ingest, keystore, pools
+from edgemeter.cloud import accounts, cliargs, db, devices, ingest, keystore, pools, supervise
 from edgemeter.cloud.metrics import Metrics
 from edgemeter.cloud.transport import open_transport
 from edgemeter.cloud import schema as S
@@ -286,8 +288,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
     log = json_logger()
+    status = supervise.supervised("edgemeter.cloud.rater", argv, log, "rater")   # rule M11
+    if status is not None:
+        return status
     try:
         clear = keystore.ring() is None
         rater = Rater(args.broker, args.db, args.client_id, args.username, args.password, args.ca_file,
@@ -323,3 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("store failed; stopped without acknowledging the group in hand",
                   extra={"fields": {"error": str(e)[:500]}})
         return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -220,11 +220,8 @@ class RaterProc:
         raise RuntimeError(f"rater did not log {word!r}: " + self.log.read_text()[-2000:])
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the rater process has used so far (Linux /proc)."""
-        if self.proc is None:
-            return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds (user + system) the rater (its watchdog and worker) has used so far."""
+        return 0.0 if self.proc is None else benchrows.proc_cpu_s(self.proc.pid, tree=True)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

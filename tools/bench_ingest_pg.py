@@ -60,20 +60,12 @@ def _end_session(host: str, port: int, client_id: str) -> None:
     c.loop_stop()
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _backends(admin_url: str, dbname: str) -> dict[int, float]:
     """CPU seconds so far of every server process connected to dbname, by pid."""
     import psycopg
     with psycopg.connect(admin_url, autocommit=True) as c:
         pids = [r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,))]
-    return {p: _proc_cpu(p) for p in pids}
+    return {p: benchrows.proc_cpu_s(p) for p in pids}
 
 
 def phase(broker: Any, url: str, work: Path, devs: list, raters: int, batches: int, first_seq: int,

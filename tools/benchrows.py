@@ -15,6 +15,19 @@ from typing import Any
 from edgemeter.tools.paths import build_dir
 
 
+def proc_cpu_s(pid: int, tree: bool = False) -> float:
+    """CPU seconds (user + system) process pid has used so far, with its live descendants when
+    tree (the rater's worker runs in a child of its watchdog, cloud.supervise); 0.0 for a
+    process that is gone (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if tree else []
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(proc_cpu_s(int(k), True) for k in kids)
+
+
 def parser(module: str, doc: str | None, quick: bool = True) -> argparse.ArgumentParser:
     """An ArgumentParser for `python -m MODULE` with --json (and --quick unless quick=False)."""
     ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])

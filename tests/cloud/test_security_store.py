@@ -66,12 +66,44 @@ def test_a_faulting_shared_memory_index_is_logged_and_nothing_is_lost(make_broke
         for _ in range(3):
             fleet.send(dev, rounds=1)
         assert wait_for(lambda: rater.proc.poll() is not None or fleet.devices[dev].acked > acked, 20)
-        if rater.proc.poll() is not None:   # it faulted: said so, and acked nothing it did not book
-            assert "shared memory" in rater.log() or "Bus error" in rater.log(), rater.log()[-2000:]
-            assert fleet.devices[dev].acked == acked
-            rater.start()
+        # the worker faulted (SIGBUS); its watchdog said so, exited cleanly, and nothing unbooked was acked
+        assert rater.proc.poll() is not None, "the rater went on with a faulting shared-memory index"
+        assert rater.proc.returncode == 3, rater.log()[-2000:]
+        assert "rater process ended by SIGBUS" in rater.log(), rater.log()[-2000:]
+        assert fleet.devices[dev].acked == acked
+        rater.start()
         assert fleet.wait_acked(30)
         assert ledger_summary(url)["batches"] == booked + 3
+    finally:
+        fleet.stop()
+        rater.kill9()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def test_the_rater_worker_dies_with_its_watchdog_and_stops_gracefully_through_it(make_broker, tmp_path):
+    """cloud.supervise W2, W3: kill -9 of the watchdog leaves no worker consuming from the
+    broker; SIGTERM to the watchdog is the worker's graceful stop and its exit status."""
+    url, path, rater, fleet, dev = _rig(make_broker, tmp_path)
+    try:
+        workers = _children(rater.proc.pid)
+        assert len(workers) == 1, workers
+        rater.proc.kill()
+        rater.proc.wait()
+        assert wait_for(lambda: not os.path.exists(f"/proc/{workers[0]}") or
+                        open(f"/proc/{workers[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 10), \
+            "the worker outlived its watchdog"
+        rater.start()
+        fleet.send(dev, rounds=1)
+        assert fleet.wait_acked(30)
+        rater.proc.terminate()
+        assert rater.proc.wait(30) == 0, rater.log()[-2000:]
+        assert "Traceback" not in rater.log()
     finally:
         fleet.stop()
         rater.kill9()
