@@ -442,6 +442,9 @@ def _run(args: argparse.Namespace) -> int:
     """One subcommand in one transaction; only `migrate` may create the store (cloud.db rule 3)."""
     now = _when(args) if hasattr(args, "at") else int(time.time())
     engine = db.open_store(args.db, create=args.cmd == "migrate")
+    warning = db.open_directory(args.db) if args.cmd == "migrate" else None
+    if warning:
+        print(f"edgemeter admin migrate: warning: {warning}", file=sys.stderr)
     try:
         with db.write_connect(engine) as conn:
             with conn.begin():

@@ -30,7 +30,8 @@ Rules:
  6. SQLite ledger files are private: the database file is created 0600 (SQLite gives its -wal
     and -shm the database file's mode), and files an older version created readable by others
     are narrowed to 0600 when opened by their owner. Its directory is the operator's (rule 4:
-    `install -d -m 700`).
+    `install -d -m 700`); `admin migrate` and the rater warn, naming the fix, when it is open
+    to other users (open_directory).
 
 Errors (one line each, naming the URL with its password hidden):
     ValueError
@@ -94,6 +95,24 @@ def _tighten(path: str) -> None:
                 os.chmod(p, 0o600)
         except OSError:
             pass
+
+
+def open_directory(url: str) -> str | None:
+    """Rule 6: for a SQLite ledger whose directory other users may enter, read or write, the
+    one-line warning to give (None otherwise, and for other back ends). The directory is the
+    operator's to set (rule 4), so it is reported, never changed: with write access another
+    user can replace the ledger, with read access list its files."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    try:
+        mode = os.stat(path.parent).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"the ledger's directory {path.parent} is open to other users (mode {mode:04o}); "
+            f"make it owner-only: chmod 700 {path.parent}")
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, rater.stop)
     log.info("starting", extra={"fields": {"broker": db.redact(args.broker), "db": db.redact(args.db),
                                            "pid": os.getpid(), "metrics_port": args.metrics_port}})
+    open_dir = db.open_directory(args.db)
+    if open_dir:
+        log.warning(open_dir)
     if clear:
         log.warning("device keys are stored in clear: set EDGEMETER_KEK_FILE (cloud/keystore.py)")
     faulthandler.enable()     # rule M11: a SIGBUS on SQLite's shared memory is reported

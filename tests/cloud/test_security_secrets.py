@@ -44,6 +44,19 @@ def test_ledger_files_are_created_private(tmp_path):
             assert _mode(p) == 0o600, p
 
 
+def test_a_ledger_directory_open_to_others_is_reported_with_its_fix(tmp_path):
+    """cloud.db rule 6: the directory is the operator's; migrate names an open one and the fix."""
+    for mode, warned in ((0o755, True), (0o700, False)):
+        d = tmp_path / f"d{mode:o}"
+        d.mkdir()
+        d.chmod(mode)
+        out = _admin({}, "migrate", "--db", f"sqlite:///{d / 'ledger.db'}")
+        assert out.returncode == 0, out.stderr
+        assert ("open to other users (mode 0755)" in out.stderr) == warned, out.stderr
+        assert (f"chmod 700 {d}" in out.stderr) == warned
+        assert _mode(d) == mode and _mode(d / "ledger.db") == 0o600   # reported, never changed
+
+
 def _kek_file(tmp_path, *ids: int):
     f = tmp_path / "kek"
     f.write_text("".join(f"{i} {secrets.token_hex(32)}\n" for i in ids))
