@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError
 
-from edgemeter.cloud import accounts, books, cliargs, db, devices, invoices, keystore, ledger, pools, rebuild
+from edgemeter.cloud import (accounts, books, cliargs, db, devices, invoices, keystore, ledger, pools, rabbitmq,
+                             rebuild)
 from edgemeter.cloud import schema as S
 from edgemeter.cloud.cliargs import parse_cny
 from firmware_py import billing, civil
@@ -167,6 +169,9 @@ def cmd_register_device(conn, args, now):
            "password": r["password"], "kid": r["kid"], "key": r["key"].hex()}
     if args.mosquitto_dir:
         out["mosquitto"] = devices.write_mosquitto_files(conn, args.mosquitto_dir)
+    api = args.rabbitmq_api or os.environ.get("EDGEMETER_RABBITMQ_API")
+    if api:   # cloud.rabbitmq R4: inside the transaction, so a refused push keeps no registration
+        out["rabbitmq"] = rabbitmq.push_device(api, r["workspace"], r["id"], r["password"])
     return out
 
 
@@ -338,6 +343,9 @@ def _device_and_token_commands(add: Callable[..., argparse.ArgumentParser]) -> N
     p.add_argument("--workspace", type=int, required=True)
     p.add_argument("--id", type=int, help="the device id (default: the next free one)")
     p.add_argument("--mosquitto-dir", help="rewrite passwd and acl in this directory (SIGHUP the broker)")
+    p.add_argument("--rabbitmq-api", help="a clustered broker's management API, http://admin:PASSWORD@HOST:15672: "
+                                          "create the device's user and permissions there (default: "
+                                          "$EDGEMETER_RABBITMQ_API)")
     p = add("rotate-key", cmd_rotate_key, "issue a new HMAC key for a device (the rater delivers it)")
     p.add_argument("--device", type=int, required=True)
     add("wrap-keys", cmd_wrap_keys, "wrap device keys under the current KEK (EDGEMETER_KEK_FILE; "
@@ -425,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args)
-    except Refused as e:
+    except (Refused, rabbitmq.RabbitMQError) as e:
         print(f"edgemeter admin {args.cmd}: {e}", file=sys.stderr)
         return 1
     except DataError as e:     # a value the store's column refuses: a caller mistake

@@ -21,13 +21,23 @@ Rules (the same confinement as the Mosquitto ACL, deploy/mosquitto/acl.example):
  R3. Passwords are stored as RabbitMQ's rabbit_password_hashing_sha256 values:
      base64(salt || SHA-256(salt || UTF-8 password)) with a random 4-byte salt, so the broker
      checks them with its internal backend and no plugin.
+ R4. A device registered while the fleet runs reaches the cluster at once: push_device() puts
+     its user, vhost permissions and topic permissions of R1 through the management HTTP API
+     of any node (RabbitMQ replicates users and permissions to every node); `edgemeter admin
+     register-device --rabbitmq-api URL` calls it inside the registration's transaction, so a
+     registration the broker refused is not kept either. The URL carries the admin user:
+     http://admin:PASSWORD@HOST:15672 (or EDGEMETER_RABBITMQ_API).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,3 +106,44 @@ def definitions(devices: Iterable[tuple[int, int, str]], rater_password: str,
         for k, v in device_definitions(ws, dev, pw).items():
             out[k] += v
     return out
+
+
+class RabbitMQError(RuntimeError):
+    """The management API refused or could not be reached (one line naming the call)."""
+
+
+def push_device(api: str, ws: int, dev: int, password: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Rule R4: create or update the device's user and permissions through the management API
+    at `api` (http://USER:PASSWORD@HOST:PORT); returns what was put."""
+    u = urllib.parse.urlsplit(api)
+    if u.scheme not in ("http", "https") or not u.hostname or not u.username:
+        raise RabbitMQError(f"the RabbitMQ management API is http(s)://USER:PASSWORD@HOST:PORT, got {_redact(api)!r}")
+    base = f"{u.scheme}://{u.hostname}:{u.port or 15672}{u.path.rstrip('/')}/api"
+    auth = base64.b64encode(f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+                            .encode()).decode()
+    defs = device_definitions(ws, dev, password)
+    user, perm, topic = defs["users"][0], defs["permissions"][0], defs["topic_permissions"][0]
+    name, vhost = urllib.parse.quote(user["name"], safe=""), urllib.parse.quote(VHOST, safe="")
+    calls = [(f"users/{name}", {k: user[k] for k in ("password_hash", "hashing_algorithm")} | {"tags": ""}),
+             (f"permissions/{vhost}/{name}", {k: perm[k] for k in ("configure", "write", "read")}),
+             (f"topic-permissions/{vhost}/{name}", {k: topic[k] for k in ("exchange", "write", "read")})]
+    for path, body in calls:
+        req = urllib.request.Request(f"{base}/{path}", data=json.dumps(body).encode(), method="PUT",
+                                     headers={"Authorization": "Basic " + auth, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            raise RabbitMQError(f"RabbitMQ management API at {_redact(api)}: PUT {path} -> {e.code} "
+                                f"{e.read()[:200].decode(errors='replace')}") from None
+        except OSError as e:
+            raise RabbitMQError(f"RabbitMQ management API at {_redact(api)} unreachable: {getattr(e, 'reason', e)}") from None
+    return {"user": user["name"], "api": _redact(api)}
+
+
+def _redact(api: str) -> str:
+    """The URL with its password hidden."""
+    u = urllib.parse.urlsplit(api)
+    if u.password is None:
+        return api
+    return api.replace(f":{u.password}@", ":***@", 1)

@@ -66,7 +66,7 @@ def server_exe() -> Path:
 class RabbitCluster:
     """N RabbitMQ nodes clustered on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, nodes: int = 3, workdir: str | Path | None = None) -> None:
+    def __init__(self, nodes: int = 3, workdir: str | Path | None = None, management: bool = False) -> None:
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self._own_dir = workdir is None
@@ -76,6 +76,7 @@ class RabbitCluster:
         self.amqp_ports = [free_port() for _ in range(nodes)]
         self.mqtt_ports = [free_port() for _ in range(nodes)]
         self.dist_ports = [free_port() for _ in range(nodes)]
+        self.api_ports = [free_port() for _ in range(nodes)] if management else []
         self.users = {"rater": secrets.token_hex(12), "admin": secrets.token_hex(12)}
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * nodes
         self.home = self.workdir / "home"
@@ -84,7 +85,8 @@ class RabbitCluster:
         if not cookie.exists():
             cookie.write_text(secrets.token_hex(16).upper())
             cookie.chmod(0o400)
-        (self.workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        plugins = "rabbitmq_mqtt,rabbitmq_management" if management else "rabbitmq_mqtt"
+        (self.workdir / "enabled_plugins").write_text(f"[{plugins}].\n")
         (self.workdir / "rabbitmq-env.conf").write_text("")
         for i in range(nodes):
             self._write_config(i)
@@ -100,6 +102,11 @@ class RabbitCluster:
         """amqp_url listing node `first` first (a rater connects to it, then to the next ones)."""
         n = len(self.amqp_ports)
         return "amqp://" + ",".join(f"{HOST}:{self.amqp_ports[(first + k) % n]}" for k in range(n))
+
+    def api_url(self, i: int = 0) -> str:
+        """Node i's management API with the admin user (admin register-device --rabbitmq-api);
+        only for a cluster started with management=True."""
+        return f"http://admin:{self.users['admin']}@{HOST}:{self.api_ports[i]}"
 
     def node_dir(self, i: int) -> Path:
         return self.workdir / f"node{i + 1}"
@@ -119,6 +126,8 @@ class RabbitCluster:
                  "disk_free_limit.absolute = 50MB", "log.console = false", "log.file.level = info",
                  "cluster_formation.peer_discovery_backend = classic_config",
                  f"cluster_formation.classic_config.nodes.1 = {self.names[0]}"]
+        if self.api_ports:
+            lines += [f"management.tcp.ip = {HOST}", f"management.tcp.port = {self.api_ports[i]}"]
         (d / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
 
     def _env(self, i: int | None = None) -> dict[str, str]:

@@ -3,7 +3,10 @@ its own topics (cloud.rabbitmq R1-R3, the same rule as the Mosquitto ACL), on a 
 cluster started by tools.rabbit, and the raters' AMQP side delivers downlink at QoS 1."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemeter.cloud import rabbitmq
-from edgemeter.tools.rabbit import SBIN, RabbitCluster
+from edgemeter.tools.rabbit import SBIN, RabbitCluster, accepts
 
 pytestmark = pytest.mark.skipif(not (SBIN / "rabbitmq-server").exists() and os.environ.get("CI") != "true",
                                 reason="RabbitMQ not installed (apt-get install rabbitmq-server; tools/dev.sh does)")
@@ -24,7 +27,7 @@ A, B = (7, 1001, "pw-a-" + "x" * 8), (7, 1002, "pw-b-" + "y" * 8)
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    rc = RabbitCluster(3).start()
+    rc = RabbitCluster(3, management=True).start()
     try:
         rc.load([A, B])
         yield rc
@@ -150,6 +153,46 @@ def test_the_rater_user_reads_only_uplink_and_writes_only_downlink(cluster: Rabb
             ch.basic_publish(rabbitmq.EXCHANGE, "em.7.1001.up.usage", b"forged uplink")   # not its to write
     finally:
         conn.close()
+
+
+def _admin(url: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "admin", *args, "--db", url, "--json"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_a_device_registered_while_the_cluster_runs_can_connect_at_once(cluster: RabbitCluster, tmp_path) -> None:
+    """cloud.rabbitmq R4: admin register-device pushes the device's user and permissions through
+    one node's management API; the device then connects to another node, reaches its own
+    topics only; a registration the API refuses is not kept."""
+    rc = cluster
+    assert _wait(lambda: accepts(rc.api_ports[0]), 60), "management API not up"
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert _admin(url, "migrate").returncode == 0
+    acc = json.loads(_admin(url, "create-account", "--name", "t").stdout)["account"]
+    ws = json.loads(_admin(url, "create-workspace", "--account", str(acc), "--name", "w",
+                           "--billing", "postpaid").stdout)["workspace"]
+    out = _admin(url, "register-device", "--workspace", str(ws), "--rabbitmq-api", rc.api_url(0))
+    assert out.returncode == 0, out.stderr
+    reg = json.loads(out.stdout)
+    assert reg["rabbitmq"]["user"] == reg["username"] and rc.users["admin"] not in out.stdout
+    admin = Client(rc, 0, "admin", rc.users["admin"], "observer-r4")
+    assert admin.subscribe("em/#") == [1]
+    d = Client(rc, 2, reg["username"], reg["password"])
+    assert d.connack == 0
+    d.c.publish(f"em/{ws}/{reg['device']}/up/usage", b"new device", qos=1).wait_for_publish(10)
+    assert _wait(lambda: (f"em/{ws}/{reg['device']}/up/usage", b"new device") in [(t, p) for t, p, _ in admin.got])
+    d.c.publish("em/7/1001/up/usage", b"not mine", qos=1)
+    time.sleep(1)
+    assert b"not mine" not in [p for _, p, _ in admin.got]
+    d.close()
+    admin.close()
+    # a refused push (wrong admin password) keeps no registration, and says why in one line
+    bad = rc.api_url(1).replace(rc.users["admin"], "wrong")
+    out = _admin(url, "register-device", "--workspace", str(ws), env={"EDGEMETER_RABBITMQ_API": bad})
+    assert out.returncode == 1 and "401" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "wrong" not in out.stderr
+    show = _admin(url, "register-device", "--workspace", str(ws), "--id", str(reg["device"] + 1))
+    assert show.returncode == 0, show.stderr   # the id the refused registration would have taken is free
 
 
 def test_topic_and_routing_key_mapping() -> None:
