@@ -37,7 +37,8 @@ Exceptions:
      |    +-- CBORError  not one item of the subset; never KeyError/IndexError/struct.error
      |    (proto.ProtoError derives from it; mqtt_codec.MQTTError copies it: no cbor import)
      +-- EncodeError   our caller passed a value outside the subset (float, set, str-keyed
-                       dict, int out of range, too deep): .path (e.g. "$[2][5]"), .reason.
+                       dict, int out of range, too deep): .path (e.g. "$[2][5]"), .reason
+                       when firmware_py.cbor_diag is loaded (else "$" and a general reason).
 loads() given something other than bytes/bytearray/memoryview raises a plain ValueError."""
 import struct
 
@@ -48,7 +49,7 @@ except ImportError:
         return x
 
 _ENC_MAX_DEPTH = const(64)  # guards against cyclic values; deeper than any message we send
-_U64 = 1 << 64
+U64 = 1 << 64  # integers of the subset are -U64 .. U64 - 1
 _pack = struct.pack
 _unpack_from = struct.unpack_from
 
@@ -100,20 +101,21 @@ def _head(buf, mt, v):
         buf += _pack(">BH", mt | 25, v)
     elif v < 0x100000000:
         buf += _pack(">BI", mt | 26, v)
-    elif v < _U64:
+    elif v < U64:
         buf += _pack(">BQ", mt | 27, v)
     else:
         raise ValueError
 
 
-def _key_order(k):
-    # E2 for integer keys: bytewise order of encodings == this integer order.
-    return k if k >= 0 else _U64 - 1 - k
+def key_order(k):
+    """E2 for integer keys: the bytewise order of their encodings is this integer order."""
+    return k if k >= 0 else U64 - 1 - k
 
 
 def _enc(o, buf, depth):
     # Raises a bare ValueError/TypeError on anything outside the subset; dumps() then walks
-    # the value again (cbor_diag.explain) to say where and why, so the hot path carries no path.
+    # the value again (EXPLAIN, when cbor_diag is loaded) to say where and why, so the hot path
+    # carries no path.
     t = _type(o)
     if t is _int_t:
         if o >= 0:
@@ -148,7 +150,7 @@ def _enc(o, buf, depth):
         for k in o:
             if _type(k) is not _int_t:
                 raise ValueError
-        for k in sorted(o, key=_key_order):
+        for k in sorted(o, key=key_order):
             _enc(k, buf, depth)
             _enc(o[k], buf, depth)
     elif o is None:
@@ -165,19 +167,23 @@ def _enc(o, buf, depth):
         raise ValueError
 
 
+# Filled by firmware_py.cbor_diag when it is imported: [explain(obj, limit) -> (path, reason)].
+# The hook keeps this module free of its debugging extension, which a device image leaves out.
+EXPLAIN = []  # type: list
+
+
 def dumps(obj):
     """The deterministic encoding (E1-E3) of obj; EncodeError names what is unsupported."""
     buf = bytearray()
     try:
         _enc(obj, buf, _ENC_MAX_DEPTH)
     except (ValueError, TypeError, RuntimeError, OverflowError):
-        try:    # where and why: the debugging extension, when the image carries it
-            from firmware_py.cbor_diag import explain
-            r = explain(obj, _ENC_MAX_DEPTH)
-        except ImportError:
-            r = None
-        except RuntimeError:  # a small C stack (a 10 KiB board) ends the recursion first
-            r = ("$", "nested deeper than %d or than the stack allows" % _ENC_MAX_DEPTH)
+        r = None
+        if EXPLAIN:     # where and why: the debugging extension, when loaded
+            try:
+                r = EXPLAIN[0](obj, _ENC_MAX_DEPTH)
+            except RuntimeError:  # a small C stack (a 10 KiB board) ends the recursion first
+                r = ("$", "nested deeper than %d or than the stack allows" % _ENC_MAX_DEPTH)
         raise EncodeError(*(r or ("$", "value outside the CBOR subset")))
     return _bytes_t(buf)
 
@@ -394,15 +400,3 @@ def loads(data, max_depth=16, max_items=65536, max_bytes=None):
     if i != n:
         raise CBORError(i, "trailing bytes after the item (%d)" % (n - i))
     return obj
-
-
-def notation(obj):
-    """RFC 8949 section 8 diagnostic notation of a decoded value (as loads returns them)."""
-    from firmware_py import cbor_diag  # a debugging extension the device can leave out
-    return cbor_diag.notation(obj)
-
-
-def diag(data, max_depth=16, max_items=65536):
-    """Diagnostic notation of the one item in data, e.g. "[1, h'01', {1: true}]"; CBORError
-    (with offset and reason) when data is not a valid item of the subset."""
-    return notation(loads(data, max_depth, max_items))

@@ -1,8 +1,9 @@
 """RFC 8949 section 8 diagnostic notation for values of firmware_py.cbor's subset.
 
-An optional extension of firmware_py/cbor.py that a device image can leave out: cbor.diag()
-and cbor.notation() import it on use, and cbor.dumps() to say where and why a value is outside
-the subset (explain(); without this module its EncodeError says less). Output rules:
+An optional extension of firmware_py/cbor.py that a device image leaves out: notation() and
+diag() here, and, once this module is imported, cbor.dumps() says where and why a value is
+outside the subset (explain(), registered in cbor.EXPLAIN; without it EncodeError says less).
+It imports cbor, never the reverse. Output rules:
   N1. integers in decimal; byte strings as h'..' in lowercase hex; text in double quotes with
       JSON escapes for the quote, the backslash and U+0000-U+001F, U+007F (as \\u00XX);
   N2. arrays "[a, b]", maps "{k: v}" with keys in the deterministic order (cbor.py rule E2),
@@ -10,7 +11,8 @@ the subset (explain(); without this module its EncodeError says less). Output ru
 """
 from binascii import hexlify
 
-from firmware_py.cbor import _U64, _key_order
+from firmware_py import cbor
+from firmware_py.cbor import U64, key_order
 
 
 def _text_diag(s):
@@ -45,7 +47,7 @@ def _diag(o, out):
     elif t is dict:
         out.append("{")
         first = True
-        for k in sorted(o, key=_key_order):
+        for k in sorted(o, key=key_order):
             if not first:
                 out.append(", ")
             first = False
@@ -79,7 +81,7 @@ def _explain(o, path, depth, limit):
     if o is None or o is True or o is False or t is bytes or t is bytearray or t is memoryview:
         return None
     if isinstance(o, int):
-        if -_U64 <= o < _U64:
+        if -U64 <= o < U64:
             return None
         return path, "int %d outside -2**64..2**64-1" % o
     if t is str:
@@ -107,3 +109,13 @@ def _explain(o, path, depth, limit):
                     return r
         return None
     return path, "unsupported type %s" % t.__name__
+
+
+def diag(data, max_depth=16, max_items=65536):
+    """Diagnostic notation of the one item in data, e.g. "[1, h'01', {1: true}]"; CBORError
+    (with offset and reason) when data is not a valid item of the subset."""
+    return notation(cbor.loads(data, max_depth, max_items))
+
+
+if explain not in cbor.EXPLAIN:
+    cbor.EXPLAIN.append(explain)

@@ -330,12 +330,3 @@ def wrap_key(old_key, dev, cn, new_kid, new_key):
 
 
 unwrap_key = wrap_key
-
-
-# ------------------------------------------------------------------------------ describe
-def describe(obj, key=None):
-    """Readable text of a decoded envelope (as cbor.loads returns it) or of a bare body;
-    anything else in CBOR diagnostic notation. With key, says whether the tag verifies.
-    (A debugging extension the device can leave out: firmware_py/proto_text.py.)"""
-    from firmware_py import proto_text
-    return proto_text.describe(obj, key)

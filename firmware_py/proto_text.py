@@ -1,12 +1,12 @@
 """Readable text of protocol messages for people debugging devices (`edgemeter decode`): an
-optional extension of firmware_py/proto.py that a device image can leave out (proto.describe
-imports it on use). Output: one line naming the message and its topic, one line per field
+optional extension of firmware_py/proto.py that a device image leaves out (it imports proto,
+never the reverse). Output: one line naming the message and its topic, one line per field
 with flags, ops, policies and verdicts spelled out, one line per usage round, then the tag,
 whether it verifies under the given key, and the sizes.
 """
 from binascii import hexlify
 
-from firmware_py import cbor, mac
+from firmware_py import cbor, cbor_diag, mac
 from firmware_py import proto as P
 
 
@@ -20,7 +20,7 @@ def describe(obj, key=None):
             try:
                 P.decode_body(b)
             except ValueError:  # two byte strings, not ours: any CBOR item of the subset
-                return cbor.notation(obj)
+                return cbor_diag.notation(obj)
             raise P.ProtoError(len(cbor.dumps(obj)) - len(t) - 1,
                                "tag is %d bytes, expected 16" % len(t))
         msg = P.decode_body(b, 1 + len(cbor.dumps(len(b))))
@@ -36,7 +36,7 @@ def describe(obj, key=None):
         try:
             msg = P.decode_body(cbor.dumps(obj))
         except ValueError:  # not one of our messages: any CBOR item of the subset
-            return cbor.notation(obj)
+            return cbor_diag.notation(obj)
         tail = ["(a bare body: no envelope, no tag)"]
     spec = P.MESSAGES[msg["type"]]
     out = ["%s (type %d), topic em/<ws>/%d/%s" % (spec[0], msg["type"], msg["dev"], spec[1])]
@@ -47,7 +47,7 @@ def describe(obj, key=None):
         out.append("  %-10s %s" % (k + ":", _field_text(msg, k, v)))
         if k == "rounds":
             for i, r in enumerate(v):
-                out.append("    #%-3d t0+%-5d %s" % (i, r[0], cbor.notation(r[1:])))
+                out.append("    #%-3d t0+%-5d %s" % (i, r[0], cbor_diag.notation(r[1:])))
     return "\n".join(out + tail)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_TESTS = sorted((ROOT / "tests" / "core").glob("test_*.py"))

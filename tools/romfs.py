@@ -31,9 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgemeter.tools.paths import FIRMWARE_SRC as SRC, build_dir
+from edgemeter.tools.fwmodules import ROOT, SRC, image_modules, module_imports, mpy_cross
+from edgemeter.tools.paths import build_dir
 
-ROOT = SRC.parent   # the folder that holds firmware_py/ (a checkout, or site-packages)
+
 
 HEADER = b"\xd2\xcd\x31"
 KIND_DATA = 2
@@ -155,15 +156,14 @@ PRELOAD_CALLS = {"pricebook": "default"}
 def load_order(root: str = "main") -> list[str]:
     """root's module-level import closure (without DEVICE_EXCLUDE), leaf modules first: the
     order in which importing one never imports another not yet loaded."""
-    from edgemeter.tools.build_firmware import SRC as src, _imports
     order: list[str] = []
     seen: set[str] = set()
 
     def visit(m: str) -> None:
-        if m in seen or m in DEVICE_EXCLUDE or not (src / f"{m}.py").exists():
+        if m in seen or m in DEVICE_EXCLUDE or not (SRC / f"{m}.py").exists():
             return
         seen.add(m)
-        for d in sorted(_imports(src / f"{m}.py", anywhere=False)):
+        for d in sorted(module_imports(SRC / f"{m}.py", anywhere=False)):
             visit(d)
         order.append(m)
     visit(root)
@@ -183,14 +183,12 @@ def preload_text(root: str = "main") -> bytes:
 
 def device_modules() -> list[str]:
     """The firmware_py modules a device image holds: __init__, firmware_py.main's import
-    closure (tools.build_firmware.image_modules) without DEVICE_EXCLUDE."""
-    from edgemeter.tools.build_firmware import image_modules
+    closure (tools.fwmodules.image_modules) without DEVICE_EXCLUDE."""
     return ["__init__"] + [m for m in image_modules() if m not in DEVICE_EXCLUDE]
 
 
 def compile_modules(names: list[str]) -> dict[str, bytes]:
     """{"firmware_py/<m>.mpy": bytecode} for each module, compiled by mpy-cross."""
-    from edgemeter.tools.build_firmware import mpy_cross
     exe = mpy_cross()
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:

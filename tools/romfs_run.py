@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "romboot.py"
@@ -42,7 +42,7 @@ def image(out: Path, with_loop: bool = True, loop: Path = LOOP,
     other sources compiled to <name>.mpy there: the test's stand-ins for the SDK's code, which
     a board keeps in flash too."""
     from edgemeter.tools import romfs
-    from edgemeter.tools.build_firmware import mpy_cross
+    from edgemeter.tools.fwmodules import mpy_cross
     srcs = dict(extra or {})
     if with_loop:
         srcs["romfs_loop"] = loop

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from firmware_py import state
 from firmware_py.jframe import BAD, REC, TORN, encode, scan
 from firmware_py.journal import FULL, NOSPACE, Journal
-from edgemeter.tools.build_firmware import dev_tool
+from edgemeter.tools.fwmodules import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -73,3 +73,15 @@ def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         p = run("--raw", *args)
         assert p.returncode == 2, (args, p.stderr)
         assert "Traceback" not in p.stderr and p.stderr.startswith("edgemeter decode: ")
+
+
+def test_a_reader_that_leaves_early_ends_nothing_in_a_traceback(tmp_path: Path) -> None:
+    """`edgemeter decode F | head`: the pipe closes before the text is written."""
+    f = tmp_path / "big.bin"
+    f.write_bytes(bytes.fromhex("99ea60") + bytes.fromhex("1a000186a0") * 60_000)   # 60,000 x 100000: 480 kB of text
+    proc = subprocess.Popen([str(EXE), "decode", "--raw", str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b"[100000, 1"
+    proc.stdout.close()   # as head does after its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and err == "", err

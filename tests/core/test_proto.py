@@ -1,7 +1,7 @@
 # Protocol messages on both runtimes: golden bytes of every message, MAC verification, tamper,
 # replay and stale-grant rejection, key wrapping, topics, describe().
 import vec
-from firmware_py import cbor, pricebook, proto as P, rating
+from firmware_py import cbor, pricebook, proto as P, proto_text, rating
 from firmware_py import pool as PL
 from firmware_py.cloud_session import CloudSession
 from firmware_py.device_session import DeviceSession
@@ -134,14 +134,14 @@ def test_encode_rejects_caller_mistakes():
 def test_describe_says_what_and_whether_the_mac_verifies():
     data = vec.unhex(V["messages"][0]["envelope"])
     obj = cbor.loads(data)
-    text = P.describe(obj)
+    text = proto_text.describe(obj)
     assert text.startswith("usage (type 1)") and "seq:       100000" in text
     assert "[2, 4, 5, 6]" in text and "5450 uCNY" in text and "not checked" in text
-    assert "MAC OK" in P.describe(obj, KEY)
-    assert "DOES NOT VERIFY" in P.describe(obj, NEW_KEY)
-    assert P.describe([1, 2, 3]) == "[1, 2, 3]"
-    assert "bare body" in P.describe(cbor.loads(vec.unhex(V["messages"][3]["body"])))
-    rot = P.describe(cbor.loads(vec.unhex(V["messages"][15]["envelope"])))
+    assert "MAC OK" in proto_text.describe(obj, KEY)
+    assert "DOES NOT VERIFY" in proto_text.describe(obj, NEW_KEY)
+    assert proto_text.describe([1, 2, 3]) == "[1, 2, 3]"
+    assert "bare body" in proto_text.describe(cbor.loads(vec.unhex(V["messages"][3]["body"])))
+    rot = proto_text.describe(cbor.loads(vec.unhex(V["messages"][15]["envelope"])))
     assert "4 (rotate)" in rot and "32 bytes" in rot
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from edgemeter.tools import fw_cloud, fw_proc
 from edgemeter.tools.broker import Broker
-from edgemeter.tools.build_firmware import ROOT, image_modules
+from edgemeter.tools.fwmodules import ROOT, image_modules
 
 HEAP = "256k"
 WORKING_SET = 16 * 1024  # bytes the loop may hold above the heap at boot

@@ -15,7 +15,8 @@ import pytest
 
 import mqttprobe
 from edgemeter.tools import broker as tb
-from edgemeter.tools.build_firmware import build, dev_tool, mpy_cross
+from edgemeter.tools.build_firmware import build
+from edgemeter.tools.fwmodules import dev_tool, mpy_cross
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "firmware" / "mqtt_driver.py"

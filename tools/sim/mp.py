@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools.build_firmware import build_image, dev_tool, mpy_cross
+from edgemeter.tools.build_firmware import build_image
+from edgemeter.tools.fwmodules import dev_tool, mpy_cross
 
 HERE = Path(__file__).resolve().parent
 
