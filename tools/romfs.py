@@ -41,9 +41,9 @@ KIND_DATA = 2
 KIND_DIR = 4
 KIND_FILE = 5
 
-# Modules a device image leaves out although something in firmware_py names them: debugging
-# and text aids loaded on use (cbor.diag -> cbor_diag, proto.describe -> proto_text), the
-# broker half of MQTT (tests, tools), and the cloud's side of billing.
+# Modules a device image leaves out: debugging and text aids (cbor_diag, proto_text: they import
+# the core, never the reverse), the broker half of MQTT (tests, tools), and the cloud's side
+# of billing.
 DEVICE_EXCLUDE = ("billing", "cbor_diag", "civil", "cloud_session", "mqtt_server", "pool",
                   "proto_text")
 
