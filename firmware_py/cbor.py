@@ -297,6 +297,21 @@ def _entries(d, i, n, v, depth, maxn, out):
     return out, i
 
 
+def _simple(ai, start):
+    # Major type 7 (D4): false, true, null; anything else is an error at start.
+    if ai == 20:
+        return False
+    if ai == 21:
+        return True
+    if ai == 22:
+        return None
+    if 25 <= ai <= 27:
+        raise CBORError(start, "floating-point values not allowed")
+    if ai == 31:
+        raise CBORError(start, "unexpected break (indefinite lengths not allowed)")
+    raise CBORError(start, "simple value not allowed (only false/true/null)")
+
+
 def _item(d, i, n, depth, maxn):
     # Decode the item starting at d[i]; return (value, offset after it).
     if i >= n:
@@ -307,17 +322,7 @@ def _item(d, i, n, depth, maxn):
     ai = ib & 31
     i += 1
     if mt == 7:
-        if ai == 20:
-            return False, i
-        if ai == 21:
-            return True, i
-        if ai == 22:
-            return None, i
-        if 25 <= ai <= 27:
-            raise CBORError(start, "floating-point values not allowed")
-        if ai == 31:
-            raise CBORError(start, "unexpected break (indefinite lengths not allowed)")
-        raise CBORError(start, "simple value not allowed (only false/true/null)")
+        return _simple(ai, start), i
     if mt == 6:
         raise CBORError(start, "tags not allowed")
     if ai < 24:
@@ -356,6 +361,11 @@ def _item(d, i, n, depth, maxn):
     # arrays and maps
     if mt == 4:
         return _array(d, i, n, v, depth, maxn, start)
+    return _map(d, i, n, v, depth, maxn, start)
+
+
+def _map(d, i, n, v, depth, maxn, start):
+    # A map of v entries whose head ended at d[i] (D5, D7); return (dict, offset after it).
     if v > maxn:
         raise CBORError(start, "%d entries exceed max_items %d" % (v, maxn))
     if v + v > n - i:
