@@ -142,21 +142,7 @@ class Journal:
             os.mkdir(self.dir)
         except OSError:
             pass
-        bases = []
-        qfiles = 0
-        names = os.listdir(self.dir)
-        for nm in names:
-            if nm.endswith(".tmp"):  # an interrupted cut(): stale unless the original is gone
-                if nm[:-4] in names:
-                    os.remove(self.dir + "/" + nm)
-                    continue
-                os.rename(self.dir + "/" + nm, self.dir + "/" + nm[:-4])
-                nm = nm[:-4]
-            if len(nm) == 13 and nm[0] == "j" and nm.endswith(".log"):
-                bases.append(int(nm[1:9], 16))
-            elif nm[0] == "q" and nm.endswith(".bad"):
-                qfiles += 1
-        bases.sort()
+        bases, qfiles = self._listing()
         st = self._state.load()
         a = st.get(0, 0) if st else 0
         self.acked = a if isinstance(a, int) else 0
@@ -172,6 +158,47 @@ class Journal:
                 raise
         self._segs = [[b, 0] for b in bases]
         rep["compacted"] = self._compact()
+        nxt = self._scan(rep, qfiles)
+        self.next = max(nxt, self.acked + 1)
+        self.used_bytes = 0
+        for seg in self._segs:
+            self.used_bytes += seg[1]
+        self._open = True
+        if self._torn >= 0:
+            self._repair()
+        if self._roll:
+            try:
+                self._new_segment()
+            except OSError as exc:
+                if not _nospace(exc):
+                    raise
+        rep["segments"] = len(self._segs)
+        rep["next"] = self.next
+        return rep
+
+    def _listing(self):
+        """(segment bases sorted, number of quarantine files) of the directory, finishing or
+        discarding an interrupted cut() first."""
+        bases = []
+        qfiles = 0
+        names = os.listdir(self.dir)
+        for nm in names:
+            if nm.endswith(".tmp"):  # an interrupted cut(): stale unless the original is gone
+                if nm[:-4] in names:
+                    os.remove(self.dir + "/" + nm)
+                    continue
+                os.rename(self.dir + "/" + nm, self.dir + "/" + nm[:-4])
+                nm = nm[:-4]
+            if len(nm) == 13 and nm[0] == "j" and nm.endswith(".log"):
+                bases.append(int(nm[1:9], 16))
+            elif nm[0] == "q" and nm.endswith(".bad"):
+                qfiles += 1
+        bases.sort()
+        return bases, qfiles
+
+    def _scan(self, rep: dict, qfiles: int) -> int:
+        """Scan every segment into rep (J3, J4): count records, note torn tails (the newest
+        one's is cut back later) and quarantine damaged ones; the next sequence number."""
         nxt = 1
         for i in range(len(self._segs)):
             seg = self._segs[i]
@@ -205,22 +232,7 @@ class Journal:
                         nxt += (end - off + MIN_RECORD - 1) // MIN_RECORD
                         self._roll = True
             buf = b""
-        self.next = max(nxt, self.acked + 1)
-        self.used_bytes = 0
-        for seg in self._segs:
-            self.used_bytes += seg[1]
-        self._open = True
-        if self._torn >= 0:
-            self._repair()
-        if self._roll:
-            try:
-                self._new_segment()
-            except OSError as exc:
-                if not _nospace(exc):
-                    raise
-        rep["segments"] = len(self._segs)
-        rep["next"] = self.next
-        return rep
+        return nxt
 
     def _quarantine(self, qpath: str, base: int, off: int, raw, nbytes: int, why: str) -> bool:
         head = ("seg=%08x off=%d len=%d reason=%s\n" % (base, off, nbytes, why)).encode()
