@@ -52,8 +52,6 @@ KNOWN_DEBT: frozenset[str] = frozenset({
     'K6 edgemeter.tools.bench_ingest reaches into ingest._Session',
     'K6 edgemeter.tools.bench_ingest reaches into ing._memo',
     'K3 edgemeter.tools.bench_ingest.run is 141 lines (at most 80)',
-    'K3 edgemeter.tools.sim.audit.run is 84 lines (at most 80)',
-    'K3 edgemeter.tools.sim.run.run is 131 lines (at most 80)',
 })
 
 

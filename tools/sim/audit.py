@@ -52,35 +52,9 @@ def run(url: str, truth: dict[int, dict[str, int]], ids: dict[str, Any]) -> dict
             problems.append(f"{mism} rating mismatch(es)")
         dead = {r: int(n) for r, n in conn.execute(select(S.dead_letters.c.reason, func.sum(S.dead_letters.c.count))
                                                    .group_by(S.dead_letters.c.reason))}
-        # License workspace: the pool and its leases against the bookings
         lic, pp = ids["license_ws"], ids["postpaid_ws"]
-        b = S.usage_batches
-        lic_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
-                                 .where(b.c.workspace_id == lic)).scalar_one())
-        lic_leased_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
-                                        .where(b.c.workspace_id == lic, b.c.lease_id != 0)).scalar_one())
-        lease_booked = int(conn.execute(select(func.coalesce(func.sum(S.leases.c.booked), 0))
-                                        .where(S.leases.c.workspace_id == lic)).scalar_one())
-        levels = pools.levels(conn, lic)
-        if lease_booked != lic_leased_u:
-            problems.append(f"leases booked {lease_booked} != License batches on leases {lic_leased_u}")
-        conserved = levels["added"] + levels["overdraft"] == (levels["free"] + levels["out"] + levels["unrec"]
-                                                              + levels["consumed"])
-        if not conserved:
-            problems.append(f"pool buckets do not add up: {levels}")
-        live = conn.execute(select(func.count()).select_from(S.leases)
-                            .where(S.leases.c.workspace_id == lic, S.leases.c.state == 0)).scalar_one()
-        # postpaid: every booked µCNY charged once (trial, savings plan or pay-as-you-go)
-        pp_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
-                                .where(b.c.workspace_id == pp)).scalar_one())
-        e = S.account_entries
-        charged = int(conn.execute(select(func.coalesce(func.sum(e.c.list_ucny), 0))
-                                   .where(e.c.account_id == ids["account"],
-                                          e.c.kind.in_(("trial", "plan", "payg")))).scalar_one())
-        if charged != pp_u:
-            problems.append(f"postpaid charges {charged} != postpaid bookings {pp_u}")
-        by_kind = {k: int(v) for k, v in conn.execute(select(e.c.kind, func.sum(e.c.list_ucny))
-                                                      .where(e.c.account_id == ids["account"]).group_by(e.c.kind))}
+        license_part = _license(conn, lic, problems)
+        postpaid_part = _postpaid(conn, pp, ids["account"], problems)
     with db.write_connect(engine) as conn, conn.begin():
         rb = rebuild.run(conn, check=True)
     engine.dispose()
@@ -99,10 +73,47 @@ def run(url: str, truth: dict[int, dict[str, int]], ids: dict[str, Any]) -> dict
         "duplicated_rounds": dup,
         "mismatches": mism,
         "dead_letters": dead,
-        "license": {"workspace": lic, "booked_ucny": lic_u, "on_leases_ucny": lic_leased_u,
-                    "leases_booked": lease_booked, "pool": levels, "pool_conserved": conserved,
-                    "live_leases": int(live)},
-        "postpaid": {"workspace": pp, "booked_ucny": pp_u, "charged_list_ucny": charged, "entries": by_kind},
+        "license": license_part,
+        "postpaid": postpaid_part,
         "rebuild": {"differences": len(rb["differences"]), "seconds": round(rb["seconds"], 3),
                     "rounds": rb["rounds"]},
     }
+
+
+def _license(conn: Any, lic: int, problems: list[str]) -> dict[str, Any]:
+    """The License workspace: its pool and leases against its bookings (problems appended)."""
+    b = S.usage_batches
+    lic_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
+                             .where(b.c.workspace_id == lic)).scalar_one())
+    lic_leased_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
+                                    .where(b.c.workspace_id == lic, b.c.lease_id != 0)).scalar_one())
+    lease_booked = int(conn.execute(select(func.coalesce(func.sum(S.leases.c.booked), 0))
+                                    .where(S.leases.c.workspace_id == lic)).scalar_one())
+    levels = pools.levels(conn, lic)
+    if lease_booked != lic_leased_u:
+        problems.append(f"leases booked {lease_booked} != License batches on leases {lic_leased_u}")
+    conserved = levels["added"] + levels["overdraft"] == (levels["free"] + levels["out"] + levels["unrec"]
+                                                          + levels["consumed"])
+    if not conserved:
+        problems.append(f"pool buckets do not add up: {levels}")
+    live = conn.execute(select(func.count()).select_from(S.leases)
+                        .where(S.leases.c.workspace_id == lic, S.leases.c.state == 0)).scalar_one()
+    return {"workspace": lic, "booked_ucny": lic_u, "on_leases_ucny": lic_leased_u,
+            "leases_booked": lease_booked, "pool": levels, "pool_conserved": conserved,
+            "live_leases": int(live)}
+
+
+def _postpaid(conn: Any, pp: int, account: int, problems: list[str]) -> dict[str, Any]:
+    """The postpaid workspace: every booked µCNY charged once (trial, savings plan or
+    pay-as-you-go; problems appended)."""
+    b, e = S.usage_batches, S.account_entries
+    pp_u = int(conn.execute(select(func.coalesce(func.sum(b.c.rated_ucny), 0))
+                            .where(b.c.workspace_id == pp)).scalar_one())
+    charged = int(conn.execute(select(func.coalesce(func.sum(e.c.list_ucny), 0))
+                               .where(e.c.account_id == account,
+                                      e.c.kind.in_(("trial", "plan", "payg")))).scalar_one())
+    if charged != pp_u:
+        problems.append(f"postpaid charges {charged} != postpaid bookings {pp_u}")
+    by_kind = {k: int(v) for k, v in conn.execute(select(e.c.kind, func.sum(e.c.list_ucny))
+                                                  .where(e.c.account_id == account).group_by(e.c.kind))}
+    return {"workspace": pp, "booked_ucny": pp_u, "charged_list_ucny": charged, "entries": by_kind}

@@ -223,28 +223,40 @@ class Simulation:
         self.setup()
         f = self.fleet
         assert f is not None
-        a = self.a
         devs = f.devices
         n = len(devs)
-        total = a.rounds if a.duration is None else 1 << 60
+        total = self.a.rounds if self.a.duration is None else 1 << 60
         for i, d in enumerate(devs):
             d.quota = total // n + (1 if i < total % n else 0)
         target = sum(d.quota for d in devs)
+        serve_s = self._serve(target)
+        drained = self.drain()
+        if not self.a.quiet:
+            sys.stderr.write("\n")
+        t = time.monotonic()
+        au = self._audit(drained)
+        return self._report(target, serve_s, drained, au, time.monotonic() - t)
+
+    def _serve(self, target: int) -> float:
+        """Serve rounds until the target (or the duration) is reached, firing the fault plan on
+        the way and ticking every device's timers; returns the serving seconds."""
+        f, a = self.fleet, self.a
+        assert f is not None
+        devs = f.devices
+        n = len(devs)
         plan = self.fault_plan()
         interval = 1.0 / a.rate if a.rate else 0.0
         heap = [(time.monotonic() + self.rng.random() * interval, i) for i in range(n)]
         heapq.heapify(heap)
-        t_serve = time.monotonic()
         last_scan = last_prog = last_tick = 0.0
         tick_i = 0
-        progress_at, last_served = t_serve, 0
-        window = METER_CFG.get("window", 4)
         self.connect_s = self.connect_all()
         if self.on_ready is not None:
             self.on_ready(self)
         if self.mp:
             self.mp.start()
         t_serve = time.monotonic()
+        progress_at, last_served = t_serve, 0
         while True:
             now = time.monotonic()
             frac = (now - t_serve) / a.duration if a.duration else f.served_rounds / max(1, target)
@@ -256,24 +268,7 @@ class Simulation:
                 break
             if a.duration is None and f.served_rounds >= target:
                 break
-            budget = 400
-            while heap and heap[0][0] <= now and budget:
-                _, i = heapq.heappop(heap)
-                d = devs[i]
-                if d.quota <= 0:
-                    continue
-                if d.link.state == UP and len(d.meter.s.outbox) >= window and not d.pending_end:
-                    heapq.heappush(heap, (now + 0.02, i))
-                    continue
-                cut = i in self.cut_next
-                if cut:
-                    self.cut_next.discard(i)
-                served = d.serve_one(cut)
-                d.push()
-                budget -= 1
-                wait = interval or (0.0 if d.link.state == UP and served else
-                                    0.01 if d.dev == self.full_dev and served else 0.25)
-                heapq.heappush(heap, (now + wait, i))
+            budget = self._serve_due(heap, now, interval)
             # timers: every device ticked about once a second
             k = max(1, int(n * min(1.0, now - last_tick)))
             if now - last_tick >= 0.05:
@@ -299,16 +294,42 @@ class Simulation:
         for _, kind in plan:     # a run that ended early still fires what was planned
             if not self.stop and self.fault_times is None:
                 self.fire(kind)
-        serve_s = time.monotonic() - t_serve
-        drained = self.drain()
-        if not a.quiet:
-            sys.stderr.write("\n")
+        return time.monotonic() - t_serve
+
+    def _serve_due(self, heap: list[tuple[float, int]], now: float, interval: float) -> int:
+        """Serve one round on each device due by now (at most 400); the budget left."""
+        assert self.fleet is not None
+        devs = self.fleet.devices
+        window = METER_CFG.get("window", 4)
+        budget = 400
+        while heap and heap[0][0] <= now and budget:
+            _, i = heapq.heappop(heap)
+            d = devs[i]
+            if d.quota <= 0:
+                continue
+            if d.link.state == UP and len(d.meter.s.outbox) >= window and not d.pending_end:
+                heapq.heappush(heap, (now + 0.02, i))
+                continue
+            cut = i in self.cut_next
+            if cut:
+                self.cut_next.discard(i)
+            served = d.serve_one(cut)
+            d.push()
+            budget -= 1
+            wait = interval or (0.0 if d.link.state == UP and served else
+                                0.01 if d.dev == self.full_dev and served else 0.25)
+            heapq.heappush(heap, (now + wait, i))
+        return budget
+
+    def _audit(self, drained: dict[str, Any]) -> dict[str, Any]:
+        """The audit of the ledger against what was served, with the run's own findings."""
+        assert self.fleet is not None
+        a, devs = self.a, self.fleet.devices
         mp_truth = self.mp.finish() if self.mp else {}
         for r in self.raters:
             r.stop()
         truth = {d.dev: {"rounds": d.rounds, "ucny": d.ucny} for d in devs}
         truth.update(mp_truth)
-        t = time.monotonic()
         au = audit.run(self.url, truth, self.ids)
         if self.stalled:
             au["ok"] = False
@@ -325,6 +346,15 @@ class Simulation:
         if drained["not_acked"]:
             au["ok"] = False
             au["problems"].append(f"{drained['not_acked']} device(s) still had unacked batches after the drain")
+        return au
+
+    def _report(self, target: int, serve_s: float, drained: dict[str, Any], au: dict[str, Any],
+                audit_s: float) -> dict[str, Any]:
+        """The run's report, as `edgemeter sim --report` writes it."""
+        f, a = self.fleet, self.a
+        assert f is not None
+        devs = f.devices
+        n = len(devs)
         refused: Counter[str] = Counter()
         events: Counter[str] = Counter()
         for d in devs:
@@ -338,7 +368,7 @@ class Simulation:
             "mp_devices": len(self.mp_regs) if self.mp else 0, "raters": a.raters, "db": self.url,
             "rounds_target": target if a.duration is None else None, "seconds": round(elapsed, 1),
             "serve_seconds": round(serve_s, 1), "drain": drained, "setup_seconds": {k: round(v, 2) for k, v in self.setup_s.items()},
-            "audit_seconds": round(time.monotonic() - t, 2), "connect_seconds": round(self.connect_s, 2),
+            "audit_seconds": round(audit_s, 2), "connect_seconds": round(self.connect_s, 2),
             "rounds_per_s": booked / max(1e-9, serve_s + drained["seconds"]),
             "faults": dict(self.counts), "fault_log": self.log[:200],
             "power_cuts": {"count": len(cuts), "complete_record": sum(cuts), "torn_record": len(cuts) - sum(cuts)},
