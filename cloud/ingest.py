@@ -1,6 +1,11 @@
 """The rater's group step, free of MQTT: a group of received messages in, one committed
 transaction and the downlink to publish out. cloud/rater.py feeds it from the broker.
 
+Ingest.process() chains public steps, each testable alone (tests/cloud/test_ingest_steps.py):
+screen (G1), load_devices and session (G2, G9), receive through the device's session, book
+(G3, G4), charge (G5), reply (G6, G10), save (G6, G9). The SQL it writes by hand is in
+cloud/ledger.py (device_rows, booked_between, the bulk inserts), under one statement-size rule.
+
 For each message, in order (rules G1-G10; the protocol rules are firmware_py.cloud_session's):
  G1. Screening before any database work: a payload over proto.MAX_MSG is `oversized`; a topic
      that is not em/<ws>/<dev>/up/<kind> is `wrong_topic`; a device the registry does not know
@@ -101,13 +106,17 @@ class Ingest:
         self.latest = ledger.book_in_force(self.books, self.now_ms() // 1000)
         self._memo: dict[tuple[int, Any], Any] = {}
         self._ws_cache: dict[int, Any] = {}
-        self._live: dict[int, tuple[str, _Session]] = {}     # rule G9
+        self._live: dict[int, tuple[str, MemoSession]] = {}     # rule G9
         self._topics: dict[str, tuple[int, int, str]] = {}    # parse_topic's answers (bounded)
 
     # ------------------------------------------------------------------ rating memo (G8)
+    def clear_memo(self) -> None:
+        """Forget every memoised rating (a benchmark's cold start)."""
+        self._memo.clear()
+
     def rated(self, book: dict, wire: list, key: tuple[int, Any]) -> tuple[list, int] | ValueError:
         """rating.rate(book, round_from_wire(wire)), or the ValueError it raised, memoised by
-        key = (book version, tuple(wire) when its entries are all item ids, else repr(wire))."""
+        key = memo_key(book version, wire)."""
         hit = self._memo.get(key)
         if hit is None:
             try:
@@ -147,9 +156,23 @@ class Ingest:
 
     # ------------------------------------------------------------------ the group
     def process(self, msgs: Sequence[Incoming]) -> Outcome:
+        """One group (rules G1-G10): screen, then in one transaction load, receive, book,
+        charge, reply and save; the Outcome holds the downlink to publish after the commit."""
         out = Outcome()
         now_ms = self.now_ms()
         now = now_ms // 1000
+        screened, dead = self.screen(msgs)
+        with db.write_connect(self.engine) as conn:
+            with conn.begin():
+                self.refresh_books(conn, now)
+                self._group(conn, screened, dead, out, now, now_ms)
+        done_ms = self.now_ms()
+        out.lag_ms = [done_ms - m.received_ms for m in msgs]
+        return out
+
+    def screen(self, msgs: Sequence[Incoming]) -> tuple[list[tuple[Incoming, int, int, str]], list[tuple[str, str, bytes, str]]]:
+        """Step "screen" (rule G1), before any database work: ([(message, ws, dev, topic
+        suffix)] to receive, [(reason, topic, payload, detail)] dead letters)."""
         screened: list[tuple[Incoming, int, int, str]] = []
         dead: list[tuple[str, str, bytes, str]] = []
         for m in msgs:
@@ -171,13 +194,7 @@ class Ingest:
                 dead.append(("wrong_topic", m.topic, m.payload, "not an uplink topic"))
                 continue
             screened.append((m, ws, dev, suffix))
-        with db.write_connect(self.engine) as conn:
-            with conn.begin():
-                self.refresh_books(conn, now)
-                self._group(conn, screened, dead, out, now, now_ms)
-        done_ms = self.now_ms()
-        out.lag_ms = [done_ms - m.received_ms for m in msgs]
-        return out
+        return screened, dead
 
     def refresh_books(self, conn: Connection, now: int) -> None:
         """Rule G10: load price books published since (one max() query per group) and take the
@@ -205,37 +222,19 @@ class Ingest:
                 self._ws_cache[r["id"]] = dict(r)
         return {i: self._ws_cache[i] for i in ids if i in self._ws_cache}
 
-    def _load_devices(self, conn: Connection, devs: set[int]) -> tuple[dict[int, Any], dict[int, dict[int, bytes]]]:
-        """The devices' rows (locked FOR UPDATE where the store has row locks) and their keys
-        up to the last delivered kid: straight through the driver, this runs for every group.
-        Rows are locked in id order (ORDER BY under FOR UPDATE: PostgreSQL locks the rows as
-        the sort returns them), so that two raters locking overlapping sets queue instead of
-        deadlocking; without it a sequential scan locks them in their physical order, which
-        updates keep changing."""
+    def load_devices(self, conn: Connection, devs: set[int]) -> tuple[dict[int, Any], dict[int, dict[int, bytes]]]:
+        """Step "load": the devices' rows, locked (cloud.ledger.device_rows), and their keys
+        unwrapped up to the last key id delivered to each."""
         if not devs:
             return {}, {}
-        ids = sorted(devs)
-        lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
-        per = ledger.params_per_statement(conn)
-        rows: dict[int, Any] = {}
-        found: list[tuple[int, int, bytes]] = []
-        for k in range(0, len(ids), per):
-            part = ids[k:k + per]
-            marks = ", ".join([ledger.marks(conn)] * len(part))
-            for i, ws, sess, kid_sent, status in conn.exec_driver_sql(
-                    f"SELECT id, workspace_id, session, kid_sent, status FROM devices WHERE id IN ({marks})"
-                    f" ORDER BY id{lock}",
-                    tuple(part)):
-                rows[i] = {"id": i, "workspace_id": ws, "session": sess, "kid_sent": kid_sent, "status": status}
-            found += conn.exec_driver_sql(
-                f"SELECT device_id, kid, key FROM device_keys WHERE device_id IN ({marks})", tuple(part)).all()
+        rows, found = ledger.device_rows(conn, devs, lock=True)
         keys: dict[int, dict[int, bytes]] = {}
         for d, kid, key in found:
             if d in rows and kid <= rows[d]["kid_sent"]:
                 keys.setdefault(d, {})[kid] = keystore.unwrap(d, kid, bytes(key))
         return rows, keys
 
-    def _session(self, row: Any, keys: dict[int, bytes]) -> "_Session":
+    def session(self, row: Any, keys: dict[int, bytes]) -> "MemoSession":
         """The device's session from its row (rule G9: the one this Ingest saved last, when the
         row still holds exactly what was saved from it and the keys are the same)."""
         live = self._live.pop(row["id"], None)
@@ -243,14 +242,12 @@ class Ingest:
                 and live[1].ws == row["workspace_id"]:
             return live[1]
         state = json.loads(row["session"]) if row["session"] else None
-        sess = _Session(row["workspace_id"], row["id"], keys, state or None, self.books)
-        sess.ingest = self
-        return sess
+        return MemoSession(row["workspace_id"], row["id"], keys, state or None, self.books, self)
 
     def _group(self, conn: Connection, screened: list, dead: list, out: Outcome, now: int, now_ms: int) -> None:
-        rows, keys = self._load_devices(conn, {dev for _, _, dev, _ in screened})
+        rows, keys = self.load_devices(conn, {dev for _, _, dev, _ in screened})
         wss = self._workspaces(conn, {r["workspace_id"] for r in rows.values()})
-        sessions: dict[int, _Session] = {}
+        sessions: dict[int, MemoSession] = {}
         status_of: dict[int, str] = {}
         bookings: list[tuple[Incoming, Any, dict]] = []
         dups: dict[int, set[int]] = {}
@@ -266,7 +263,7 @@ class Ingest:
                 continue
             sess = sessions.get(dev)
             if sess is None:
-                sess = sessions[dev] = self._session(row, keys[dev])
+                sess = sessions[dev] = self.session(row, keys[dev])
             pool = None
             if suffix != "up/usage" and wss[ws]["billing"] == "license":
                 pool = self._pool_for(conn, pools_, ws, wss[ws], m.payload, sess, now)
@@ -275,8 +272,7 @@ class Ingest:
             for a in acts:
                 kind = a[0]
                 if kind == "book":
-                    a[1]["_rated"] = sess.rated
-                    bookings.append((m, wss[ws], a[1]))
+                    bookings.append((m, wss[ws], a[1], sess.rated))
                 elif kind == "duplicate":
                     dups.setdefault(dev, set()).add(a[1])
                     out.duplicates += 1
@@ -293,9 +289,9 @@ class Ingest:
                     out.events.append((a[1], dev, a[2] if a[1] != "status" else None))
         for ws, es in pool_entries.items():
             pools.store(conn, pools_[ws], es, now)
-        new = self._book(conn, bookings, dups, out, now, now_ms, sessions)
-        self._acks(conn, sessions, new, dups, bookings, out)
-        self._save_sessions(conn, sessions, status_of, now_ms)
+        new = self.book(conn, bookings, dups, out, now, now_ms, sessions)
+        self.reply(conn, sessions, new, dups, bookings, out)
+        self.save(conn, sessions, status_of, now_ms)
         for reason, topic, payload, detail in dead:
             ledger.record_dead_letter(conn, reason, topic, payload, detail, now_ms)
             out.dead[reason] = out.dead.get(reason, 0) + 1
@@ -315,29 +311,26 @@ class Ingest:
             pools.expire_due(conn, self.latest, ws, now)
             pool = cache[ws] = pools.load(conn, ws, want, wsrow)
         else:
-            missing = sorted(want - set(pool.leases))
-            if missing:
-                for r in conn.execute(select(S.leases).where(S.leases.c.workspace_id == ws,
-                                                             S.leases.c.id.in_(missing))).mappings():
-                    pool.leases[r["id"]] = pools._lease_row(r)
-                    pool.em_loaded.add(r["id"])
+            pools.load_leases(conn, pool, want)
         return pool
 
     # ------------------------------------------------------------------ booking (G3-G5)
-    def _book(self, conn: Connection, bookings: list, dups: dict, out: Outcome, now: int,
-              now_ms: int, sessions: dict[int, "_Session"]) -> dict[int, list]:
-        """Insert the bookings [(message, workspace row, booking)]; returns {dev: [(seq, verdict)]}
+    def book(self, conn: Connection, bookings: list, dups: dict, out: Outcome, now: int,
+              now_ms: int, sessions: dict[int, "MemoSession"]) -> dict[int, list]:
+        """Step "book" (rules G3, G4): insert the bookings [(message, workspace row, booking, its
+        rounds' ratings)] once each, with their usage lines, mismatches and License lease
+        reports, and charge the postpaid ones (step "charge"); returns {dev: [(seq, verdict)]}
         of the ones booked now (the others are duplicates, added to dups)."""
         rows, first = [], []
         seen: set[tuple[int, int]] = set()
-        for m, ws, b in bookings:
+        for m, ws, b, rated in bookings:
             key = (b["dev"], b["seq"])
             if key in seen:     # the same batch twice in one group: the second is a duplicate
                 dups.setdefault(b["dev"], set()).add(b["seq"])
                 out.duplicates += 1
                 continue
             seen.add(key)
-            first.append((ws, b))
+            first.append((ws, b, rated))
             rows.append((b["dev"], b["seq"], b["boot"], b["ver"], b["lease"], b["t0"], len(b["rounds"]),
                          b["device_ucny"], b["ucny"], b["verdict"] != P.V_OK, m.payload, ws["id"],
                          ws["account_id"], m.received_ms, now_ms))     # ledger.BATCH_COLS
@@ -356,7 +349,7 @@ class Ingest:
                 mism[bid] = {"batch_id": bid, "device_id": b["dev"], "device_ucny": b["device_ucny"],
                              "rated_ucny": b["ucny"], "reason": reason, "at_ms": now_ms}
 
-        for ws, b in first:
+        for ws, b, rated in first:
             bid = ids.get((b["dev"], b["seq"]))
             if bid is None:     # booked before this group: a duplicate
                 dups.setdefault(b["dev"], set()).add(b["seq"])
@@ -367,10 +360,10 @@ class Ingest:
             out.booked += 1
             out.rounds += len(b["rounds"])
             out.ucny += b["ucny"]
-            rated = b["_rated"]     # the ratings of its valid rounds (all, unless the verdict says not)
+            # rated: the ratings of its valid rounds (all, unless the verdict says not)
             if len(rated) != len(b["rounds"]) and b["verdict"] != P.V_UNKNOWN_BOOK and \
                     len(rated) != sum(1 for r in b["rounds"] if r[2] is not None):   # rated without the hook
-                rated = [self.rated(self.books[b["ver"]], r[1], (b["ver"], repr(r[1]))) for r in b["rounds"]
+                rated = [self.rated(self.books[b["ver"]], r[1], memo_key(b["ver"], r[1])) for r in b["rounds"]
                          if r[2] is not None]
             agg = self.batch_lines(rated)
             for (item, mult), (calls, ucny) in agg.items():
@@ -396,10 +389,12 @@ class Ingest:
             ledger.insert_rows(conn, S.mismatches, list(mism.values()))
             out.mismatches += len(mism)
         if charges:
-            self._charge(conn, charges, out, now, sessions)
+            self.charge(conn, charges, out, now, sessions)
         return new
 
-    def _charge(self, conn: Connection, charges: list, out: Outcome, now: int, sessions: dict[int, "_Session"]) -> None:
+    def charge(self, conn: Connection, charges: list, out: Outcome, now: int, sessions: dict[int, "MemoSession"]) -> None:
+        """Step "charge" (rule G5): charge [(account, batch id, µCNY)] and command the devices of
+        the accounts whose suspension flips."""
         accs = {a for a, _, _ in charges}
         before = accounts.load_state(conn, accs)
         flags = {a: st["suspended"] for a, st in before.items()}
@@ -409,7 +404,7 @@ class Ingest:
             self.send_commands(conn, accounts.commands_due(conn, flipped), out, sessions)
 
     def send_commands(self, conn: Connection, cmds: list[tuple[int, int, str]], out: Outcome,
-                      sessions: dict[int, "_Session"] | None = None) -> None:
+                      sessions: dict[int, "MemoSession"] | None = None) -> None:
         """Sign and queue suspend/resume commands and record them (accounts rule A4). A device
         whose session the group already holds (`sessions`) is commanded through that session,
         which the group saves at its end; saving a second copy here would be overwritten by it
@@ -418,14 +413,14 @@ class Ingest:
         if not cmds:
             return
         held = sessions or {}
-        rows, keys = self._load_devices(conn, {d for d, _, _ in cmds if d not in held})
+        rows, keys = self.load_devices(conn, {d for d, _, _ in cmds if d not in held})
         saved = []
         for dev, ws, op in cmds:
             sess = held.get(dev)
             if sess is None:
                 if dev not in rows or dev not in keys:
                     continue
-                sess = self._session(rows[dev], keys[dev])
+                sess = self.session(rows[dev], keys[dev])
                 saved.append(sess)
             data = sess.command(P.OP_SUSPEND if op == "suspend" else P.OP_RESUME)
             out.publish.append((P.topic(ws, dev, "down/cmd"), data))
@@ -436,15 +431,17 @@ class Ingest:
         accounts.mark_commanded(conn, cmds)
 
     # ------------------------------------------------------------------ acks and state (G6)
-    def _acks(self, conn: Connection, sessions: dict, new: dict, dups: dict, bookings: list, out: Outcome) -> None:
+    def reply(self, conn: Connection, sessions: dict, new: dict, dups: dict, bookings: list, out: Outcome) -> None:
+        """Step "reply" (rules G6, G10): one cumulative ack per device with usage in the group,
+        with its non-OK verdicts, and the newest price book to a device that used an older one."""
         versions: dict[int, int] = {}
-        for _, _, b in bookings:
+        for _, _, b, _ in bookings:
             versions[b["dev"]] = min(versions.get(b["dev"], b["ver"]), b["ver"])
         devs = sorted(set(new) | set(dups))
         knowns = {dev: {s for s, _ in new.get(dev, ())} | dups.get(dev, set()) for dev in devs}
         gaps = {dev: (sessions[dev].s["acked"], sessions[dev].s["top"]) for dev in devs
                 if any(q not in knowns[dev] for q in range(sessions[dev].s["acked"] + 1, sessions[dev].s["top"] + 1))}
-        for dev, seq in self._booked_in(conn, gaps):
+        for dev, seq in ledger.booked_between(conn, gaps):   # rule G10, in one go
             knowns[dev].add(seq)
         for dev in devs:
             sess = sessions[dev]
@@ -461,22 +458,8 @@ class Ingest:
             if versions.get(dev, self.latest["version"]) < self.latest["version"] and sess.s["bv"] < self.latest["version"]:
                 out.publish.append((P.topic(sess.ws, dev, "down/book"), sess.push_book(self.latest)))
 
-    @staticmethod
-    def _booked_in(conn: Connection, gaps: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
-        """Rule G10: the booked (device, seq) with lo < seq <= hi of each device's (lo, hi), in
-        one statement per ~300 devices, straight through the driver."""
-        out: list[tuple[int, int]] = []
-        items = sorted(gaps.items())
-        ph = ledger.marks(conn)
-        per = max(1, ledger.params_per_statement(conn) // 3)
-        for k in range(0, len(items), per):
-            part = items[k:k + per]
-            cond = " OR ".join([f"(device_id = {ph} AND seq > {ph} AND seq <= {ph})"] * len(part))
-            params = tuple(x for dev, (lo, hi) in part for x in (dev, lo, hi))
-            out += conn.exec_driver_sql(f"SELECT device_id, seq FROM usage_batches WHERE {cond}", params).all()
-        return out
-
-    def _save_sessions(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
+    def save(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
+        """Step "save" (rules G6, G9): the group's sessions and last status reports, kept live."""
         if not sessions:
             return
         saved = [(json.dumps(s.state(), sort_keys=True), s.s["acked"], now_ms, dev) for dev, s in sessions.items()]
@@ -490,22 +473,30 @@ class Ingest:
             ledger.update_tuples(conn, S.devices, ("last_status",), "id", [(v, k) for k, v in status_of.items()])
 
 
-class _Session(CS.CloudSession):
-    """The core's cloud session with its per-round rating (CloudSession.rate_round, the hook
-    the core offers for this) memoised by the Ingest (rule G8)."""
-    ingest: Ingest
+def memo_key(version: int, wire: list) -> tuple[int, Any]:
+    """The rating memo's one key of a round (rule G8): (book version, the tuple of its entries)
+    for a round of plain item ids (the usual), (book version, repr of it) when an entry is a
+    list (counts or models: not hashable)."""
+    key: tuple[int, Any] = (version, tuple(wire))
+    try:
+        hash(key)
+    except TypeError:
+        key = (version, repr(wire))
+    return key
 
-    rated: list     # the ratings (memo values) of the valid rounds of the message in hand
+
+class MemoSession(CS.CloudSession):
+    """The core's cloud session with its per-round rating (CloudSession.rate_round, the hook
+    the core offers for this) memoised by an Ingest (rule G8)."""
+
+    def __init__(self, ws: int, dev: int, keys: dict[int, bytes], state: Any, books: dict[int, dict],
+                 ingest: Ingest) -> None:
+        super().__init__(ws, dev, keys, state, books)
+        self.ingest = ingest
+        self.rated: list = []    # the ratings (memo values) of the valid rounds of the message in hand
 
     def rate_round(self, book: dict, wire: list) -> int:
-        try:     # a round of plain item ids (the usual): the tuple of them is the key
-            key: tuple[int, Any] = (book["version"], tuple(wire))
-            hit = self.ingest._memo.get(key)
-        except TypeError:    # entries with counts or models are lists, not hashable
-            key = (book["version"], repr(wire))
-            hit = self.ingest._memo.get(key)
-        if hit is None:
-            hit = self.ingest.rated(book, wire, key)
+        hit = self.ingest.rated(book, wire, memo_key(book["version"], wire))
         if isinstance(hit, ValueError):
             raise hit
         self.rated.append(hit)

@@ -62,14 +62,16 @@ def max_params(conn: Connection) -> int:
     return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) if getlimit else _SQLITE_VARS
 
 
-def params_per_statement(conn: Connection) -> int:
-    """The parameters the hot-path statements bind at most (multi-row INSERTs, IN lists)."""
-    return min(_SQLITE_VARS, max_params(conn))
+def rows_per_statement(conn: Connection, width: int) -> int:
+    """The statement-size rule of every multi-row statement written here (INSERT .. VALUES,
+    IN lists, OR'ed conditions): at most _CHUNK rows of `width` parameters each, and never
+    more parameters than the library binds (max_params)."""
+    return max(1, min(_CHUNK, max_params(conn) // width))
 
 
+_CHUNK = 1000
 BATCH_COLS = ("device_id", "seq", "boot", "book_version", "lease_id", "t0", "rounds", "device_ucny", "rated_ucny",
               "mismatch", "payload", "workspace_id", "account_id", "received_ms", "booked_ms")
-_CHUNK = 1000
 
 
 def insert_batches(conn: Connection, rows: Sequence[Mapping]) -> dict[tuple[int, int], int]:
@@ -96,7 +98,7 @@ def insert_batch_tuples(conn: Connection, rows: Sequence[tuple]) -> dict[tuple[i
         return out
     one = "(" + ", ".join([marks(conn)] * len(BATCH_COLS)) + ")"
     head = f"INSERT INTO {S.usage_batches.name} ({', '.join(BATCH_COLS)}) VALUES "
-    per = max(1, min(_CHUNK, max_params(conn) // len(BATCH_COLS)))   # within the library's limit
+    per = rows_per_statement(conn, len(BATCH_COLS))
     for k in range(0, len(rows), per):
         chunk = rows[k:k + per]
         params: list[Any] = []
@@ -174,7 +176,7 @@ def insert_tuples(conn: Connection, table, cols: Sequence[str], rows: Sequence[t
         return
     head = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
     one = "(" + ", ".join(["?"] * len(cols)) + ")"
-    per = max(1, params_per_statement(conn) // len(cols))
+    per = rows_per_statement(conn, len(cols))
     for k in range(0, len(rows), per):
         chunk = rows[k:k + per]
         params: list[Any] = []
@@ -252,3 +254,46 @@ def book_in_force(books: Mapping[int, dict], now: int) -> dict:
     """The book in force at now: the newest whose effective time has come (cloud.books B4)."""
     live = [v for v, b in books.items() if b.get("effective_at", 0) <= now]
     return books[max(live)] if live else books[min(books)]
+
+
+def device_rows(conn: Connection, ids: Sequence[int], lock: bool) -> tuple[dict[int, dict[str, Any]], list[tuple]]:
+    """The rater's device lookup, straight through the driver (it runs for every group): the
+    rows {id: {id, workspace_id, session, kid_sent, status}} of the devices ids (locked FOR
+    UPDATE when lock and the store has row locks, in id order: two raters locking overlapping
+    sets then queue instead of deadlocking, where a sequential scan would lock them in their
+    physical order, which updates keep changing) and their stored keys [(device, kid, wrapped
+    key)]."""
+    d, k = S.devices, S.device_keys
+    suffix = " FOR UPDATE" if lock and conn.dialect.name != "sqlite" else ""
+    rows: dict[int, dict[str, Any]] = {}
+    found: list[tuple] = []
+    per = rows_per_statement(conn, 1)
+    ordered = sorted(ids)
+    for at in range(0, len(ordered), per):
+        part = tuple(ordered[at:at + per])
+        inl = ", ".join([marks(conn)] * len(part))
+        for i, ws, sess, kid_sent, status in conn.exec_driver_sql(
+                f"SELECT {d.c.id.name}, {d.c.workspace_id.name}, {d.c.session.name}, {d.c.kid_sent.name}, "
+                f"{d.c.status.name} FROM {d.name} WHERE {d.c.id.name} IN ({inl}) ORDER BY {d.c.id.name}{suffix}",
+                part):
+            rows[i] = {"id": i, "workspace_id": ws, "session": sess, "kid_sent": kid_sent, "status": status}
+        found += conn.exec_driver_sql(f"SELECT {k.c.device_id.name}, {k.c.kid.name}, {k.c.key.name} FROM {k.name} "
+                                      f"WHERE {k.c.device_id.name} IN ({inl})", part).all()
+    return rows, found
+
+
+def booked_between(conn: Connection, gaps: Mapping[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """The booked (device, seq) with lo < seq <= hi of each device's (lo, hi), straight through
+    the driver: one statement per rows_per_statement() devices."""
+    b = S.usage_batches
+    out: list[tuple[int, int]] = []
+    items = sorted(gaps.items())
+    ph = marks(conn)
+    per = rows_per_statement(conn, 3)
+    dev, seq = b.c.device_id.name, b.c.seq.name
+    for at in range(0, len(items), per):
+        part = items[at:at + per]
+        cond = " OR ".join([f"({dev} = {ph} AND {seq} > {ph} AND {seq} <= {ph})"] * len(part))
+        params = tuple(x for d, (lo, hi) in part for x in (d, lo, hi))
+        out += conn.exec_driver_sql(f"SELECT {dev}, {seq} FROM {b.name} WHERE {cond}", params).all()
+    return out

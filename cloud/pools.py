@@ -39,15 +39,15 @@ from sqlalchemy.engine import Connection
 from edgemeter.cloud import accounts, ledger
 from edgemeter.cloud import schema as S
 from firmware_py import billing, pricebook
-from firmware_py import lease as LS
-from firmware_py import pool as L
+from firmware_py import lease as L
+from firmware_py import pool as PL
 
 
 class PoolError(ValueError):
     """A caller mistake in a pool, licence or lease operation."""
 
 
-POLICIES = {"stop": LS.STOP, "continue": LS.CONTINUE, "degrade": LS.DEGRADE}
+POLICIES = {"stop": L.STOP, "continue": L.CONTINUE, "degrade": L.DEGRADE}
 
 
 def workspace(conn: Connection, ws_id: int) -> Any:
@@ -65,7 +65,7 @@ def _license_ws(conn: Connection, ws_id: int) -> Any:
 
 
 # pool P5's overshoot: the dearest round of the shipped price book
-OVERSHOOT = L.max_round(pricebook.default())
+OVERSHOOT = PL.max_round(pricebook.default())
 
 
 def terms(ws: Any) -> dict[str, int]:
@@ -86,7 +86,27 @@ def _lease_row(r: Any) -> list[int]:
     return [r[f] for f in LEASE_FIELDS]
 
 
-def load(conn: Connection, ws_id: int, lease_ids: Iterable[int] = (), ws: Mapping | None = None) -> L.Pool:
+class StoredPool(PL.Pool):
+    """The core's Pool as the store holds it: its workspace and the leases read from the
+    table (store() inserts the others and updates these)."""
+
+    def __init__(self, state: dict[str, Any], terms: dict[str, Any], ws_id: int, loaded: set[int]) -> None:
+        super().__init__(state, terms)
+        self.ws_id = ws_id
+        self.loaded = loaded
+
+
+def load_leases(conn: Connection, pool: StoredPool, lease_ids: Iterable[int]) -> None:
+    """Read the named leases of the pool's workspace that it does not hold yet into it."""
+    missing = sorted(set(lease_ids) - set(pool.leases))
+    if missing:
+        q = select(S.leases).where(S.leases.c.workspace_id == pool.ws_id, S.leases.c.id.in_(missing))
+        for r in conn.execute(q).mappings():
+            pool.leases[r["id"]] = _lease_row(r)
+            pool.loaded.add(r["id"])
+
+
+def load(conn: Connection, ws_id: int, lease_ids: Iterable[int] = (), ws: Mapping | None = None) -> StoredPool:
     """The workspace's Pool with the given leases loaded, its row locked (rule S1)."""
     ws = ws or workspace(conn, ws_id)
     ledger.ensure_pool(conn, ws_id)
@@ -99,16 +119,13 @@ def load(conn: Connection, ws_id: int, lease_ids: Iterable[int] = (), ws: Mappin
         q = select(S.leases).where(S.leases.c.workspace_id == ws_id, S.leases.c.id.in_(ids))
         leases = {r["id"]: _lease_row(r) for r in conn.execute(q).mappings()}
     state["leases"] = leases
-    pool = L.Pool(state, terms(ws))
-    pool.em_ws = ws_id            # type: ignore[attr-defined]
-    pool.em_loaded = set(leases)  # type: ignore[attr-defined]
-    return pool
+    return StoredPool(state, terms(ws), ws_id, set(leases))
 
 
-def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
+def store(conn: Connection, pool: StoredPool, entries: list[list[int]], at: int,
           activation_id: int | None = None, batch_ids: Sequence[int | None] | None = None) -> None:
     """Insert the entries (rule S2) and write the pool's buckets and leases back."""
-    ws_id = pool.em_ws  # type: ignore[attr-defined]
+    ws_id = pool.ws_id
     if entries:
         rows = [(ws_id, at, e[0], _entry_lease(e), ",".join(map(str, e)), activation_id,
                  batch_ids[i] if batch_ids else None) for i, e in enumerate(entries)]
@@ -117,7 +134,7 @@ def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
     vals["next_lease"] = pool.next_lease
     vals["entries"] = S.pools.c.entries + len(entries)
     conn.execute(update(S.pools).where(S.pools.c.workspace_id == ws_id).values(**vals))
-    loaded = pool.em_loaded  # type: ignore[attr-defined]
+    loaded = pool.loaded
     new: list[dict[str, Any]] = []
     old: list[dict[str, Any]] = []
     for lid, r in pool.leases.items():
@@ -131,11 +148,11 @@ def store(conn: Connection, pool: L.Pool, entries: list[list[int]], at: int,
                                            S.leases.c.id == bindparam("b_id"))).values(
             **{f: bindparam(f) for f in LEASE_FIELDS[1:]})
         conn.execute(stmt, [{k: v for k, v in x.items() if k != "device_id"} for x in old])
-    pool.em_loaded = set(pool.leases)  # type: ignore[attr-defined]
+    pool.loaded = set(pool.leases)
 
 
 def _entry_lease(e: list[int]) -> int | None:
-    return e[1] if e[0] in (L.OP_OPEN, L.OP_GRANT, L.OP_REPORT, L.OP_CLOSE, L.OP_RECLAIM) else None
+    return e[1] if e[0] in (PL.OP_OPEN, PL.OP_GRANT, PL.OP_REPORT, PL.OP_CLOSE, PL.OP_RECLAIM) else None
 
 
 def parse_entry(text: str) -> list[int]:
@@ -200,7 +217,7 @@ def expire_due(conn: Connection, book: dict, ws_id: int, now: int) -> list[tuple
     """Rule S5: withdraw what ended activations still hold; [(activation id, units withdrawn)]."""
     a = S.license_activations
     withdrawn = select(S.pool_entries.c.activation_id).where(
-        S.pool_entries.c.workspace_id == ws_id, S.pool_entries.c.op == L.OP_WITHDRAW,
+        S.pool_entries.c.workspace_id == ws_id, S.pool_entries.c.op == PL.OP_WITHDRAW,
         S.pool_entries.c.activation_id.is_not(None))
     rows = conn.execute(select(a).where(a.c.workspace_id == ws_id, a.c.id.not_in(withdrawn))
                         .order_by(a.c.period_end, a.c.id)).mappings().all()
@@ -226,10 +243,10 @@ def expire_due(conn: Connection, book: dict, ws_id: int, now: int) -> list[tuple
 
 
 # ------------------------------------------------------------------------------ leases
-def _own(pool: L.Pool, lid: int, dev: int) -> None:
+def _own(pool: StoredPool, lid: int, dev: int) -> None:
     r = pool.leases.get(lid)
     if r is None:
-        raise PoolError(f"no lease {lid} in workspace {pool.em_ws}")  # type: ignore[attr-defined]
+        raise PoolError(f"no lease {lid} in workspace {pool.ws_id}")
     if r[0] != dev:
         raise PoolError(f"lease {lid} belongs to device {r[0]}, not {dev}")
 
@@ -250,7 +267,7 @@ def lease_renew(conn: Connection, book: dict, ws_id: int, dev: int, lid: int, us
     expire_due(conn, book, ws_id, now)
     pool = load(conn, ws_id, [lid])
     _own(pool, lid, dev)
-    if pool.leases[lid][1] == L.CLOSED:
+    if pool.leases[lid][1] == PL.CLOSED:
         raise PoolError(f"lease {lid} is closed")
     entries, grant = pool.renew(lid, used, want, now)
     store(conn, pool, entries, now)
@@ -309,7 +326,7 @@ def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int,
 def reclaim_due(conn: Connection, ws_id: int, now: int) -> list[int]:
     """Reclaim live leases silent for twice their validity (P6): the lease ids reclaimed."""
     l_ = S.leases
-    ids = conn.execute(select(l_.c.id).where(l_.c.workspace_id == ws_id, l_.c.state == L.LIVE,
+    ids = conn.execute(select(l_.c.id).where(l_.c.workspace_id == ws_id, l_.c.state == PL.LIVE,
                                              now - l_.c.seen >= 2 * l_.c.validity)).scalars().all()
     if not ids:
         return []

@@ -125,9 +125,9 @@ def _rotations(conn: Any, ing: ingest.Ingest, out: ingest.Outcome) -> None:
     d = S.devices
     due = conn.execute(select(d.c.id, d.c.workspace_id, d.c.kid, d.c.kid_sent).where(d.c.kid > d.c.kid_sent)).all()
     for dev, ws, kid, _sent in due:
-        rows, keys = ing._load_devices(conn, {dev})
+        rows, keys = ing.load_devices(conn, {dev})
         new_key = devices.keys(conn, dev)[kid]
-        sess = ing._session(rows[dev], keys[dev])
+        sess = ing.session(rows[dev], keys[dev])
         data = sess.command(P.OP_ROTATE, kid, bytes(new_key))
         out.publish.append((P.topic(ws, dev, "down/cmd"), data))
         out.commands["rotate"] = out.commands.get("rotate", 0) + 1

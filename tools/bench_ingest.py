@@ -254,15 +254,14 @@ def _breakdown(work: Path, devices: int, batches: int, group: int = 500) -> dict
         t0 = time.process_time()
         decoded = [P.check(data, keys[int(t.split("/")[2])], int(t.split("/")[2]))[1] for t, data in msgs]
         t1 = time.process_time()
-        sessions = {dev: ingest._Session(ws, dev, keys[dev], None, ing.books) for ws, dev, _ in devs}
+        sessions = {dev: ingest.MemoSession(ws, dev, keys[dev], None, ing.books, ing) for ws, dev, _ in devs}
         t2 = time.process_time()
         for msg in decoded:
             sess = sessions[msg["dev"]]
-            sess.ingest = ing
             sess.rated = []
             sess.rate(msg)
         t3 = time.process_time()
-        ing._memo.clear()
+        ing.clear_memo()
         for k in range(0, n, group):
             ing.process(inc[k:k + group])
         t4 = time.process_time()
