@@ -17,6 +17,7 @@ own deduction), ucny (what to book: the core's re-rating; the device's claim whe
 book version is unknown), verdict (proto.V_*), rounds [(t, wire, ucny or None), ...].
   C1. Nothing is acted on before the tag verifies under the kid's key and the body names this
       device (proto W1); malformed, unknown-kid, bad-MAC and wrong-topic input is rejected.
+      A verified uplink goes to the method proto.MESSAGES names for its type (proto.handler).
   C2. Batches: seq <= acked or booked(seq) is a duplicate, else a booking (docs/protocol.md, Sequencing).
   C3. Every round is re-rated with the book of the batch's version (proto W4); a total different
       from the device's deduction is V_MISMATCH, a round the core rejects V_INVALID (booked
@@ -51,7 +52,6 @@ REJECT_NO_POOL = "no_pool"               # a lease message from a postpaid devic
 REJECT_FOREIGN_LEASE = "foreign_lease"   # a return of a lease the device does not hold
 REJECT_OUT_OF_RANGE = "out_of_range"     # an integer the ledger cannot hold (C8)
 
-_UP = (P.USAGE, P.LEASE_REQUEST, P.LEASE_RENEW, P.LEASE_RETURN, P.STATUS)
 STATE = {"kid": 0, "pending": 0, "gn": 0, "cn": 0, "boot": 0, "n": 0, "win": 0, "acked": 0,
          "top": 0, "lease": 0, "bv": 0}
 _WINDOW = 32
@@ -98,7 +98,7 @@ class CloudSession:
             return [("reject", P.CHECK_REASONS[code], P.CHECKS[code] + ": " + msg)]
         acts: list = []
         mt = msg["type"]
-        if mt not in _UP:
+        if not P.uplink(mt):
             return [("reject", REJECT_WRONG_TOPIC, "%s is not an uplink message" % P.name(mt))]
         if suffix and suffix != P.suffix(mt):
             return [("reject", REJECT_WRONG_TOPIC, "%s on topic %s" % (P.name(mt), suffix))]
@@ -106,26 +106,39 @@ class CloudSession:
             self.s["kid"] = msg["kid"]
             self.s["pending"] = 0
             acts.append(("event", "rotated", msg["kid"]))
-        bad = out_of_range(msg)
-        if mt == P.USAGE:
-            return acts + self._usage(msg, booked, bad)
-        if mt == P.STATUS and msg["seq"] - self.s["acked"] > SEQ_AHEAD:
-            bad.append("seq")
+        # the message's handler (proto.MESSAGES): (msg, now, booked, pool, out-of-range fields)
+        return acts + getattr(self, P.handler(mt))(msg, now, booked, pool, out_of_range(msg))
+
+    def _control(self, msg, bad):
+        """The rejection of a control message (lease, status) out of range (C8) or not fresh
+        (C5), or None."""
         if bad:
             return [("reject", REJECT_OUT_OF_RANGE, "out of range: %s" % ", ".join(bad))]
         if not self._fresh(msg["boot"], msg["n"]):
             return [("reject", REJECT_REPLAY, "replay: boot %d n %d" % (msg["boot"], msg["n"]))]
-        if mt == P.STATUS:
-            acts.append(("event", "status", msg))
-            if abs(msg["t"] - now) > self.skew:
-                acts.append(("event", "clock_skew", msg["t"] - now))
-            r = pool.leases.get(msg["lease"]) if pool is not None else None
-            if r is not None and r[0] == self.dev:
-                acts.append(("pool", pool.report(msg["lease"], msg["used"], now)))
-            return acts
+        return None
+
+    def _status(self, msg, now, booked, pool, bad):
+        if msg["seq"] - self.s["acked"] > SEQ_AHEAD:
+            bad.append("seq")
+        no = self._control(msg, bad)
+        if no:
+            return no
+        acts: list = [("event", "status", msg)]
+        if abs(msg["t"] - now) > self.skew:
+            acts.append(("event", "clock_skew", msg["t"] - now))
+        r = pool.leases.get(msg["lease"]) if pool is not None else None
+        if r is not None and r[0] == self.dev:
+            acts.append(("pool", pool.report(msg["lease"], msg["used"], now)))
+        return acts
+
+    def _lease_msg(self, msg, now, booked, pool, bad):
+        no = self._control(msg, bad)
+        if no:
+            return no
         if pool is None:
-            return [("reject", REJECT_NO_POOL, "%s: no pool (postpaid device)" % P.name(mt))]
-        return acts + self._lease(msg, now, pool)
+            return [("reject", REJECT_NO_POOL, "%s: no pool (postpaid device)" % P.name(msg["type"]))]
+        return self._lease(msg, now, pool)
 
     def _fresh(self, boot, n):
         s = self.s
@@ -145,7 +158,7 @@ class CloudSession:
         s["win"] |= 1 << back
         return True
 
-    def _usage(self, msg, booked, bad=()):
+    def _usage(self, msg, now, booked, pool, bad):
         seq = msg["seq"]
         if "seq" in bad or seq - self.s["acked"] > SEQ_AHEAD:     # C8: the device is told
             return [("reject", REJECT_OUT_OF_RANGE, "out of range: seq %d" % seq),

@@ -295,23 +295,16 @@ class DeviceSession:
         if code != P.OK:
             return [("event", "rejected", P.CHECKS[code] + ": " + msg)] + self._events()
         mt = msg["type"]
-        if mt not in (P.ACK, P.GRANT, P.BOOK, P.CMD) or (suffix and suffix != P.suffix(mt)):
+        if P.uplink(mt) or (suffix and suffix != P.suffix(mt)):
             return [("event", "rejected", "%s on %s" % (P.name(mt), suffix or "downlink"))]
         acts = []
         if msg["kid"] == self.kid and len(self.keys) > 1:
             self.keys = {self.kid: self.keys[self.kid]}  # D9: the cloud uses the new key
             acts.append(self._persist())
-        if mt == P.ACK:
-            acts += self._ack(msg, t)
-        elif mt == P.GRANT:
-            acts += self._grant(msg, t, now)
-        elif mt == P.CMD:
-            acts += self._cmd(msg, t, now)
-        else:
-            acts += self._book(msg)
+        acts += getattr(self, P.handler(mt))(msg, t, now)   # the handler proto.MESSAGES names
         return acts + self._events()
 
-    def _ack(self, msg, t):
+    def _ack(self, msg, t, now):
         a = msg["acked"]
         acts: list = [("event", "verdict", (s, c))
                       for s, c in sorted(msg.get("verdicts", {}).items())]
@@ -362,7 +355,7 @@ class DeviceSession:
         self.kid = new_kid
         return [self._persist(), ("event", "rotated", new_kid)] + self.status(now)
 
-    def _book(self, msg):
+    def _book(self, msg, t, now):
         ver = msg["ver"]
         if ver <= self.book["version"]:
             return [("event", "stale_book", ver)]

@@ -73,25 +73,30 @@ MAX_MSG = const(8192)
 MAX_ROUNDS = const(1024)
 _U64 = (1 << 64) - 1
 
-# type: (name, topic suffix, fields after the type, how many trailing fields are optional)
+# The registry: one entry per message type, the whole of what the code knows of it (docs/protocol.md,
+# How to extend). type: (name, topic suffix (its direction: up/ or down/), fields after the type,
+# how many trailing fields are optional, names of the flags bits (bit 0 first), the method of the
+# receiving session that handles it: CloudSession for uplink, DeviceSession for downlink).
 MESSAGES = {
     USAGE: ("usage", "up/usage",
-            ("kid", "dev", "boot", "seq", "ver", "lease", "t0", "flags", "ucny", "rounds"), 0),
-    ACK: ("ack", "down/ack", ("kid", "dev", "acked", "verdicts"), 1),
-    LEASE_REQUEST: ("lease-request", "up/lease", ("kid", "dev", "boot", "n", "want"), 0),
+            ("kid", "dev", "boot", "seq", "ver", "lease", "t0", "flags", "ucny", "rounds"), 0,
+            ("retransmission",), "_usage"),
+    ACK: ("ack", "down/ack", ("kid", "dev", "acked", "verdicts"), 1, (), "_ack"),
+    LEASE_REQUEST: ("lease-request", "up/lease", ("kid", "dev", "boot", "n", "want"), 0, (), "_lease_msg"),
     LEASE_RENEW: ("lease-renew", "up/lease",
-                  ("kid", "dev", "boot", "n", "lease", "used", "want"), 0),
-    LEASE_RETURN: ("lease-return", "up/lease", ("kid", "dev", "boot", "n", "lease", "used"), 0),
+                  ("kid", "dev", "boot", "n", "lease", "used", "want"), 0, (), "_lease_msg"),
+    LEASE_RETURN: ("lease-return", "up/lease", ("kid", "dev", "boot", "n", "lease", "used"), 0, (),
+                   "_lease_msg"),
     GRANT: ("grant", "down/grant", ("kid", "dev", "gn", "lease", "total", "validity", "flags",
-                                    "policy", "allowance", "renew_at", "t"), 0),
-    BOOK: ("book", "down/book", ("kid", "dev", "ver", "book"), 0),
-    CMD: ("cmd", "down/cmd", ("kid", "dev", "cn", "op", "arg", "key"), 2),
+                                    "policy", "allowance", "renew_at", "t"), 0, ("final", "closed"), "_grant"),
+    BOOK: ("book", "down/book", ("kid", "dev", "ver", "book"), 0, (), "_book"),
+    CMD: ("cmd", "down/cmd", ("kid", "dev", "cn", "op", "arg", "key"), 2, (), "_cmd"),
     STATUS: ("status", "up/status", ("kid", "dev", "boot", "n", "t", "seq", "acked", "lease",
-                                     "used", "remaining", "ver", "flags"), 0),
+                                     "used", "remaining", "ver", "flags"), 0,
+             ("suspended", "lapsed", "degraded", "clock rollback", "final", "postpaid"), "_status"),
 }
 # field kinds other than uint: i int, b bytes, r rounds, v verdict map
 _KIND = {"remaining": "i", "book": "b", "key": "b", "rounds": "r", "verdicts": "v"}
-_FLAG_MASK = {USAGE: RETX, GRANT: FINAL | CLOSED, STATUS: 63}
 _CHECKED = ("remaining", "book", "key", "rounds", "verdicts", "flags")   # fields _check must see
 
 
@@ -115,6 +120,21 @@ def parse_topic(t):
 
 def suffix(mtype):
     return MESSAGES[mtype][1]
+
+
+def uplink(mtype):
+    """True for a message a device sends (its topic suffix is up/...)."""
+    return MESSAGES[mtype][1][:3] == "up/"
+
+
+def flag_names(mtype):
+    """The names of a message's flags bits, bit 0 first (empty: no flags field)."""
+    return MESSAGES[mtype][4]
+
+
+def handler(mtype):
+    """The name of the receiving session's method that handles the message."""
+    return MESSAGES[mtype][5]
 
 
 def name(mtype):
@@ -151,7 +171,7 @@ def _check(mtype, k, v, off):
         raise ProtoError(off, "%s.%s: %s is not a valid %s" % (name(mtype), k, shown, {
             "u": "uint", "i": "int", "b": "byte string" if k != "key" else "32-byte key",
             "v": "map of seq to verdict", "r": "array of [dt, *round] arrays"}[kind]))
-    if k == "flags" and v & ~_FLAG_MASK.get(mtype, 0):
+    if k == "flags" and v >> len(MESSAGES[mtype][4]):
         raise ProtoError(off, "%s.flags: unknown bits in %d" % (name(mtype), v))
 
 

@@ -69,9 +69,7 @@ def _field_text(msg, k, v):
     if k == "policy":
         return "%d (%s)" % (v, ("stop", "continue", "degrade")[v])
     if k == "flags":
-        names = {P.USAGE: ("retransmission",), P.GRANT: ("final", "closed"),
-                 P.STATUS: ("suspended", "lapsed", "degraded", "clock rollback", "final",
-                          "postpaid")}.get(mt, ())
+        names = P.flag_names(mt)
         on = [n for i, n in enumerate(names) if v >> i & 1]
         return "%d%s" % (v, " (" + ", ".join(on) + ")" if on else "")
     if k == "lease" and v == 0 and mt == P.USAGE:
