@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple
 
 from firmware_py import meter as fm
-from firmware_py import pricebook
+from firmware_py import VERSION, pricebook
 
 from edgemeter.agent import config as C
 
@@ -109,7 +109,7 @@ class Agent:
         self.lock = threading.RLock()
         self.meter = fm.Meter(dirpath, ws, dev, kid, key, book, cfg,
                               sync=fsync_file if fsync else flush_only,
-                              sync_dir=fsync_dir if fsync else None)
+                              sync_dir=fsync_dir if fsync else None, firmware=VERSION + " agent")
         with self.lock:
             self.report = self.meter.open(self.now())
         self.ws, self.dev = ws, dev

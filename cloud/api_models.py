@@ -174,6 +174,7 @@ class Device(Model):
     reported_remaining: int | None
     reported_used: int | None
     status_flags: int
+    firmware: str = Field(description="the firmware version the device last reported (\"\" before its first report)")
 
 
 class Purchase(Model):

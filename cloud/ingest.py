@@ -249,6 +249,7 @@ class Ingest:
         wss = self._workspaces(conn, {r["workspace_id"] for r in rows.values()})
         sessions: dict[int, MemoSession] = {}
         status_of: dict[int, str] = {}
+        firmware_of: dict[int, str] = {}
         bookings: list[tuple[Incoming, Any, dict]] = []
         dups: dict[int, set[int]] = {}
         pools_: dict[int, Any] = {}
@@ -283,15 +284,18 @@ class Ingest:
                 elif kind == "reject":
                     dead.append((a[1], m.topic, m.payload, a[2]))
                 elif kind == "event":
+                    if a[1] == "firmware":
+                        firmware_of[dev] = a[2][:64].decode("utf-8", "replace")
                     if a[1] == "status":
                         status_of[dev] = json.dumps({k: v for k, v in a[2].items() if k not in ("kid",)},
                                                     sort_keys=True)
-                    out.events.append((a[1], dev, a[2] if a[1] != "status" else None))
+                    out.events.append((a[1], dev, None if a[1] == "status" else
+                                       firmware_of[dev] if a[1] == "firmware" else a[2]))
         for ws, es in pool_entries.items():
             pools.store(conn, pools_[ws], es, now)
         new = self.book(conn, bookings, dups, out, now, now_ms, sessions)
         self.reply(conn, sessions, new, dups, bookings, out)
-        self.save(conn, sessions, status_of, now_ms)
+        self.save(conn, sessions, status_of, now_ms, firmware_of)
         for reason, topic, payload, detail in dead:
             ledger.record_dead_letter(conn, reason, topic, payload, detail, now_ms)
             out.dead[reason] = out.dead.get(reason, 0) + 1
@@ -458,8 +462,10 @@ class Ingest:
             if versions.get(dev, self.latest["version"]) < self.latest["version"] and sess.s["bv"] < self.latest["version"]:
                 out.publish.append((P.topic(sess.ws, dev, "down/book"), sess.push_book(self.latest)))
 
-    def save(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int) -> None:
-        """Step "save" (rules G6, G9): the group's sessions and last status reports, kept live."""
+    def save(self, conn: Connection, sessions: dict, status_of: dict, now_ms: int,
+             firmware_of: dict[int, str] | None = None) -> None:
+        """Step "save" (rules G6, G9): the group's sessions, kept live, and the devices' last
+        status and firmware reports."""
         if not sessions:
             return
         saved = [(json.dumps(s.state(), sort_keys=True), s.s["acked"], now_ms, dev) for dev, s in sessions.items()]
@@ -471,6 +477,8 @@ class Ingest:
             self._live[dev] = (text, sessions[dev])
         if status_of:
             ledger.update_tuples(conn, S.devices, ("last_status",), "id", [(v, k) for k, v in status_of.items()])
+        if firmware_of:
+            ledger.update_tuples(conn, S.devices, ("firmware",), "id", [(v, k) for k, v in firmware_of.items()])
 
 
 def memo_key(version: int, wire: list) -> tuple[int, Any]:

@@ -181,7 +181,7 @@ def devices_page(conn: Connection, account: int | None, limit: int, offset: int,
                  mismatched: bool | None = None) -> tuple[list[dict], int]:
     d, w = S.devices, S.workspaces
     q = (select(d.c.id, d.c.workspace_id, w.c.account_id, w.c.billing, d.c.username, d.c.status, d.c.kid,
-                d.c.created_at, d.c.last_seen_ms, d.c.acked_seq, d.c.session, d.c.last_status)
+                d.c.created_at, d.c.last_seen_ms, d.c.acked_seq, d.c.session, d.c.last_status, d.c.firmware)
          .join(w, w.c.id == d.c.workspace_id).order_by(d.c.id))
     q = _ws_scope(q, account)
     if workspace_id is not None:
@@ -251,6 +251,7 @@ def _fleet_rows(conn: Connection, rows: list[dict], cutoff_ms: int) -> list[dict
             "reported_remaining": int(st.get("remaining", 0) or 0) if st else None,
             "reported_used": int(st.get("used", 0) or 0) if st else None,
             "status_flags": int(flags),
+            "firmware": r["firmware"],
         })
     return out
 
@@ -260,7 +261,7 @@ def device_detail(conn: Connection, dev: int, account: int | None, now_ms: int, 
     d, w = S.devices, S.workspaces
     rows = [dict(r) for r in conn.execute(
         select(d.c.id, d.c.workspace_id, w.c.account_id, w.c.billing, d.c.username, d.c.status, d.c.kid,
-               d.c.created_at, d.c.last_seen_ms, d.c.acked_seq, d.c.session, d.c.last_status)
+               d.c.created_at, d.c.last_seen_ms, d.c.acked_seq, d.c.session, d.c.last_status, d.c.firmware)
         .join(w, w.c.id == d.c.workspace_id).where(d.c.id == dev)).mappings()]
     return _fleet_rows(conn, rows, now_ms - online_s * 1000)[0]
 

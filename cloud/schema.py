@@ -94,6 +94,7 @@ devices = Table(
     # the cloud-side protocol session's persistent state (firmware_py.cloud_session), JSON
     Column("session", Text, nullable=False, server_default="{}"),
     Column("last_status", Text, nullable=False, server_default="{}"),   # the last STATUS report, JSON
+    Column("firmware", String(64), nullable=False, server_default=""),   # the last FIRMWARE report
 )
 
 # Every 32-byte HMAC key a device has had, by key id (rotation adds one; the old ones stay so

@@ -10,7 +10,8 @@ rater executes in order, inside one transaction with the session's state():
     ("reject", reason, detail) dead-letter the message; nothing else changed. reason is a code
                                (proto.CHECK_REASONS or this module's REJECT_*), detail the
                                words for people (logs, the dead-letter table); nothing parses it
-    ("event", name, detail)    "status" (the status dict), "rotated" (kid), "clock_skew" (s)
+    ("event", name, detail)    "status" (the status dict), "rotated" (kid), "clock_skew" (s),
+                               "firmware" (the version the device runs, bytes)
 
 A booking is a dict: dev, seq, boot, ver, lease, t0, retx, kid, device_ucny (the device's
 own deduction), ucny (what to book: the core's re-rating; the device's claim when the price
@@ -131,6 +132,12 @@ class CloudSession:
         if r is not None and r[0] == self.dev:
             acts.append(("pool", pool.report(msg["lease"], msg["used"], now)))
         return acts
+
+    def _firmware(self, msg, now, booked, pool, bad):
+        no = self._control(msg, bad)
+        if no:
+            return no
+        return [("event", "firmware", bytes(msg["version"]))]
 
     def _lease_msg(self, msg, now, booked, pool, bad):
         no = self._control(msg, bad)

@@ -33,6 +33,8 @@ seal() turns journaled records into a batch.
       "postpaid") send batches with lease 0 and never ask for a lease.
   D9. Key rotation: the unwrapped key is persisted before its first use; the old key still
       verifies downlink until a downlink signed with the new kid arrives.
+  D10. The firmware version the shell gives (firmware=...) is reported once per boot, in a
+      FIRMWARE message after the first connect (a control message: fresh by boot and n).
 Errors: a state or outbox that is not ours raises SessionError(ValueError); rating.RatingError
 from serve() is the caller's (validate rounds first); bad received bytes only make events.
 """
@@ -58,8 +60,10 @@ class SessionError(ValueError):
 class DeviceSession:
     """One device's protocol session (rules D1-D9)."""
 
-    def __init__(self, ws, dev, kid, key, book, state=None, outbox=(), cfg=None):
+    def __init__(self, ws, dev, kid, key, book, state=None, outbox=(), cfg=None, firmware=""):
         c = dict(CFG)
+        self.firmware = firmware   # reported once per boot at the first connect (D10); "": never
+        self.firmware_told = 0
         if cfg:
             c.update(cfg)
         self.cfg, self.ws, self.dev, self.book = c, ws, dev, book
@@ -159,7 +163,11 @@ class DeviceSession:
         """The link is up: resend every unacked batch and pending lease message (D4)."""
         t = self.lease.clock(now)
         self.rto = self.cfg["rto"]
-        return self._resend(t) + self._poll(t, 0) + self.status(now)
+        acts = self._resend(t) + self._poll(t, 0) + self.status(now)
+        if self.firmware and not self.firmware_told:   # D10
+            self.firmware_told = 1
+            acts.append(self._ctl({"type": P.FIRMWARE, "version": self.firmware.encode()}))
+        return acts
 
     def idle(self, now):
         """Return the lease on idle or shutdown (lease L8)."""

@@ -49,6 +49,7 @@ import os
 import sys
 import time
 
+from firmware_py import VERSION
 from firmware_py.backoff import Backoff
 from firmware_py.device_session import CFG as SESSION_CFG
 from firmware_py.meter import CFG as METER_CFG, Meter
@@ -204,7 +205,8 @@ class Firmware:
         self.cfg = cfg
         dev = cfg["dev"]
         self.meter = Meter(cfg["journal"], cfg["ws"], dev, cfg["kid"],
-                           binascii.unhexlify(cfg["key"]), None, mcfg, sync)
+                           binascii.unhexlify(cfg["key"]), None, mcfg, sync,
+                           firmware=VERSION + " micropython")
         ssl = None
         if cfg["ca"] is not None:
             from firmware_py.mqtt_tls import tls_context  # only a TLS image carries it

@@ -70,7 +70,7 @@ class MeterBase:
     """Storage, sync and recovery of one device's meter (rules M2-M4, M7)."""
 
     def __init__(self, dirpath, ws, dev, kid, key, book=None, cfg=None, sync=None,
-                 sync_dir=None, journal=None, state=None, books=None):
+                 sync_dir=None, journal=None, state=None, books=None, firmware=""):
         c = dict(CFG)
         c.update(SESSION_CFG)
         cfg = cfg or {}
@@ -88,6 +88,7 @@ class MeterBase:
         self.st = state or State(d + "/meter", sync, sync_dir)
         self.bs = books or State(d + "/book", sync, sync_dir)
         self.ws, self.dev, self.kid, self.key = ws, dev, kid, key
+        self.firmware = firmware   # the version reported to the cloud (device_session D10)
         self.book = book or pb.default()
         self.s: DeviceSession = None  # type: ignore[assignment]  # set by open()
         self.keep = max(c["ram_rounds"], c["batch"])
@@ -132,7 +133,7 @@ class MeterBase:
         for k in SESSION_CFG:
             scfg[k] = self.cfg[k]
         s = self.s = DeviceSession(self.ws, self.dev, self.kid, self.key, book, st.get(0), (),
-                                   scfg)
+                                   scfg, self.firmware)
         self.book = s.book
         self.acked_saved = s.acked
         chunk: list = []

@@ -20,7 +20,7 @@ the signed envelope of docs/protocol.md, Envelope:
   W5. Key rotation: the new 32-byte key travels in a ROTATE command XORed with the keystream
       HMAC-SHA-256(old key, "em-kw" || cbor([dev, cn, new kid])): a passive observer of the
       broker without the old key learns nothing of it; the command's tag protects it.
-Topics: em/<ws>/<dev>/up/{usage,lease,status} and em/<ws>/<dev>/down/{ack,grant,cmd,book}.
+Topics: em/<ws>/<dev>/up/{usage,lease,status,firmware} and em/<ws>/<dev>/down/{ack,grant,cmd,book}.
 
 Exceptions: ValueError -> ProtoError (.offset, .reason) for malformed messages; caller
 mistakes (a field missing or out of range when encoding) raise ProtoError too, offset -1.
@@ -42,6 +42,8 @@ GRANT = const(6)
 BOOK = const(7)
 CMD = const(8)
 STATUS = const(9)
+FIRMWARE = const(10)
+MAX_VERSION = const(32)   # bytes of a firmware version string
 
 # usage flags
 RETX = const(1)
@@ -94,10 +96,11 @@ MESSAGES = {
     STATUS: ("status", "up/status", ("kid", "dev", "boot", "n", "t", "seq", "acked", "lease",
                                      "used", "remaining", "ver", "flags"), 0,
              ("suspended", "lapsed", "degraded", "clock rollback", "final", "postpaid"), "_status"),
+    FIRMWARE: ("firmware", "up/firmware", ("kid", "dev", "boot", "n", "version"), 0, (), "_firmware"),
 }
 # field kinds other than uint: i int, b bytes, r rounds, v verdict map
-_KIND = {"remaining": "i", "book": "b", "key": "b", "rounds": "r", "verdicts": "v"}
-_CHECKED = ("remaining", "book", "key", "rounds", "verdicts", "flags")   # fields _check must see
+_KIND = {"remaining": "i", "book": "b", "key": "b", "rounds": "r", "verdicts": "v", "version": "b"}
+_CHECKED = tuple(_KIND) + ("flags",)   # fields _check must see (a uint may be wrong for them)
 
 
 class ProtoError(cbor.WireError):
@@ -156,7 +159,8 @@ def _check(mtype, k, v, off):
     elif kind == "i":
         ok = t is _int_t and -_U64 - 1 <= v <= _U64
     elif kind == "b":
-        ok = (t is _bytes_t or t is _bytearray_t) and (k != "key" or len(v) == KEY_LEN)
+        ok = (t is _bytes_t or t is _bytearray_t) and (k != "key" or len(v) == KEY_LEN) and \
+            (k != "version" or _len(v) <= MAX_VERSION)
     elif kind == "v":
         ok = t is _dict_t and all(type(s) is int and s >= 0 and type(c) is int and 0 <= c < 256
                                for s, c in v.items())

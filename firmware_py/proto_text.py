@@ -59,6 +59,11 @@ def _field_text(msg, k, v):
     mt = msg["type"]
     if k == "rounds":
         return "%d" % len(v)
+    if k == "version":
+        try:
+            return '"%s"' % bytes(v).decode()
+        except UnicodeError:
+            return "h'%s' (not UTF-8)" % _hex(v)
     if k in ("book", "key"):
         return "%d bytes h'%s'" % (len(v), _hex(v[:16]) + ("..." if len(v) > 16 else ""))
     if k == "verdicts":

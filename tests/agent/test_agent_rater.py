@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from agent_harness import ROOT, SDK, AgentDied, AgentProcess, write_config
-from edgemeter.cloud import accounts, db, devices, pools
+from edgemeter.cloud import accounts, db, devices, pools, queries
 from edgemeter.cloud import schema as S
-from firmware_py import civil, pricebook
+from firmware_py import VERSION, civil, pricebook
 
 pytestmark = pytest.mark.timeout(180)
 BOOK = pricebook.default()
@@ -107,3 +107,10 @@ def test_agent_and_rater_book_exactly_what_was_served(cloud, tmp_path, kind):
     while ledger(url, d["id"])[:2] != want and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ledger(url, d["id"])[:2] == want
+    # the device reported the firmware it runs (protocol message FIRMWARE, once per boot), and
+    # the fleet API's device view shows it
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        shown = queries.device_detail(conn, d["id"], None, int(time.time() * 1000), 60)
+    engine.dispose()
+    assert shown["firmware"] == VERSION + " agent"

@@ -115,8 +115,7 @@ def test_topics():
         vec.raises(P.ProtoError, P.parse_topic, bad)
     for mt, spec in P.MESSAGES.items():
         assert P.suffix(mt) == spec[1]
-        assert spec[1].startswith("up/") == (mt in (P.USAGE, P.LEASE_REQUEST, P.LEASE_RENEW,
-                                                    P.LEASE_RETURN, P.STATUS))
+        assert P.uplink(mt) == spec[1].startswith("up/") != (mt in (P.ACK, P.GRANT, P.BOOK, P.CMD))
 
 
 def test_encode_rejects_caller_mistakes():

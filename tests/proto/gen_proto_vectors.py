@@ -67,6 +67,7 @@ MSGS = [
     ("status", {"type": P.STATUS, "kid": 2, "dev": DEV, "boot": 3, "n": 4, "t": T + 180, "seq": 100001,
                 "acked": 100000, "lease": 70000, "used": 441450, "remaining": -1450, "ver": 1,
                 "flags": P.S_LAPSED | P.S_FINAL}),
+    ("firmware", {"type": P.FIRMWARE, "kid": 1, "dev": DEV, "boot": 3, "n": 5, "version": b"0.1.0 micropython"}),
 ]
 
 
@@ -101,6 +102,7 @@ def invalid():
     row("rotate-without-key", env(cbor.dumps([8, 1, DEV, 9, 4, 2])))
     row("rotate-short-key", env(cbor.dumps([8, 1, DEV, 9, 4, 2, bytes(31)])))
     row("body-float", env(bytes.fromhex("8301f97e00")))
+    row("firmware-version-too-long", env(cbor.dumps([10, 1, DEV, 3, 5, b"v" * 33])))
     return rows
 
 

@@ -37,6 +37,8 @@ def messages(draw: st.DrawFn) -> dict:
                 msg[k] = draw(st.dictionaries(u64, st.integers(0, 255), max_size=4))
         elif k == "book":
             msg[k] = draw(st.binary(max_size=64))
+        elif k == "version":
+            msg[k] = draw(st.binary(max_size=P.MAX_VERSION))
         elif k == "remaining":
             msg[k] = draw(st.integers(-(2 ** 64), 2 ** 64 - 1))
         elif k == "flags":

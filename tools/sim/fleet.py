@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from firmware_py import meter as fm, rating
+from firmware_py import VERSION, meter as fm, rating
 from edgemeter.tools.sim import workload as W
 from edgemeter.tools.sim.net import UP, Link, Net
 
@@ -77,7 +77,7 @@ class SimDevice:
 
     def _open(self) -> fm.Meter:
         m = fm.Meter(self.dir, self.ws, self.dev, self.kid, self.key, self.fleet.book, self.cfg,
-                     sync=self._sync)
+                     sync=self._sync, firmware=VERSION + " sim")
         self.meter = m
         rep = m.open(self.now())
         if rep["journal"].get("torn") or rep.get("rededucted"):
