@@ -8,7 +8,9 @@ Outputs: actions, tuples the shell executes IN ORDER:
                                while offline is fine (retransmission covers it)
     ("acked", seq)             every batch <= seq is booked: drop it from the outbox
     ("book", data)             store the new price book (pricebook.from_cbor at next start)
-    ("event", name, detail)    for logs and the SDK (names in the README's Protocol section)
+    ("event", name, detail)    for logs and the SDK (names in the README's Protocol section);
+                               "rejected" carries (reason code, words for people): the codes
+                               are REJECTED's indexes, 1-4 those of proto.CHECKS
 
 A served round is a record rec = [k, t, ver, lease, ucny, wire] (serial, effective time,
 price-book version, lease id or 0, rated uCNY, rating.round_to_wire) that the shell journals;
@@ -51,6 +53,15 @@ SUSPENDED = const(6)  # a verdict beyond lease.VERDICTS: the account is suspende
 CFG = {"batch": 10, "age": 60, "window": 4, "rto": 30, "rto_max": 480, "retry": 60,
        "want": 0, "postpaid": 0, "skew": 300}
 _FORMAT = const(1)
+
+
+# Why a received downlink was refused: ("event", "rejected", (code, text)). Codes 1-4 are
+# proto.check's (malformed, unknown key id, bad MAC, wrong device); text is for people only.
+R_WRONG_TOPIC = const(5)      # an uplink type, or a type on another type's topic
+R_POSTPAID_GRANT = const(6)   # a grant to a device billed postpaid
+R_KID_IN_USE = const(7)       # a key rotation to a key id the device already holds
+R_BAD_BOOK = const(8)         # a pushed price book that does not decode or names another version
+REJECTED = P.CHECK_REASONS + ("wrong_topic", "postpaid_grant", "kid_in_use", "bad_book")
 
 
 class SessionError(ValueError):
@@ -301,10 +312,10 @@ class DeviceSession:
         t = self.lease.clock(now)
         code, msg = P.check(data, self.keys, self.dev)
         if code != P.OK:
-            return [("event", "rejected", P.CHECKS[code] + ": " + msg)] + self._events()
+            return [("event", "rejected", (code, P.CHECKS[code] + ": " + msg))] + self._events()
         mt = msg["type"]
         if P.uplink(mt) or (suffix and suffix != P.suffix(mt)):
-            return [("event", "rejected", "%s on %s" % (P.name(mt), suffix or "downlink"))]
+            return [("event", "rejected", (R_WRONG_TOPIC, "%s on %s" % (P.name(mt), suffix or "downlink")))]
         acts = []
         if msg["kid"] == self.kid and len(self.keys) > 1:
             self.keys = {self.kid: self.keys[self.kid]}  # D9: the cloud uses the new key
@@ -329,7 +340,7 @@ class DeviceSession:
 
     def _grant(self, msg, t, now):
         if self.postpaid:
-            return [("event", "rejected", "grant to a postpaid device")]
+            return [("event", "rejected", (R_POSTPAID_GRANT, "grant to a postpaid device"))]
         f = msg["flags"]
         r = self.lease.accept(msg["gn"], msg["lease"], msg["total"], msg["validity"],
                               f & P.FINAL, f & P.CLOSED, msg["policy"], msg["allowance"],
@@ -357,7 +368,7 @@ class DeviceSession:
             return [self._persist(), ("event", "resumed", cn)]
         new_kid = msg["arg"]
         if new_kid in self.keys:
-            return [self._persist(), ("event", "rejected", "rotate to a kid in use")]
+            return [self._persist(), ("event", "rejected", (R_KID_IN_USE, "rotate to a kid in use"))]
         self.keys[new_kid] = P.unwrap_key(self.keys[msg["kid"]], self.dev, cn, new_kid,
                                           msg["key"])
         self.kid = new_kid
@@ -370,8 +381,8 @@ class DeviceSession:
         try:
             b = pricebook.from_cbor(msg["book"])
         except ValueError as exc:
-            return [("event", "rejected", "price book: %s" % exc)]
+            return [("event", "rejected", (R_BAD_BOOK, "price book: %s" % exc))]
         if b["version"] != ver:
-            return [("event", "rejected", "price book version %d != %d" % (b["version"], ver))]
+            return [("event", "rejected", (R_BAD_BOOK, "price book version %d != %d" % (b["version"], ver)))]
         self.book = b
         return [("book", msg["book"]), ("event", "book", ver)]
