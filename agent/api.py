@@ -16,17 +16,12 @@ clock is given. The journal directory is written with fsync: every record and st
 os.fsync'ed before the call that wrote it returns, and the directory is fsync'ed when a file
 is created in it, so a round reported OK survives a power cut (meter_base rule M2).
 
-Test hook: EDGEMETER_AGENT_CRASH="point:n" kills the process with SIGKILL at the n-th pass
-through point (persist: after the meter state is on disk; append: after a journal record is;
-sync: after any other file (the journal's ack slots, the price book); publish: after a publish
-is handed to the MQTT client; before_ack / after_ack: around handing a received ack to the
-meter). The
-kill -9 tests use it; it does nothing when unset.
+Fault campaigns can kill the process at named points (agent/failpoints.py,
+EDGEMETER_FAILPOINTS); the file writes and the ack hand-over here pass through them.
 """
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -36,6 +31,7 @@ from firmware_py import meter as fm
 from firmware_py import VERSION, pricebook
 
 from edgemeter.agent import config as C
+from edgemeter.agent import failpoints
 
 
 class Start(NamedTuple):
@@ -59,21 +55,6 @@ class RoundRefused(Exception):
         self.start = start
 
 
-_CRASH: list[Any] = []
-
-
-def crash_point(name: str) -> None:
-    """SIGKILL this process at the n-th pass through `name` (EDGEMETER_AGENT_CRASH)."""
-    if not _CRASH:
-        spec = os.environ.get("EDGEMETER_AGENT_CRASH", "")
-        point, _, n = spec.partition(":")
-        _CRASH[:] = [point, int(n or 1) if point else 0, 0]
-    if _CRASH[0] == name:
-        _CRASH[2] += 1
-        if _CRASH[2] == _CRASH[1]:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _point(f: Any) -> str:
     name = str(getattr(f, "name", ""))
     return "persist" if "/meter." in name else "append" if name.endswith(".log") else "sync"
@@ -82,7 +63,7 @@ def _point(f: Any) -> str:
 def fsync_file(f: Any) -> None:
     f.flush()
     os.fsync(f.fileno())
-    crash_point(_point(f))
+    failpoints.hit(_point(f))
 
 
 def fsync_dir(path: str) -> None:
@@ -95,7 +76,7 @@ def fsync_dir(path: str) -> None:
 
 def flush_only(f: Any) -> None:
     f.flush()
-    crash_point(_point(f))
+    failpoints.hit(_point(f))
 
 
 class Agent:
@@ -186,11 +167,11 @@ class Agent:
     def receive(self, suffix: str, data: bytes) -> None:
         ack = suffix == "down/ack"
         if ack:
-            crash_point("before_ack")
+            failpoints.hit("before_ack")
         with self.lock:
             self.meter.receive(suffix, data, self.now())
         if ack:
-            crash_point("after_ack")
+            failpoints.hit("after_ack")
 
     def publishes(self) -> list[tuple[str, bytes]]:
         with self.lock:

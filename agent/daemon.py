@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from edgemeter.agent import config as C
+from edgemeter.agent import failpoints
 from edgemeter.cloud import cliargs   # the command line's one-line errors (stdlib only)
 
 log = logging.getLogger("edgemeter.agent")
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except C.ConfigError as exc:
         for p in exc.problems:
             print("edgemeter agent: %s: %s" % (args.config, p), file=sys.stderr)
+        return 2
+    try:
+        failpoints.load()   # a malformed EDGEMETER_FAILPOINTS is refused before anything runs
+    except failpoints.FailpointError as exc:
+        print("edgemeter agent: %s" % exc, file=sys.stderr)
         return 2
     if args.check:
         print("edgemeter agent: %s: configuration OK" % args.config)

@@ -31,7 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from firmware_py.backoff import Backoff
 
-from edgemeter.agent.api import Agent, crash_point
+from edgemeter.agent import failpoints
+from edgemeter.agent.api import Agent
 
 log = logging.getLogger("edgemeter.agent")
 
@@ -109,7 +110,7 @@ class Sync:
             info = self.client.publish(self.base + suffix, data, qos=1)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.published += 1
-                crash_point("publish")
+                failpoints.hit("publish")
 
     def run(self) -> None:
         c = self.client

@@ -176,9 +176,9 @@ class AgentProcess:
 
     def __init__(self, config: Path, crash: str = "") -> None:
         env = dict(os.environ)
-        env.pop("EDGEMETER_AGENT_CRASH", None)
+        env.pop("EDGEMETER_FAILPOINTS", None)
         if crash:
-            env["EDGEMETER_AGENT_CRASH"] = crash
+            env["EDGEMETER_FAILPOINTS"] = crash
         self.log_path = config.parent / "agent.log"
         self.sock = socket_path(config)
         with open(self.log_path, "ab") as log:
