@@ -103,7 +103,8 @@ Offset = Annotated[int, Query(ge=0, le=MAX_INT, description="rows to skip")]
 OptId = Annotated[int | None, Query(ge=1, le=MAX_INT)]
 OptTime = Annotated[int | None, Query(ge=0, le=MAX_INT, description="Unix seconds")]
 Fmt = Annotated[Literal["json", "csv"], Query(description="json (default) or csv")]
-Month = Annotated[str, PathParam(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, billing calendar UTC+8")]
+Month = Annotated[str, PathParam(pattern=r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$",
+                                 description="YYYY-MM from 1970-01 on, billing calendar UTC+8")]
 Window = Annotated[int, Query(ge=60, le=10 * 365 * 86400, description="forecast window, seconds")]
 
 
