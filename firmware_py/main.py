@@ -56,23 +56,25 @@ from firmware_py.meter import CFG as METER_CFG, Meter
 from firmware_py.mqtt import MQTTClient, MQTTConnectionError, ticks_diff, ticks_ms
 
 REQUIRED = ("dev", "ws", "kid", "key", "host", "journal")
-DEFAULTS: dict = {"port": 1883, "user": None, "password": None, "ca": None, "sni": None,
-            "journal_max_bytes": 65536, "segment_bytes": 4096, "keepalive": 60,
-            "timeout_ms": 10000, "max_packet": 2048, "rx_size": 256, "max_inflight": 8,
-            "backoff_base_ms": 1000, "backoff_cap_ms": 300000, "poll_ms": 1000, "drain_s": 60,
-            "workload": None, "workload_args": {}, "meter": {}, "gc": True,
-            "gc_threshold": 4096}
+# The tables below are constant tuples, frozen into flash with the image: as dicts they would
+# hold about a kilobyte of the 32 KiB heap for the whole run, for one check() at start.
+DEFAULTS = (("port", 1883), ("user", None), ("password", None), ("ca", None), ("sni", None),
+            ("journal_max_bytes", 65536), ("segment_bytes", 4096), ("keepalive", 60),
+            ("timeout_ms", 10000), ("max_packet", 2048), ("rx_size", 256), ("max_inflight", 8),
+            ("backoff_base_ms", 1000), ("backoff_cap_ms", 300000), ("poll_ms", 1000), ("drain_s", 60),
+            ("workload", None), ("gc", True), ("gc_threshold", 4096))   # + the objects: {}
+_OBJECTS = ("workload_args", "meter")
 # kind of each key: u uint, p positive int, s non-empty str, o str or null, h 64 hex digits,
 # d object, b bool
-KINDS = {"dev": "p", "ws": "u", "kid": "u", "key": "h", "host": "s", "journal": "s",
-         "port": "p", "user": "o", "password": "o", "ca": "o", "sni": "o",
-         "journal_max_bytes": "p", "segment_bytes": "p", "keepalive": "u", "timeout_ms": "p",
-         "max_packet": "p", "rx_size": "p", "max_inflight": "p", "backoff_base_ms": "p",
-         "backoff_cap_ms": "p", "poll_ms": "u", "drain_s": "u", "workload": "o",
-         "workload_args": "d", "meter": "d", "gc": "b", "gc_threshold": "u"}
-_KIND_TEXT = {"u": "an integer >= 0", "p": "an integer >= 1", "s": "a non-empty string",
-              "o": "a string or null", "h": "64 hex digits (32 bytes)", "d": "an object",
-              "b": "true or false"}
+KINDS = (("dev", "p"), ("ws", "u"), ("kid", "u"), ("key", "h"), ("host", "s"), ("journal", "s"),
+         ("port", "p"), ("user", "o"), ("password", "o"), ("ca", "o"), ("sni", "o"),
+         ("journal_max_bytes", "p"), ("segment_bytes", "p"), ("keepalive", "u"), ("timeout_ms", "p"),
+         ("max_packet", "p"), ("rx_size", "p"), ("max_inflight", "p"), ("backoff_base_ms", "p"),
+         ("backoff_cap_ms", "p"), ("poll_ms", "u"), ("drain_s", "u"), ("workload", "o"),
+         ("workload_args", "d"), ("meter", "d"), ("gc", "b"), ("gc_threshold", "u"))
+_KIND_TEXT = (("u", "an integer >= 0"), ("p", "an integer >= 1"), ("s", "a non-empty string"),
+              ("o", "a string or null"), ("h", "64 hex digits (32 bytes)"), ("d", "an object"),
+              ("b", "true or false"))
 _sleep_ms = getattr(time, "sleep_ms", None)
 
 
@@ -118,17 +120,20 @@ def check(raw):
     if type(raw) is not dict:
         return None, ["config: not a JSON object"]
     probs = []
+    kinds = dict(KINDS)   # transient: freed when check() returns
     cfg: dict = dict(DEFAULTS)
+    for k in _OBJECTS:
+        cfg[k] = {}
     for k in sorted(raw):
-        if k not in KINDS:
+        if k not in kinds:
             probs.append("%s: unknown key" % k)
             continue
         cfg[k] = raw[k]
-    for k in sorted(KINDS):
+    for k in sorted(kinds):
         if k not in cfg:
             probs.append("%s: required" % k)
-        elif not _ok(KINDS[k], cfg[k]):
-            probs.append("%s: must be %s, not %r" % (k, _KIND_TEXT[KINDS[k]], cfg[k]))
+        elif not _ok(kinds[k], cfg[k]):
+            probs.append("%s: must be %s, not %r" % (k, dict(_KIND_TEXT)[kinds[k]], cfg[k]))
     if probs:
         return cfg, probs
     if cfg["port"] > 65535:
