@@ -114,10 +114,17 @@ class Ingest:
         """Forget every memoised rating (a benchmark's cold start)."""
         self._memo.clear()
 
-    def rated(self, book: dict, wire: list, key: tuple[int, Any]) -> tuple[list, int] | ValueError:
-        """rating.rate(book, round_from_wire(wire)), or the ValueError it raised, memoised by
-        key = memo_key(book version, wire)."""
-        hit = self._memo.get(key)
+    def rated(self, book: dict, wire: list) -> tuple[list, int] | ValueError:
+        """rating.rate(book, round_from_wire(wire)), or the ValueError it raised, memoised under
+        one key per round: (book version, the tuple of its entries) for a round of plain item
+        ids (the usual), (book version, repr of it) when an entry is a list (counts or models:
+        not hashable). The key is hashed once, by the lookup itself (this runs per round)."""
+        try:
+            key: tuple[int, Any] = (book["version"], tuple(wire))
+            hit = self._memo.get(key)
+        except TypeError:
+            key = (book["version"], repr(wire))
+            hit = self._memo.get(key)
         if hit is None:
             try:
                 hit = rating.rate(book, rating.round_from_wire(wire))
@@ -227,7 +234,7 @@ class Ingest:
         unwrapped up to the last key id delivered to each."""
         if not devs:
             return {}, {}
-        rows, found = ledger.device_rows(conn, devs, lock=True)
+        rows, found = ledger.device_rows(conn, devs)
         keys: dict[int, dict[int, bytes]] = {}
         for d, kid, key in found:
             if d in rows and kid <= rows[d]["kid_sent"]:
@@ -284,13 +291,14 @@ class Ingest:
                 elif kind == "reject":
                     dead.append((a[1], m.topic, m.payload, a[2]))
                 elif kind == "event":
+                    detail = a[2]
                     if a[1] == "firmware":
-                        firmware_of[dev] = a[2][:64].decode("utf-8", "replace")
-                    if a[1] == "status":
+                        detail = firmware_of[dev] = a[2][:64].decode("utf-8", "replace")
+                    elif a[1] == "status":
                         status_of[dev] = json.dumps({k: v for k, v in a[2].items() if k not in ("kid",)},
                                                     sort_keys=True)
-                    out.events.append((a[1], dev, None if a[1] == "status" else
-                                       firmware_of[dev] if a[1] == "firmware" else a[2]))
+                        detail = None
+                    out.events.append((a[1], dev, detail))
         for ws, es in pool_entries.items():
             pools.store(conn, pools_[ws], es, now)
         new = self.book(conn, bookings, dups, out, now, now_ms, sessions)
@@ -367,7 +375,7 @@ class Ingest:
             # rated: the ratings of its valid rounds (all, unless the verdict says not)
             if len(rated) != len(b["rounds"]) and b["verdict"] != P.V_UNKNOWN_BOOK and \
                     len(rated) != sum(1 for r in b["rounds"] if r[2] is not None):   # rated without the hook
-                rated = [self.rated(self.books[b["ver"]], r[1], memo_key(b["ver"], r[1])) for r in b["rounds"]
+                rated = [self.rated(self.books[b["ver"]], r[1]) for r in b["rounds"]
                          if r[2] is not None]
             agg = self.batch_lines(rated)
             for (item, mult), (calls, ucny) in agg.items():
@@ -481,18 +489,6 @@ class Ingest:
             ledger.update_tuples(conn, S.devices, ("firmware",), "id", [(v, k) for k, v in firmware_of.items()])
 
 
-def memo_key(version: int, wire: list) -> tuple[int, Any]:
-    """The rating memo's one key of a round (rule G8): (book version, the tuple of its entries)
-    for a round of plain item ids (the usual), (book version, repr of it) when an entry is a
-    list (counts or models: not hashable)."""
-    key: tuple[int, Any] = (version, tuple(wire))
-    try:
-        hash(key)
-    except TypeError:
-        key = (version, repr(wire))
-    return key
-
-
 class MemoSession(CS.CloudSession):
     """The core's cloud session with its per-round rating (CloudSession.rate_round, the hook
     the core offers for this) memoised by an Ingest (rule G8)."""
@@ -504,7 +500,7 @@ class MemoSession(CS.CloudSession):
         self.rated: list = []    # the ratings (memo values) of the valid rounds of the message in hand
 
     def rate_round(self, book: dict, wire: list) -> int:
-        hit = self.ingest.rated(book, wire, memo_key(book["version"], wire))
+        hit = self.ingest.rated(book, wire)
         if isinstance(hit, ValueError):
             raise hit
         self.rated.append(hit)
