@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, case, insert, select, update
@@ -256,15 +256,15 @@ def book_in_force(books: Mapping[int, dict], now: int) -> dict:
     return books[max(live)] if live else books[min(books)]
 
 
-def device_rows(conn: Connection, ids: Sequence[int], lock: bool) -> tuple[dict[int, dict[str, Any]], list[tuple]]:
+def device_rows(conn: Connection, ids: Iterable[int]) -> tuple[dict[int, dict[str, Any]], list[tuple]]:
     """The rater's device lookup, straight through the driver (it runs for every group): the
     rows {id: {id, workspace_id, session, kid_sent, status}} of the devices ids (locked FOR
-    UPDATE when lock and the store has row locks, in id order: two raters locking overlapping
+    UPDATE where the store has row locks, in id order: two raters locking overlapping
     sets then queue instead of deadlocking, where a sequential scan would lock them in their
     physical order, which updates keep changing) and their stored keys [(device, kid, wrapped
     key)]."""
     d, k = S.devices, S.device_keys
-    suffix = " FOR UPDATE" if lock and conn.dialect.name != "sqlite" else ""
+    suffix = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     rows: dict[int, dict[str, Any]] = {}
     found: list[tuple] = []
     per = rows_per_statement(conn, 1)

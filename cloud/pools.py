@@ -113,13 +113,9 @@ def load(conn: Connection, ws_id: int, lease_ids: Iterable[int] = (), ws: Mappin
     row = conn.execute(select(S.pools).where(S.pools.c.workspace_id == ws_id).with_for_update()).mappings().one()
     state: dict[str, Any] = {b: row[b] for b in S.POOL_BUCKETS}
     state["next_lease"] = row["next_lease"]
-    ids = sorted(set(lease_ids))
-    leases = {}
-    if ids:
-        q = select(S.leases).where(S.leases.c.workspace_id == ws_id, S.leases.c.id.in_(ids))
-        leases = {r["id"]: _lease_row(r) for r in conn.execute(q).mappings()}
-    state["leases"] = leases
-    return StoredPool(state, terms(ws), ws_id, set(leases))
+    pool = StoredPool(state, terms(ws), ws_id, set())
+    load_leases(conn, pool, lease_ids)
+    return pool
 
 
 def store(conn: Connection, pool: StoredPool, entries: list[list[int]], at: int,
