@@ -246,6 +246,7 @@ class Simulation:
         n = len(devs)
         plan = self.fault_plan()
         interval = 1.0 / a.rate if a.rate else 0.0
+        window = METER_CFG.get("window", 4)
         heap = [(time.monotonic() + self.rng.random() * interval, i) for i in range(n)]
         heapq.heapify(heap)
         last_scan = last_prog = last_tick = 0.0
@@ -268,7 +269,7 @@ class Simulation:
                 break
             if a.duration is None and f.served_rounds >= target:
                 break
-            budget = self._serve_due(heap, now, interval)
+            budget = self._serve_due(heap, now, interval, window)
             # timers: every device ticked about once a second
             k = max(1, int(n * min(1.0, now - last_tick)))
             if now - last_tick >= 0.05:
@@ -296,11 +297,11 @@ class Simulation:
                 self.fire(kind)
         return time.monotonic() - t_serve
 
-    def _serve_due(self, heap: list[tuple[float, int]], now: float, interval: float) -> int:
-        """Serve one round on each device due by now (at most 400); the budget left."""
+    def _serve_due(self, heap: list[tuple[float, int]], now: float, interval: float, window: int) -> int:
+        """Serve one round on each device due by now (at most 400) that has room in its send
+        window; the budget left."""
         assert self.fleet is not None
         devs = self.fleet.devices
-        window = METER_CFG.get("window", 4)
         budget = 400
         while heap and heap[0][0] <= now and budget:
             _, i = heapq.heappop(heap)
