@@ -34,6 +34,14 @@ from edgemeter.tools.bench import MODULES
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
 
+def test_the_firmware_reports_the_version_the_distribution_carries() -> None:
+    """firmware_py.VERSION (what devices report in their FIRMWARE message; MicroPython cannot
+    read package metadata) is pyproject.toml's version, not a copy left behind."""
+    import tomllib
+    from firmware_py import VERSION
+    assert VERSION == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 # What a complete distribution holds besides the .py modules (paths inside the wheel).
 DATA_FILES = (
     "edgemeter/cloud/migrations/env.py", "edgemeter/cloud/migrations/script.py.mako",
