@@ -12,7 +12,8 @@ Rules:
      signed with them still verify); the rater delivers the new key to the device wrapped in a
      ROTATE command (firmware_py.proto W5) and switches to it when the device first uses it.
  D4. write_mosquitto_files(dir) rewrites <dir>/passwd and <dir>/acl: device lines for every
-     device, other users' lines (rater, admin) kept as they are, lines of device user names
+     device, other users' lines kept as they are (the roles log in on the private listener
+     from passwd.services, deploy/mosquitto/README.md), lines of device user names
      no longer registered dropped (either form, "<ws>/<dev>" or the former "d<dev>"); the
      ACL is deploy/mosquitto/acl.example as shipped (cloud.mosquitto.render_acl): its two
      `pattern` lines on %u confine every device to em/<ws>/<dev>/, so it names no device and

@@ -30,10 +30,11 @@ def mosquitto() -> Iterator[Broker]:
 
 @pytest.fixture(scope="session")
 def secure_broker() -> Iterator[Broker]:
-    """The production set-up shared by the session: password file + ACL, plain listener
-    (.port) and TLS listener (.tls_port, CA in .ca_file, certificate for localhost/127.0.0.1).
-    .users["rater"] and .users["admin"] hold those roles' passwords; add_device(ws, dev) ->
-    (user, password) adds a device while it runs. Use device ids no other test uses."""
+    """The production set-up shared by the session: password files + ACL, the private listener
+    of raters and operators (.port), the device listener over TLS (.tls_port, CA in .ca_file,
+    certificate for localhost/127.0.0.1) and without (.device_port). .users["rater"] and
+    .users["admin"] hold those roles' passwords; add_device(ws, dev) -> (user, password) adds a
+    device while it runs. Use device ids no other test uses."""
     with Broker(auth=True, tls=True) as b:
         yield b
 

@@ -20,7 +20,8 @@ _ids = itertools.count(1)
 
 class Probe:
     def __init__(self, broker: Broker, user: str | None = None, *, client_id: str = "",
-                 tls: bool = False, v5: bool = False, clean: bool = True) -> None:
+                 tls: bool = False, v5: bool = False, clean: bool = True,
+                 port: int | None = None) -> None:
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kw: dict[str, Any] = {} if v5 else {"clean_session": clean}
         client_id = client_id or f"probe-{next(_ids)}-{id(self)}"  # the broker refuses empty ids
@@ -39,7 +40,7 @@ class Probe:
         if tls:
             self.client.tls_set(ca_certs=str(broker.ca_file))
         self.client.reconnect_delay_set(1, 1)
-        port = broker.tls_port if tls else broker.port
+        port = port or (broker.tls_port if tls else broker.port_for(user))
         host = "localhost" if tls else broker.host
         self.client.connect(host, port or 0, keepalive=30,
                             clean_start=clean if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)

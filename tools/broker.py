@@ -2,14 +2,18 @@
 
     with Broker(auth=True, tls=True) as b:          # free ports, temp dir, users, CA
         user, pw = b.add_device(ws=7, dev=1042)      # "7/1042": rewrites passwd, SIGHUP
-        ... connect to b.host:b.port (plain) or b.tls_port with b.ca_file ...
+        ... raters and operators connect to b.host:b.port (the private listener), devices to
+        b.tls_port with b.ca_file, or b.device_port (the device listener without TLS) ...
         b.restart()                                  # same ports; persistence kept
     python -m edgemeter.tools.broker --auth --tls              # run one in the foreground (demo, debugging)
 
 The configuration is deploy/mosquitto/mosquitto.conf with only site values rewritten (file
 paths, ports, bind address 127.0.0.1, log to stderr captured in <workdir>/mosquitto.log, `user`
 set to whoever runs the tests); auth=False drops password_file/acl_file and allows anonymous
-clients, tls=False drops the TLS listener. The ACL is deploy/mosquitto/acl.example as shipped:
+clients, tls=False drops the TLS listener. With auth the device listener is also rendered a
+second time without TLS (b.device_port), keeping its users, ACL and client-id binding, for test
+devices that do not speak TLS; each listener has its own users (per_listener_settings): devices
+in passwd, the roles (rater, admin) in passwd.services. The ACL is deploy/mosquitto/acl.example as shipped:
 the raters' and operators' blocks and two `pattern` lines on the user name that confine every
 device ("<ws>/<dev>", docs/protocol.md, Topics) to its own topics, so adding a device adds only its password.
 Passwords are hashed by `mosquitto_passwd -U` (Debian package `mosquitto`).
@@ -71,56 +75,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TLS_KEYS = ("certfile", "keyfile", "cafile", "capath", "tls_version", "ciphers", "ciphers_tls1.3",
+            "require_certificate", "crlfile", "dhparamfile", "keyform", "tls_engine")
+
+
 def render_config(template: Path, *, port: int, tls_port: int | None, workdir: Path,
-                  auth: bool, extra: Iterable[str] = ()) -> str:
+                  auth: bool, extra: Iterable[str] = (), device_port: int | None = None) -> str:
     """The shipped mosquitto.conf with its site values rewritten (see the module docstring),
     line for line in the template's order. The template must hold exactly one TLS listener (a
-    listener section with certfile) and one plain listener; extra lines go before the first."""
+    listener section with certfile: the devices') and one plain listener (the services'); extra
+    lines go before the first. With device_port, the device listener is rendered a second
+    time without its TLS lines on that port, every other line of it kept (its users, ACL and
+    client-id binding), for test devices that do not speak TLS."""
     lines = template.read_text().splitlines()
     starts = [i for i, ln in enumerate(lines) if ln.startswith("listener ")]
     sections = [lines[a:b] for a, b in zip(starts, starts[1:] + [len(lines)])]
     is_tls = [any(x.startswith("certfile ") for x in sec) for sec in sections]
     if sorted(is_tls) != [False, True]:
         raise BrokerError(f"{template}: expected one TLS and one plain listener")
-    site = {
-        "password_file": str(workdir / "passwd"),
-        "acl_file": str(workdir / "acl"),
-        "persistence_location": str(workdir / "data") + "/",
-        "user": getpass.getuser(),
-        "certfile": str(workdir / "server.crt"),
-        "keyfile": str(workdir / "server.key"),
-    }
     out = [f"# rendered by tools/broker.py from {template}"]
-    log_done = False
-    tls_section = False
-    for i, ln in enumerate(lines):
-        key = ln.split(" ", 1)[0]
-        if i in starts:
-            tls_section = is_tls[starts.index(i)]
-            if i == starts[0]:
-                out.extend(extra)
-            if tls_section and tls_port is None:
-                out.append("# (TLS listener left out: Broker(tls=False))")
-                continue
-            out.append(f"listener {tls_port if tls_section else port} {HOST}")
+    out += _site_lines(lines[:starts[0]], workdir, auth)
+    out += list(extra)
+    for sec, tls in zip(sections, is_tls):
+        body = _site_lines(sec[1:], workdir, auth)
+        if not tls:
+            out += [f"listener {port} {HOST}"] + body
             continue
-        if tls_section and tls_port is None and not ln.startswith("#"):
-            continue
+        if tls_port is None:
+            out.append("# (TLS listener left out: Broker(tls=False))")
+        else:
+            out += [f"listener {tls_port} {HOST}"] + body
+        if device_port is not None:
+            out += ["", "# the device listener again, without TLS (tools/broker.py, device_port)",
+                    f"listener {device_port} {HOST}"]
+            out += [ln for ln in body if ln.split(" ", 1)[0] not in TLS_KEYS]
+    return "\n".join(out) + "\n"
+
+
+def _site_lines(lines: list[str], workdir: Path, auth: bool) -> list[str]:
+    """Lines of the template with their site values rewritten: file paths into workdir (by
+    the file's name), log to stderr, `user` the caller; without auth, no password_file or
+    acl_file and anonymous clients allowed."""
+    out: list[str] = []
+    for ln in lines:
+        key, _, value = ln.partition(" ")
         if key in ("password_file", "acl_file") and not auth:
             continue
         if key == "allow_anonymous" and not auth:
             out.append("allow_anonymous true")
         elif key == "log_dest":
-            if not log_done:
+            if "log_dest stderr" not in out:
                 out.append("log_dest stderr")
-                log_done = True
         elif key == "pid_file":
             continue
-        elif key in site:
-            out.append(f"{key} {site[key]}")
+        elif key in ("password_file", "acl_file", "certfile", "keyfile"):
+            out.append(f"{key} {workdir / Path(value).name}")
+        elif key == "persistence_location":
+            out.append(f"{key} {workdir / 'data'}/")
+        elif key == "user":
+            out.append(f"user {getpass.getuser()}")
         else:
             out.append(ln)
-    return "\n".join(out) + "\n"
+    return out
 
 
 def make_certs(workdir: Path, hosts: Iterable[str] = ("localhost", HOST)) -> Path:
@@ -187,6 +203,10 @@ class Broker:
         self._auto_ports = port == 0 and (tls_port == 0 or not tls)
         self.port = port or free_port()
         self.tls_port: int | None = (tls_port or free_port()) if tls else None
+        # devices without TLS: a plain copy of the device listener (with auth; without it the
+        # services' listener admits anyone, devices included)
+        self._device_listener = auth
+        self.device_port = free_port() if auth else self.port
         self.extra = list(extra) + (["log_type all"] if verbose else [])
         self.template = template
         self._own_dir = workdir is None
@@ -210,6 +230,17 @@ class Broker:
     @property
     def url(self) -> str:
         return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def device_url(self) -> str:
+        """Where a device without TLS connects: the device listener's plain copy (with auth;
+        the services' listener without)."""
+        return f"mqtt://{HOST}:{self.device_port}"
+
+    def port_for(self, user: str | None) -> int:
+        """The plain port user logs in on: the services' listener for the roles (and for anyone
+        on a broker without auth), the device listener's plain copy for everyone else."""
+        return self.port if user is None or user in ROLES else self.device_port
 
     @property
     def tls_url(self) -> str:
@@ -247,14 +278,21 @@ class Broker:
             self.reload()
 
     def _write_auth(self) -> None:
-        plain = self.workdir / "passwd.plain"
-        plain.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-        plain.chmod(0o600)
-        proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],   # own session: a Ctrl-C
-                              capture_output=True, text=True, start_new_session=True)  # is the caller's
-        if proc.returncode != 0:
-            raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
-        os.replace(plain, self.workdir / "passwd")
+        """passwd (the device listener's users: every user but the roles) and passwd.services
+        (the services' listener's: the roles), as the shipped configuration names them."""
+        for name, users in (("passwd", [u for u in self.users if u not in ROLES]),
+                            ("passwd.services", [u for u in self.users if u in ROLES])):
+            plain = self.workdir / (name + ".plain")
+            plain.write_text("".join(f"{u}:{self.users[u]}\n" for u in users))
+            plain.chmod(0o600)
+            if not users:   # mosquitto_passwd -U refuses an empty file; an empty one admits no one
+                os.replace(plain, self.workdir / name)
+                continue
+            proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],   # own session: a
+                                  capture_output=True, text=True, start_new_session=True)  # Ctrl-C
+            if proc.returncode != 0:                                             # is the caller's
+                raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
+            os.replace(plain, self.workdir / name)
         acl = self.workdir / "acl.new"
         acl.write_text(render_acl())
         os.replace(acl, self.workdir / "acl")
@@ -271,7 +309,8 @@ class Broker:
         for attempt in range(5):
             self.config_path.write_text(render_config(
                 self.template, port=self.port, tls_port=self.tls_port, workdir=self.workdir,
-                auth=self.auth, extra=self.extra))
+                auth=self.auth, extra=self.extra,
+                device_port=self.device_port if self._device_listener else None))
             start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.config_path)],
@@ -286,13 +325,14 @@ class Broker:
                 if not (in_use and self._auto_ports and attempt < 4):
                     raise
                 self.port = free_port()  # another process took the port: pick new ones
+                self.device_port = free_port() if self._device_listener else self.port
                 if self.tls:
                     self.tls_port = free_port()
         raise BrokerError("unreachable")
 
     def _wait_ready(self, start_at: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+        ports = [self.port, self.device_port] + ([self.tls_port] if self.tls_port else [])
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise BrokerError(f"mosquitto exited with {self.proc.returncode}:\n"
@@ -408,7 +448,8 @@ def _serve(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ap.error(f"--device {spec!r}: expected WS/DEV, e.g. 7/1042")
         b.add_device(int(m.group(1)), int(m.group(2)))
     with b:
-        print(f"mosquitto on {b.url}" + (f" and {b.tls_url} (CA {b.ca_file})" if b.tls else ""))
+        print(f"mosquitto: raters and operators on {b.url}, devices on {b.device_url}"
+              + (f" and {b.tls_url} (CA {b.ca_file})" if b.tls else ""))
         for u, p in b.users.items():
             print(f"  user {u} password {p}")
         print(f"  log {b.log_path}; Ctrl-C stops it")

@@ -49,7 +49,7 @@ def config(broker: Broker, ws: int, dev: int, journal: Path, **kw: Any) -> dict[
     user, pw = broker.add_device(ws, dev)
     cfg: dict[str, Any] = {
         "dev": dev, "ws": ws, "kid": 1, "key": KEY.hex(), "host": broker.host,
-        "port": broker.port, "user": user, "password": pw, "journal": str(journal),
+        "port": broker.device_port, "user": user, "password": pw, "journal": str(journal),
         "journal_max_bytes": 32768, "segment_bytes": 2048, "keepalive": 10,
         "timeout_ms": 3000, "max_packet": 1024, "rx_size": 128, "max_inflight": 4,
         "backoff_base_ms": 200, "backoff_cap_ms": 2000, "poll_ms": 200, "drain_s": 60,

@@ -140,7 +140,7 @@ def write_config(dirpath: Path, broker: Any, dev: int, password: str, **over: An
     sock = tempfile.mkdtemp(prefix="em") + "/agent.sock"  # short: sun_path is 108 bytes
     cfg: dict[str, dict[str, Any]] = {
         "device": {"ws": WS, "dev": dev, "kid": 1, "key": key_of(dev).hex()},
-        "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.port), "password": password,
+        "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.device_port), "password": password,
                  "keepalive": 10, "backoff_base_ms": 50, "backoff_cap_ms": 400},
         "journal": {"dir": str(dirpath / "journal")},
         "meter": {"batch": 3, "age": 1, "rto": 2, "rto_max": 4, "retry": 2, "window": 4},

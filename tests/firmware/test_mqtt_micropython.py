@@ -104,7 +104,7 @@ class Device:
 
 
 def new_cmd(b: tb.Broker, user: str, *, tls: bool = False, **kw: object) -> str:
-    words = [f"new client_id={user}", f"port={b.tls_port if tls else b.port}", f"user={user}",
+    words = [f"new client_id={user}", f"port={b.tls_port if tls else b.port_for(user)}", f"user={user}",
              f"password={b.users[user]}"]
     if tls:
         words += [f"ca={b.ca_file}", "sni=localhost"]

@@ -101,6 +101,15 @@ def test_refusals(secure_broker: tb.Broker) -> None:
             s.sendall(mc.encode_connect("x1", 30, True, creds[0], creds[1]))
             pkt = mc.decode_packet(s.recv(4))
             assert pkt[0] == mc.CONNACK and pkt[2] == 5, (creds, pkt)  # not authorized
+    # each listener has its own users: a device's valid credentials open only the device
+    # listener, so on the private one it can take no client id (a rater's, another device's)
+    _connect_as(b, user, pw)
+    for cid in (user, "rater-1", "7/9004"):
+        with pytest.raises(ConnectionRefusedError):
+            _connect_as(b, user, pw, port=b.port, cid=cid)
+    with pytest.raises(ConnectionRefusedError):
+        _connect_as(b, "rater", b.users["rater"])     # nor a rater's the device listener
+    _connect_as(b, "rater", b.users["rater"], port=b.port)
 
 
 def test_device_added_and_removed_while_running(secure_broker: tb.Broker) -> None:
@@ -115,7 +124,7 @@ def test_device_added_and_removed_while_running(secure_broker: tb.Broker) -> Non
         d.publish("em/3/9100/up/usage", b"new")
         assert admin.get().payload == b"new"
         d.close()
-        with socket.create_connection((b.host, b.port), timeout=5) as s:
+        with socket.create_connection((b.host, b.device_port), timeout=5) as s:
             s.sendall(mc.encode_connect(user, 30, True, user, pw))
             assert mc.decode_packet(s.recv(4)) == (mc.CONNACK, False, 0)
             b.remove_device(9100)
@@ -126,9 +135,9 @@ def test_device_added_and_removed_while_running(secure_broker: tb.Broker) -> Non
         admin.close()
 
 
-def _connect_as(b: tb.Broker, user: str, pw: str) -> None:
-    with socket.create_connection((b.host, b.port), timeout=5) as s:
-        s.sendall(mc.encode_connect(user, 30, True, user, pw))
+def _connect_as(b: tb.Broker, user: str, pw: str, port: int = 0, cid: str = "") -> None:
+    with socket.create_connection((b.host, port or b.device_port), timeout=5) as s:
+        s.sendall(mc.encode_connect(cid or user, 30, True, user, pw))
         pkt = mc.decode_packet(s.recv(4))
         if pkt[2] != 0:
             raise ConnectionRefusedError(pkt[2])

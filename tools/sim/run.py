@@ -80,7 +80,7 @@ class Simulation:
             self.broker = Broker(auth=True, workdir=self.work / "mosquitto")
             stack.write_broker_files(self.url, self.broker)
             self.broker.start(timeout=30)
-            host, port = self.broker.host, self.broker.port
+            host, port = self.broker.host, self.broker.device_port
             self.setup_s["broker"] = time.monotonic() - t
         t = time.monotonic()
         for i in range(a.raters):
