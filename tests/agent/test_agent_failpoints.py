@@ -23,7 +23,7 @@ def test_specs_parse_or_name_what_is_wrong():
 
 
 def test_a_malformed_spec_stops_the_agent_before_it_runs(tmp_path):
-    cfg = write_config(tmp_path, SimpleNamespace(host="127.0.0.1", port=1), 4300, "pw")
+    cfg = write_config(tmp_path, SimpleNamespace(host="127.0.0.1", device_port=1), 4300, "pw")
     p = subprocess.run([sys.executable, "-m", "edgemeter.tools.cli", "agent", "--config", str(cfg), "--check"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "EDGEMETER_FAILPOINTS": "append:3,flush:1"})
