@@ -205,7 +205,6 @@ class Broker:
         self.tls_port: int | None = (tls_port or free_port()) if tls else None
         # devices without TLS: a plain copy of the device listener (with auth; without it the
         # services' listener admits anyone, devices included)
-        self._device_listener = auth
         self.device_port = free_port() if auth else self.port
         self.extra = list(extra) + (["log_type all"] if verbose else [])
         self.template = template
@@ -285,13 +284,12 @@ class Broker:
             plain = self.workdir / (name + ".plain")
             plain.write_text("".join(f"{u}:{self.users[u]}\n" for u in users))
             plain.chmod(0o600)
-            if not users:   # mosquitto_passwd -U refuses an empty file; an empty one admits no one
-                os.replace(plain, self.workdir / name)
-                continue
-            proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],   # own session: a
-                                  capture_output=True, text=True, start_new_session=True)  # Ctrl-C
-            if proc.returncode != 0:                                             # is the caller's
-                raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
+            if users:   # mosquitto_passwd -U refuses an empty file; an empty one admits no one
+                proc = subprocess.run([mosquitto_passwd_exe(), "-U", str(plain)],  # own session:
+                                      capture_output=True, text=True,              # a Ctrl-C is
+                                      start_new_session=True)                      # the caller's
+                if proc.returncode != 0:
+                    raise BrokerError(f"mosquitto_passwd -U failed: {proc.stderr.strip()}")
             os.replace(plain, self.workdir / name)
         acl = self.workdir / "acl.new"
         acl.write_text(render_acl())
@@ -310,7 +308,7 @@ class Broker:
             self.config_path.write_text(render_config(
                 self.template, port=self.port, tls_port=self.tls_port, workdir=self.workdir,
                 auth=self.auth, extra=self.extra,
-                device_port=self.device_port if self._device_listener else None))
+                device_port=self.device_port if self.auth else None))
             start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.config_path)],
@@ -325,7 +323,7 @@ class Broker:
                 if not (in_use and self._auto_ports and attempt < 4):
                     raise
                 self.port = free_port()  # another process took the port: pick new ones
-                self.device_port = free_port() if self._device_listener else self.port
+                self.device_port = free_port() if self.auth else self.port
                 if self.tls:
                     self.tls_port = free_port()
         raise BrokerError("unreachable")
