@@ -31,7 +31,11 @@ Rules:
      to the fen, exceeds that up to the month's start, rounded the same way (cloud.rounding
      F6). The months' invoices together thus never show more than the fund held (the CNY 10.00
      trial shows 10.00 at most over its three months), and each month's figure is still its
-     exact value rounded down or up.
+     exact value rounded down or up. When several plans pay in one month, their caps, each
+     rounded alone, can sum to less than the plan column's exact floor (by less than a fen per
+     plan): the caps win, the column shows their sum, and a line's plan figure and list, and
+     the list total, may then show up to those fen less than their exact values rounded down
+     (never more: the customer is not charged for what a plan already showed).
 """
 from __future__ import annotations
 

@@ -25,10 +25,17 @@ their totals. Here instead (rules F1-F4):
      up, the parts add up to the column total exactly, the largest remainders rounded up (ties:
      the earlier part), and F4 holds for each part.
  F6. A column may carry a cap in fen (controlled(caps=...)): its displayed total never exceeds
-     it, and the grand total of F1 yields (to the other rounding, floor or ceiling) where the
-     caps leave no room for it. Invoices cap a fund spent over several months (the trial, a
-     plan) at what the fund's cumulative exact spending, rounded once at each month's end,
-     leaves for the month, so the months' displayed amounts together never exceed the fund.
+     it. Caps win over F1-F4: where a cap leaves no room, the grand total of F1 yields (to the
+     other rounding, floor or ceiling); where a cap is below the column's exact floor, the
+     column shows its cap, and where it is below even its cells' floors, fen are taken off
+     those cells (smallest remainders first), their lines asking them back from their other
+     cells within F2 and otherwise showing less, the grand total with them. Invoices cap a
+     fund spent over several months (the trial, a plan) at what the fund's cumulative exact
+     spending, rounded once at each month's end, leaves for the month, so the months'
+     displayed amounts together never exceed the fund. One fund's cap is always its month's
+     exact amount rounded down or up; only a column several funds paid together (the plan
+     column, F5) can be capped below its floor, by less than a fen per fund: its funds' caps
+     are rounded one by one.
 """
 from __future__ import annotations
 
@@ -44,7 +51,8 @@ def controlled(cells: list[list[int]], den: int,
     """(fen cells, grand total in fen) for exact cells[i][j] / den fen (non-negative ints).
 
     The grand total is round_fen of the exact total (F1); rows, columns and cells obey F2-F4;
-    caps maps a column index to the most its displayed total may show (F6).
+    caps maps a column index to the most its displayed total may show, and wins over F1-F4
+    where they conflict (F6).
     """
     if den <= 0 or any(v < 0 or type(v) is not int for row in cells for v in row):
         raise ValueError("controlled rounding takes non-negative integer cells and den > 0")
@@ -55,16 +63,29 @@ def controlled(cells: list[list[int]], den: int,
     total = sum(sum(row) for row in cells)
     grand = billing.round_fen(total * FEN, den) // FEN
     out = [[v // den for v in row] for row in cells]
+    for j, cap in caps.items():
+        _lower_to_cap(cells, out, j, den, cap)
     floors = sum(sum(row) for row in out)
-    room = sum(_col_hi(cells, j, den, caps) - sum(r[j] for r in out) for j in range(ncols))
-    grand = max(total // den, min(grand, floors + room))  # F6: capped columns may force the floor
-    need = grand - floors
-    if need:
-        ups = _flow(cells, den, need, caps)
-        for i, j in ups:
-            out[i][j] += 1
-    return out, grand
+    room = sum(_col_hi(cells, out, j, den, caps) - sum(r[j] for r in out) for j in range(ncols))
+    # F6: capped columns may force the grand total down to the floor, or below it
+    grand = max(min(floors, total // den), min(grand, floors + room))
+    ups = _flow(cells, out, den, grand - floors, caps) if grand > floors else []
+    for i, j in ups:
+        out[i][j] += 1
+    return out, floors + len(ups)
 
+
+def _lower_to_cap(cells: list[list[int]], out: list[list[int]], j: int, den: int, cap: int) -> None:
+    """F6: where column j's cells' floors already exceed its cap, take the excess fen off its
+    cells, those with the smallest remainders first (ties: the later line), a fen per cell per
+    pass, so the column shows exactly its cap."""
+    excess = sum(row[j] for row in out) - max(cap, 0)
+    order = sorted(range(len(out)), key=lambda i: (cells[i][j] % den, -i))
+    while excess > 0:
+        for i in order:
+            if excess and out[i][j]:
+                out[i][j] -= 1
+                excess -= 1
 
 def _bounds(values: list[int], den: int) -> tuple[int, int]:
     """(lo, hi): how many of these cells' fen may be rounded up so their sum stays within
@@ -73,12 +94,13 @@ def _bounds(values: list[int], den: int) -> tuple[int, int]:
     return frac // den, -(-frac // den)
 
 
-def _col_hi(cells: list[list[int]], j: int, den: int, caps: dict[int, int]) -> int:
-    """The most column j may display: its exact total rounded up, or its cap (F6) when lower
-    (never below the column's floor, which its cells' floors already show)."""
-    lo, hi = _bounds([row[j] for row in cells], den)
-    base = sum(row[j] // den for row in cells)
-    return base + min(hi, max(lo, caps[j] - base)) if j in caps else base + hi
+def _col_hi(cells: list[list[int]], out: list[list[int]], j: int, den: int, caps: dict[int, int]) -> int:
+    """The most column j may display: its exact total rounded up, or its cap (F6) when lower,
+    down to what its cells show before rounding up (their floors, or less where _lower_to_cap
+    took fen off them)."""
+    _, hi = _bounds([row[j] for row in cells], den)
+    base = sum(row[j] for row in out)
+    return base + min(hi, max(0, caps[j] - base)) if j in caps else base + hi
 
 
 def split_bounds(num: int, den: int, cap: int | None = None) -> tuple[int, int]:
@@ -105,13 +127,16 @@ def split(total: int, nums: list[int], den: int, caps: list[int | None] | None =
     return out
 
 
-def _flow(cells: list[list[int]], den: int, need: int, caps: dict[int, int]) -> list[tuple[int, int]]:
-    """The cells to round up (F2, F3): a min-cost flow of value `need`.
+def _flow(cells: list[list[int]], out: list[list[int]], den: int, need: int,
+          caps: dict[int, int]) -> list[tuple[int, int]]:
+    """The cells to round up from `out` (F2, F3): a min-cost flow of value `need`, or less when
+    caps leave no room for it (F6).
 
     Nodes: 0 source, 1 sink, rows, columns. A row's (column's) lower bound is an edge of cost
     -BIG, its optional extra unit an edge of cost 0, so a minimum-cost flow meets every lower
-    bound (a feasible flow meeting them exists, F2); a cell with remainder r is an edge of
-    capacity 1 and cost -r (F3).
+    bound it can (without caps one meeting them all exists, F2); a cell with remainder r is an
+    edge of capacity 1 and cost -r (F3). A row whose cells _lower_to_cap took fen off asks for
+    them back from its other cells, within their own bounds.
     """
     nr, nc = len(cells), len(cells[0])
     big = den * (nr * nc + 1)
@@ -127,11 +152,12 @@ def _flow(cells: list[list[int]], den: int, need: int, caps: dict[int, int]) -> 
 
     for i, row in enumerate(cells):
         lo, hi = _bounds(row, den)
-        edge(0, 2 + i, lo, -big)
+        taken = sum(v // den for v in row) - sum(out[i])
+        edge(0, 2 + i, lo + taken, -big)
         edge(0, 2 + i, hi - lo, 0)
     for j in range(nc):
-        lo, hi = _bounds([row[j] for row in cells], den)
-        hi = _col_hi(cells, j, den, caps) - sum(row[j] // den for row in cells)
+        lo, _ = _bounds([row[j] for row in cells], den)
+        hi = _col_hi(cells, out, j, den, caps) - sum(row[j] for row in out)
         lo = min(lo, hi)
         edge(2 + nr + j, 1, lo, -big)
         edge(2 + nr + j, 1, hi - lo, 0)
@@ -142,7 +168,9 @@ def _flow(cells: list[list[int]], den: int, need: int, caps: dict[int, int]) -> 
                 cell_edge[(i, j)] = edge(2 + i, 2 + nr + j, 1, -(v % den))
     for _ in range(need):
         if not _augment(graph, edges, len(graph)):
-            raise ArithmeticError("controlled rounding found no feasible flow (a bug: F2 says one exists)")
+            if not caps:
+                raise ArithmeticError("controlled rounding found no feasible flow (a bug: F2 says one exists)")
+            break
     return sorted(ij for ij, k in cell_edge.items() if edges[k][1] == 0)
 
 

@@ -14,6 +14,7 @@ import csv
 import io
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,33 +104,45 @@ def check_invoice(inv: dict, plans: dict, caps: dict) -> None:
     for x in lines + [inv]:
         assert x["list_fen"] - x["discount_fen"] == x["trial_fen"] + x["plan_fen"] + x["due_fen"]
         assert min(x[c + "_fen"] for c in COLUMNS) >= 0
+    den = FEN * 10000
     exact_list = sum(ln["list_ucny"] for ln in lines)
-    assert _within(inv["list_fen"], exact_list * 10000, FEN * 10000)
+    # F6 over F2: where the plans' caps (rule I7) sum below the plan column's exact floor, the
+    # column shows those caps, `short` fen below its floor, and lines lose at most those fen
+    plan_exact = sum(invoices._num(ln["plan_ucny"]) for ln in lines)
+    plan_caps = sum(rounding.split_bounds(invoices._num(p["paid_ucny"]), den, caps.get(p["plan"]))[1]
+                    for p in inv["plans"])
+    short = max(0, plan_exact // den - inv["plan_fen"])
+    assert short == 0 or inv["plan_fen"] == plan_caps
+    assert _within(inv["plan_fen"] + short, plan_exact, den)
+    assert exact_list * 10000 // den - short <= inv["list_fen"] <= -(-exact_list * 10000 // den)
     at_cap = inv["trial_fen"] == caps.get("trial") or any(p["paid_fen"] == caps.get(p["plan"]) for p in inv["plans"])
     # rounded once, half away from zero (F1), unless a fund at its cap left no room (F6)
     assert inv["list_fen"] * FEN == billing.round_fen(exact_list) or at_cap
-    den = FEN * 10000
+    line_short = {"list": 0, "plan": 0}
     for ln in lines:
-        assert _within(ln["list_fen"], ln["list_ucny"] * 10000, den)
+        for c, num in (("list", ln["list_ucny"] * 10000), ("plan", invoices._num(ln["plan_ucny"]))):
+            line_short[c] += max(0, num // den - ln[c + "_fen"])
+            assert ln[c + "_fen"] <= -(-num // den)
         assert _within(ln["trial_fen"], ln["trial_ucny"] * 10000, den)
         assert _within(ln["due_fen"], ln["payg_ucny"] * 10000, den)
-        assert _within(ln["plan_fen"], invoices._num(ln["plan_ucny"]), den)
         assert _within(ln["discount_fen"], invoices._num(ln["discount_ucny"]), den)
         assert ln["trial_ucny"] + ln["payg_ucny"] + (invoices._num(ln["plan_ucny"])
                                                      + invoices._num(ln["discount_ucny"])) // 10000 == ln["list_ucny"]
+    assert line_short["list"] <= short and line_short["plan"] <= short
     assert _within(inv["trial_fen"], sum(ln["trial_ucny"] for ln in lines) * 10000, den)
     assert inv["trial_fen"] <= BOOK["trial"][0] // FEN
-    assert _within(inv["plan_fen"], sum(invoices._num(ln["plan_ucny"]) for ln in lines), den)
     assert sum(p["paid_fen"] for p in inv["plans"]) == inv["plan_fen"]
     for p in inv["plans"]:
         assert p["paid_fen"] <= plans[p["plan"]]
+        assert p["paid_fen"] <= caps.get(p["plan"], p["paid_fen"])
         assert _within(p["paid_fen"], invoices._num(p["paid_ucny"]), den)
     rows = list(csv.DictReader(io.StringIO(invoices.to_csv(inv))))
     assert [r["due_cny"] for r in rows] == [ln["due_cny"] for ln in lines] + [inv["due_cny"]]
     assert rows[-1]["list_cny"] == inv["list_cny"] and rows[-1]["list_ucny"] == str(exact_list)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# EDGEMETER_INVOICE_EXAMPLES=5000 runs a longer search than the suite's 200
+@settings(max_examples=int(os.environ.get("EDGEMETER_INVOICE_EXAMPLES", 200)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=history_st)
 def test_every_invoice_adds_up(engine, h):
     with db.write_connect(engine) as conn:
@@ -179,6 +192,19 @@ def test_controlled_rounding_picks_the_largest_remainders():
         rounding.controlled([[1, -1]], 100)
 
 
+def test_a_cap_below_a_columns_cells_takes_fen_off_them():
+    # F6: one line of 0.95 + 14.05 fen, its second column capped at 13 (below the cell's floor of
+    # 14): the cell shows 13, the line asks its other cell for the fen back (0.95 -> 1) and the
+    # grand total yields to 14
+    assert rounding.controlled([[95, 1405]], 100, {1: 13}) == ([[1, 13]], 14)
+    # two lines of 3.6 and 10.45 fen under a cap of 13: the floors make 13, nothing is taken off,
+    # and the lines' other cells (0.4, 0.55) take the grand total's rounding where they can
+    assert rounding.controlled([[40, 360], [55, 1045]], 100, {1: 13}) == ([[0, 3], [1, 10]], 14)
+    # a cap below several cells' floors takes a fen off each, smallest remainders first, then again
+    assert rounding.controlled([[250], [310], [120]], 100, {0: 3}) == ([[1], [2], [0]], 3)
+    assert rounding.controlled([[250], [310], [120]], 100, {0: 5})[0] == [[2], [2], [1]]
+
+
 def test_invoice_rounding_vectors():
     """tests/vectors/billing_invoice.json: the readings table's rounding row, pinned."""
     doc = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "billing_invoice.json").read_text())
@@ -187,3 +213,35 @@ def test_invoice_rounding_vectors():
         assert (out, grand) == (case["out"], case["grand"]), case["name"]
         alone = sum(billing.round_fen(sum(r) * FEN, case["den"]) // FEN for r in case["cells"])
         assert sum(map(sum, out)) == grand and (alone != grand or len(case["cells"][0]) > 1), case["name"]
+
+
+
+@pytest.mark.parametrize("august_mult", [1, 2])
+def test_two_plans_capped_below_their_columns_floor(engine, august_mult):
+    """Two plans pay in one month, each capped at its own floor (rule I7) while their exact sum
+    is a fen above those caps: the caps win (rounding F6 over F2). Plan B (CNY 100, bp 9000,
+    bought 1 July) pays 3.6 fen in July (shown 4) and 3.6 fen in early August, capped at
+    7 - 4 = 3; plan A (CNY 20, bp 9500, bought 10 August, ending first) then pays 10.45 fen,
+    capped at 10. August's plan column is exactly 14.05 fen, its caps 13. With one usage line
+    (august_mult 1) that line's plan cell (14.05) shows 13; with two lines (3.6 and 10.45) the
+    cells' floors already make 13."""
+    asr_lite = 1
+    july = (4, [(asr_lite, 1, 800)])                       # list 40,000 uCNY: B pays 3.6 fen
+    aug_b = (33, [(asr_lite, 1, 800)])                     # B pays 3.6 fen
+    aug_a = (45, [(asr_lite, august_mult, 2200 // august_mult)])   # list 110,000: A pays 10.45 fen
+    with db.write_connect(engine) as conn:
+        tx = conn.begin()
+        try:
+            acc, plans = _history(conn, {"trial": False, "plans": [(10000, 0), (2000, 40)],
+                                         "batches": [july, aug_b, aug_a]})
+            invs = [invoices.compute(conn, acc, month, BOOK) for month in MONTHS[:2]]
+            for inv in invs:
+                check_invoice(inv, plans, invoices.fund_caps(conn, acc, inv["from"], inv["to"]))
+            aug = invs[1]
+            assert sorted(p["paid_ucny"] for p in aug["plans"]) == ["104500", "36000"]
+            assert sorted(p["paid_fen"] for p in aug["plans"]) == [3, 10]
+            assert aug["plan_fen"] == 13 and [ln["plan_fen"] for ln in aug["lines"]] == ([13] if august_mult == 1
+                                                                                         else [3, 10])
+            assert aug["list_fen"] - aug["discount_fen"] == aug["trial_fen"] + aug["plan_fen"] + aug["due_fen"]
+        finally:
+            tx.rollback()
