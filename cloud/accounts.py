@@ -275,24 +275,30 @@ def top_up(conn: Connection, account_id: int, ucny: int, now: int, ref: str = ""
 
 # ------------------------------------------------------------------------------ usage (A2, A3)
 def charge(conn: Connection, usage: Sequence[tuple[int, int, int]], now: int,
-           states: dict[int, dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
+           states: dict[int, dict[str, Any]] | None = None) -> tuple[dict[int, dict[str, Any]], list[int]]:
     """Charge postpaid usage [(account id, batch id, list µCNY)] in order at booking time now.
 
-    Returns the accounts' new states. Writes one account entry per charge (rule A2).
+    Returns the accounts' new states and the batch ids refused whole because they would take
+    their account's balance below the debt limit (billing P9: nothing written for them). Writes
+    one account entry per charge (rule A2).
     """
     if not usage:
-        return {}
+        return {}, []
     states = states if states is not None else load_state(conn, (a for a, _, _ in usage))
     rows: list[tuple] = []     # account entries in ENTRY_COLS order
+    refused: list[int] = []
     for acc, batch_id, ucny in usage:
         st, charges = billing.apply_postpaid(states[acc], ucny, now)
+        if billing.over_limit(st):
+            refused.append(batch_id)
+            continue
         states[acc] = st
         for kind, ref, lst, bp in charges:
             rows.append((acc, batch_id, now, kind, ref, lst, bp))
     if rows:   # straight through the driver: the rater charges one entry per batch
         ledger.insert_tuples(conn, S.account_entries, ENTRY_COLS, rows)
     _project(conn, rows, states)
-    return states
+    return states, refused
 
 
 def _project(conn: Connection, rows: list[tuple], after: Mapping[int, dict[str, Any]]) -> None:
@@ -329,7 +335,7 @@ def _forfeited(rows: list[tuple], pid: int) -> bool:
 
 def settle(conn: Connection, account_id: int, now: int) -> dict[str, Any]:
     """Apply the passage of time (forfeit an ended trial's or plans' rest) with no usage."""
-    return charge(conn, [(account_id, None, 0)], now)[account_id]  # type: ignore[list-item]
+    return charge(conn, [(account_id, None, 0)], now)[0][account_id]  # type: ignore[list-item]
 
 
 # ------------------------------------------------------------------------------ suspension (A4)

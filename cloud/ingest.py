@@ -22,10 +22,14 @@ For each message, in order (rules G1-G10; the protocol rules are firmware_py.clo
      mismatch record when the core's verdict is not OK or its lease is not the device's.
  G4. License workspaces: lease messages go through the session against the workspace Pool
      (loaded with the leases concerned, under its row lock) and their entries are stored;
-     booked batches are then reported on their leases (cloud.pools.report_booked).
+     booked batches are then reported on their leases (cloud.pools.report_booked). One that
+     would take its lease's booked total past billing.LIMIT (cloud.pools S7) stays booked,
+     unreported, with a "lease limit" mismatch, and its device is acked V_INVALID for it.
  G5. Postpaid workspaces: each new batch's cloud-rated amount is charged to the account at the
      booking time (cloud.accounts.charge); accounts whose suspension flag changed get suspend /
-     resume commands on all their postpaid devices, signed by each device's session.
+     resume commands on all their postpaid devices, signed by each device's session. A batch
+     the core refuses at the debt limit (firmware_py.billing P9) stays booked, uncharged, with
+     a "debt limit" mismatch, and its device is acked V_INVALID for it.
  G6. Every device with usage in the group gets one cumulative ack, computed inside the
      transaction from what is booked (including this group's rows) and carrying the verdicts of
      its non-OK batches; a device that sent a batch of an older price-book version also gets
@@ -392,28 +396,41 @@ class Ingest:
             elif b["ucny"]:
                 charges.append((ws["account_id"], bid, b["ucny"]))
         ledger.insert_tuples(conn, S.usage_lines, LINE_COLS, lines)
+        refused = {bid: "debt limit" for bid in (self.charge(conn, charges, out, now, sessions) if charges else ())}
         for ws_id, items in reports.items():
             for bid, problem in pools.report_booked(conn, ws_id, items, now).items():
-                mismatch(bid, by_id[bid], problem.replace("-", " "))
+                if problem == pools.LEASE_LIMIT:
+                    refused[bid] = problem.replace("-", " ")
+                else:
+                    mismatch(bid, by_id[bid], problem.replace("-", " "))
+        for bid, why in refused.items():      # G4, G5: booked uncharged at a limit, the device told
+            b = by_id[bid]
+            mismatch(bid, b, why)
+            new[b["dev"]] = [(q, P.V_INVALID if q == b["seq"] else v) for q, v in new[b["dev"]]]
+        self.flag_mismatches(conn, mism, out)
+        return new
+
+    @staticmethod
+    def flag_mismatches(conn: Connection, mism: dict[int, dict], out: Outcome) -> None:
+        """The mismatch records {batch id: row} of a group written, their batches flagged."""
         if mism:
             conn.execute(update(S.usage_batches).where(S.usage_batches.c.id == bindparam("b_id"))
                          .values(mismatch=True), [{"b_id": k} for k in mism])
             ledger.insert_rows(conn, S.mismatches, list(mism.values()))
             out.mismatches += len(mism)
-        if charges:
-            self.charge(conn, charges, out, now, sessions)
-        return new
 
-    def charge(self, conn: Connection, charges: list, out: Outcome, now: int, sessions: dict[int, "MemoSession"]) -> None:
+    def charge(self, conn: Connection, charges: list, out: Outcome, now: int,
+               sessions: dict[int, "MemoSession"]) -> list[int]:
         """Step "charge" (rule G5): charge [(account, batch id, µCNY)] and command the devices of
-        the accounts whose suspension flips."""
+        the accounts whose suspension flips; returns the batch ids refused at the debt limit."""
         accs = {a for a, _, _ in charges}
         before = accounts.load_state(conn, accs)
         flags = {a: st["suspended"] for a, st in before.items()}
-        after = accounts.charge(conn, charges, now, before)
+        after, refused = accounts.charge(conn, charges, now, before)
         flipped = [a for a, st in after.items() if st["suspended"] != flags[a]]
         if flipped:
             self.send_commands(conn, accounts.commands_due(conn, flipped), out, sessions)
+        return refused
 
     def send_commands(self, conn: Connection, cmds: list[tuple[int, int, str]], out: Outcome,
                       sessions: dict[int, "MemoSession"] | None = None) -> None:

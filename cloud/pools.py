@@ -23,6 +23,10 @@ needs, calls the core, and stores what it decided, in the caller's transaction:
  S6. Leases: request -> Pool.open, renew -> Pool.renew, return -> Pool.close, booked batches ->
      Pool.report with the lease's booked total (a lower bound of use, P5), silence for twice
      the validity -> Pool.reclaim_due (into `unrec`, never straight to free).
+ S7. A lease's booked total never passes billing.LIMIT (2**60 uCNY, billing P9), so no flood of
+     a device's batches can overflow it: a batch that would take it past is not reported and
+     not added (`lease-limit`); it stays booked, uncharged, with a definite verdict
+     (cloud.ingest G4).
 
 Errors: PoolError(ValueError) for caller mistakes (unknown workspace or lease, not a License
 workspace, a lease of another device). Refusals that are business outcomes (a closed activation
@@ -66,6 +70,7 @@ def _license_ws(conn: Connection, ws_id: int) -> Any:
 
 # pool P5's overshoot: the dearest round of the shipped price book
 OVERSHOOT = PL.max_round(pricebook.default())
+LEASE_LIMIT = "lease-limit"      # S7: the problem report_booked names
 
 
 def terms(ws: Any) -> dict[str, int]:
@@ -287,9 +292,10 @@ def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int,
 
     Adds the units to each lease's booked total and reports that total to the core as a lower
     bound of the device's use (one entry per batch). Returns {batch id: problem} for batches on
-    a lease that is unknown or another device's, and `beyond-grant` for one whose use the pool
-    counted only up to the lease's bound (pool P5); the batch stays booked, the caller records
-    a mismatch.
+    a lease that is unknown or another device's, `beyond-grant` for one whose use the pool
+    counted only up to the lease's bound (pool P5), and `lease-limit` for one that would take
+    the lease's booked total past billing.LIMIT (rule S7: not reported, not added); the batch
+    stays booked, the caller records a mismatch.
     """
     lids = {it[0] for it in items}
     pool = load(conn, ws_id, lids)
@@ -304,6 +310,9 @@ def report_booked(conn: Connection, ws_id: int, items: list[tuple[int, int, int,
         r = pool.leases.get(lid)
         if r is None or r[0] != dev:
             problems[batch_id] = "unknown-lease" if r is None else "foreign-lease"
+            continue
+        if totals[lid] + units > billing.LIMIT:
+            problems[batch_id] = LEASE_LIMIT      # S7: not reported, not added
             continue
         totals[lid] += units
         entries.append(pool.report(lid, totals[lid], now))

@@ -25,6 +25,8 @@ Invariants of the rebuilt ledger, reported as one line each (`violations`; exit 
  I2. No lease counts use beyond its bound, total + offline allowance + one round
      (pool P5: a device's report is bounded by what the cloud granted).
  I3. A pool's overdraft is at most one round per lease (the allowed overdraft, P5).
+ I4. No account's balance lies outside [-LIMIT, LIMIT] and no lease's booked total above LIMIT
+     (firmware_py.billing P9, cloud.pools S7: what a flood of device claims could overflow).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from sqlalchemy.engine import Connection
 
 from edgemeter.cloud import pools
 from edgemeter.cloud import schema as S
+from firmware_py import billing
 from firmware_py import pool as PL
 
 Diff = tuple[str, str, str, Any, Any]
@@ -81,9 +84,12 @@ def rebuild_pools(conn: Connection) -> tuple[dict, dict]:
     return out_pools, out_leases
 
 
-def invariants(rp: dict, rl: dict) -> list[str]:
-    """I1-I3 over the rebuilt pools and leases: one line per violation."""
-    out = []
+def invariants(rp: dict, rl: dict, ra: dict | None = None) -> list[str]:
+    """I1-I4 over the rebuilt pools, leases and account balances: one line per violation."""
+    out = [f"account {a}: balance {r['balance_ucny']} beyond the limit of +-{billing.LIMIT} (billing P9)"
+           for a, r in sorted((ra or {}).items()) if billing.over_limit({"balance": r["balance_ucny"]})]
+    out += [f"lease {ws}/{lid}: booked {r['booked']} beyond the limit of {billing.LIMIT} (pools S7)"
+            for (ws, lid), r in sorted(rl.items()) if r.get("booked", 0) > billing.LIMIT]
     over = pools.OVERSHOOT
     per_ws: dict[int, int] = {}
     for (ws, lid), r in sorted(rl.items()):
@@ -189,7 +195,7 @@ def run(conn: Connection, check: bool = True) -> dict[str, Any]:
     rounds = conn.execute(select(func.coalesce(func.sum(S.usage_batches.c.rounds), 0))).scalar_one()
     if not check and diffs:
         _write(conn, rp, rl, ra, rpl, rk)
-    return {"differences": diffs, "violations": invariants(rp, rl), "seconds": elapsed, "rounds": int(rounds), "pools": len(rp), "leases": len(rl),
+    return {"differences": diffs, "violations": invariants(rp, rl, ra), "seconds": elapsed, "rounds": int(rounds), "pools": len(rp), "leases": len(rl),
             "accounts": len(ra), "devices": len(rk), "written": bool(not check and diffs)}
 
 

@@ -36,6 +36,12 @@ Postpaid (a state dict: {"trial": None|{"claimed","end","left"}, "plans": [plan.
       operator's rule sets new_days > 0) the claim falls within new_days days of the account's
       creation, [created, created + new_days x 86400). trial_eligible() returns the first
       reason it is not: "trial-claimed", "not-new-usage", "not-new-purchase", "not-new-age".
+  P9. Amounts stay inside the ledger's 64-bit columns whatever a device claims: a usage, price
+      or top-up amount is at most LIMIT = 2**60 uCNY (about CNY 1.15 trillion; "amount-range"
+      otherwise), a top-up may not take the balance above LIMIT ("amount-range"), and usage whose
+      pay-as-you-go rest would take the balance below -LIMIT is refused whole: over_limit() says
+      so of apply_postpaid's result, which the caller then discards (the cloud books the batch
+      uncharged with a definite verdict, cloud.ingest G5). P5 suspends an account long before.
 License (prepaid; rules L1..L4, no refunds: nothing here takes a purchase back):
   L1. A purchase (first or add-on) is a tier of the book and at least book["license"][0] = 100
       devices; every purchase of a workspace feeds that workspace's one pool.
@@ -63,6 +69,7 @@ except ImportError:
 
 FEN = const(10000)
 _BP = const(10000)
+LIMIT = 1 << 60       # P9 (no const(): above MicroPython's small integers on 32-bit ports)
 
 
 class BillingError(rating.RuleError):
@@ -72,7 +79,15 @@ class BillingError(rating.RuleError):
 def _amount(v, what):
     if type(v) is not int or v < 0:
         raise BillingError("amount", "%s must be a non-negative integer, got %r" % (what, v))
+    if v > LIMIT:
+        raise BillingError("amount-range", "%s must be at most 2**60 uCNY, got %d" % (what, v))
     return v
+
+
+def over_limit(state: dict) -> bool:
+    """P9: whether the state's cash balance has left [-LIMIT, LIMIT] (the usage that led there
+    is refused)."""
+    return not -LIMIT <= state["balance"] <= LIMIT
 
 
 def round_fen(num: int, den: int = 1) -> int:
@@ -156,6 +171,8 @@ def top_up(state: dict, ucny: int) -> dict:
     """P5: the state with ucny added to the cash balance and the flag recomputed."""
     st = _copy(state)
     st["balance"] += _amount(ucny, "top-up")
+    if st["balance"] > LIMIT:
+        raise BillingError("amount-range", "a top-up may not take the balance above 2**60 uCNY")
     st["suspended"] = st["balance"] < 0
     return st
 

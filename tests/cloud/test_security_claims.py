@@ -9,6 +9,9 @@ PostgreSQL where the store's integer range matters) through the rater's real boo
    definite verdict (booked as invalid, or for an unstorable seq dead-lettered as
    `out_of_range`), the device is told in a signed ack, and nothing is an `internal` failure;
  - the API's aggregates stay exact (no SQL sum overflow) after batches claiming 2^63-1;
+ - no flood of a device's batches over time can overflow its account's balance or its
+   lease's booked total: at billing.LIMIT (2^60 µCNY) a batch is booked uncharged with a
+   definite verdict (billing P9, cloud.pools S7);
  - `admin rebuild --check` checks the invariants (no lease used beyond its bound, no bucket
    below zero), not only that the projections match the entries.
 """
@@ -18,13 +21,14 @@ import subprocess
 import sys
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from rater_helpers import ROOT, NOW, ledger_summary, setup_store
-from edgemeter.cloud import db, ingest, pools
+from edgemeter.cloud import accounts, db, ingest, pools
 from edgemeter.cloud import schema as S
 from edgemeter.cloud.api import create_app
-from edgemeter.tools.fleetpub import STANDARD_CHAT, Device
+from edgemeter.tools.fleetpub import STANDARD_CHAT, STANDARD_CHAT_UCNY, Device
+from firmware_py import billing
 from firmware_py import pool as PL
 from firmware_py import proto as P
 
@@ -200,3 +204,95 @@ def test_a_seq_far_ahead_of_the_ack_is_refused_and_counts_nothing_unsynced(tmp_p
     client = TestClient(create_app(engine=rig.engine, tokens={"op-token-for-the-claims-test": None}))
     ov = client.get("/api/v1/overview", headers={"Authorization": "Bearer op-token-for-the-claims-test"}).json()
     assert ov["unsynced_batches"] == 0 and ov["batches"] == 1
+
+
+def _verdicts(rig: Rig, dev: int) -> dict[int, int]:
+    return [m for m in rig.down[dev] if m["type"] == P.ACK][-1].get("verdicts", {})
+
+
+def _balance(rig: Rig) -> int:
+    with rig.engine.connect() as conn:
+        return conn.execute(select(S.account_balances.c.balance_ucny)
+                            .where(S.account_balances.c.account_id == rig.reg["account"])).scalar_one()
+
+
+def test_a_postpaid_balance_stops_at_the_debt_limit(tmp_path):
+    """billing P9 through the booking step: the account already owes LIMIT - one chat round
+    (charged through the core, as some twenty million maximal batches would have left it): the
+    next round is charged and takes it exactly to -LIMIT; the one after is booked uncharged,
+    the device acked V_INVALID for it, a `debt limit` mismatch recorded, and the ledger stays
+    consistent."""
+    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+    dev = rig.reg["postpaid"][0]["id"]
+    d = rig.devs[dev]
+    acc = rig.reg["account"]
+    with db.write_connect(rig.engine) as conn, conn.begin():
+        held = accounts.load_state(conn, [acc])[acc]["balance"]
+        _, refused = accounts.charge(conn, [(acc, None, held), (acc, None, billing.LIMIT - STANDARD_CHAT_UCNY)], NOW)
+        assert refused == []
+    assert _balance(rig) == -billing.LIMIT + STANDARD_CHAT_UCNY
+    out = rig.send(d.usage([STANDARD_CHAT]))
+    assert out.booked == 1 and _balance(rig) == -billing.LIMIT and _verdicts(rig, dev) == {}
+    out = rig.send(d.usage([STANDARD_CHAT]))
+    assert out.booked == 1 and "internal" not in out.dead and d.acked == 2
+    assert _verdicts(rig, dev) == {2: P.V_INVALID} and _balance(rig) == -billing.LIMIT
+    with rig.engine.connect() as conn:
+        assert [r.reason for r in conn.execute(select(S.mismatches))] == ["debt limit"]
+        uncharged = conn.execute(select(S.usage_batches.c.id).where(S.usage_batches.c.seq == 2)).scalar_one()
+        assert conn.execute(select(S.account_entries).where(S.account_entries.c.batch_id == uncharged)).first() is None
+    r = rig.rebuild_check()
+    assert r.returncode == 0, r.stdout + r.stderr
+    with db.write_connect(rig.engine) as conn, conn.begin():
+        try:
+            accounts.top_up(conn, acc, billing.LIMIT * 2, NOW)
+            raise AssertionError("a top-up above LIMIT was taken")
+        except billing.BillingError as e:
+            assert e.rule == "amount-range"
+
+
+def test_a_balance_projection_near_the_64_bit_floor_gets_a_definite_verdict(tmp_path):
+    """A store whose balance projection sits a round above -2^63 (as some 170 million maximal
+    batches booked before the debt limit would have left it): the next batch used to raise
+    OverflowError (an `internal` dead letter, never acked); now it is booked uncharged and the
+    device told."""
+    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=1, license_=0)
+    dev = rig.reg["postpaid"][0]["id"]
+    d = rig.devs[dev]
+    with db.write_connect(rig.engine) as conn, conn.begin():
+        conn.execute(update(S.account_balances).values(balance_ucny=-BIG + 1000, suspended=True))
+    out = rig.send(d.usage([STANDARD_CHAT]))
+    assert "internal" not in out.dead and out.booked == 1 and d.acked == 1
+    assert _verdicts(rig, dev) == {1: P.V_INVALID} and _balance(rig) == -BIG + 1000
+    with db.write_connect(rig.engine) as conn, conn.begin():      # the same state from entries
+        conn.execute(update(S.account_balances).values(balance_ucny=0, paid_ucny=0, suspended=False))
+        acc = rig.reg["account"]
+        conn.execute(S.account_entries.insert().values(account_id=acc, batch_id=None, at=NOW, kind="payg", ref=0,
+                                                       list_ucny=BIG - 1000, bp=10000))
+        conn.execute(S.payments.delete())
+    r = rig.rebuild_check()
+    assert r.returncode == 1 and f"account {acc}: balance {-BIG + 1000} beyond the limit" in r.stdout, r.stdout
+
+
+def test_a_leases_booked_total_stops_at_the_limit(tmp_path):
+    """cloud.pools S7 through the booking step: a lease whose booked total sits a round below
+    LIMIT (as some twenty million maximal batches would have left it) takes the next batch
+    only if it fits; the one that does not is booked unreported, the device acked V_INVALID."""
+    rig = Rig(f"sqlite:///{tmp_path / 'ledger.db'}", postpaid=0, license_=1)
+    dev = rig.reg["license"][0]["id"]
+    ws = rig.reg["lic_ws"]
+    d = rig.devs[dev]
+    rig.send(d.control(P.LEASE_REQUEST, want=0))
+    lid = rig.grant(dev)["lease"]
+    with db.write_connect(rig.engine) as conn, conn.begin():
+        conn.execute(update(S.leases).where(S.leases.c.workspace_id == ws, S.leases.c.id == lid)
+                     .values(booked=billing.LIMIT - STANDARD_CHAT_UCNY))
+    out = rig.send(d.usage([STANDARD_CHAT], lease=lid))
+    assert out.booked == 1 and _verdicts(rig, dev) == {}
+    out = rig.send(d.usage([STANDARD_CHAT], lease=lid))
+    assert out.booked == 1 and "internal" not in out.dead and d.acked == 2
+    assert _verdicts(rig, dev) == {2: P.V_INVALID}
+    with rig.engine.connect() as conn:
+        booked = conn.execute(select(S.leases.c.booked).where(S.leases.c.workspace_id == ws,
+                                                             S.leases.c.id == lid)).scalar_one()
+        reasons = [r.reason for r in conn.execute(select(S.mismatches))]
+    assert booked == billing.LIMIT and "lease limit" in reasons
