@@ -19,9 +19,10 @@ Rules (the record format and the scanning rules F1-F2 are in jframe):
      records all have recno <= r, except the newest: compaction writes only the ~18-byte ack.
      A cut in between is finished by the next open().  records() yields only recno > acked.
  J7. Reads are bounded: open() and records() read a segment into the journal's one read
-     buffer of segment_bytes (allocated with the Journal, again after release()), so a device
-     heap never needs a fresh segment-sized block after boot; only a segment larger than
-     that (a record longer than segment_bytes) is read into a buffer of its own.
+     buffer of segment_bytes (allocated with the Journal, again after release()), and J3's
+     copy of a torn segment's good prefix goes through it, so a device heap never needs a
+     fresh segment-sized block after boot; only a segment larger than that (a record longer
+     than segment_bytes) is read into a buffer of its own.
 
 Exceptions: caller mistakes raise ValueError; OSErrors other than the no-space family pass
 through; outcomes are returned values (append -> recno > 0, or FULL / NOSPACE).
@@ -61,8 +62,9 @@ def _nospace(exc) -> bool:
     return bool(exc.args) and exc.args[0] in _NOSPACE_ERRNOS
 
 
-def cut(path: str, size: int, sync=_flush) -> None:
-    """Shorten the file at path to size bytes (truncate, else copy the prefix and rename)."""
+def cut(path: str, size: int, sync=_flush, buf=None) -> None:
+    """Shorten the file at path to size bytes (truncate, else copy the prefix and rename,
+    through buf when it holds size bytes: J7, no segment-sized block after boot)."""
     if size == 0:
         with open(path, "wb") as f:
             sync(f)
@@ -73,7 +75,13 @@ def cut(path: str, size: int, sync=_flush) -> None:
             tr(size)
             sync(f)
             return
-    data = _read(path, size)
+    if buf is not None and len(buf) >= size:
+        data = memoryview(buf)[:size]
+        with open(path, "rb") as f:
+            if (f.readinto(data) or 0) != size:
+                raise OSError(5, "short read of %s" % path)   # EIO: the file shrank under us
+    else:
+        data = _read(path, size)
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as g:
@@ -266,7 +274,7 @@ class Journal:
         path = self._path(seg[0])
         size = self._torn
         try:
-            cut(path, size, self._sync)
+            cut(path, size, self._sync, self._rbuf)
         except OSError as exc:
             if not _nospace(exc):
                 raise
@@ -345,9 +353,10 @@ class Journal:
             if i + 1 < len(segs) and segs[i + 1][0] <= lo:
                 continue
             buf, n = self._load(self._path(base), size)
+            mv = memoryview(buf)   # one copy per record, not a slice and then its copy
             for kind, _, end, r, h in scan(buf, base, n):
                 if kind == REC and r >= lo:
-                    yield r, bytes(buf[h:end - 4])
+                    yield r, bytes(mv[h:end - 4])
 
     def ack_through(self, recno: int) -> bool:
         """Acknowledge every record <= recno and compact (rule J6).  False when the ack could

@@ -31,8 +31,9 @@ key's type; firmware_py/README.md (Firmware) says what each means. Rules:
       the meter and the journal never see link trouble.
   F6. Heap: buffers are allocated once (the client's receive chunk and packet buffer, the
       topics); gc.collect() runs at the named points "boot", "connect", "round" (after a
-      workload step), "idle" (after a pass that waited) and "drain". After each, a new
-      high-water mark of the live heap prints `fw heap point=P live=L free=F hwm=H peak=K`
+      workload step), "idle" (after a pass that waited) and "drain", and inside recovery at
+      "scanned" and "resealed" (meter_base M7). After each new high-water mark of the live
+      heap, and always at "boot", it prints `fw heap point=P live=L free=F hwm=H peak=K`
       (peak: the most allocated seen just before a collection, garbage included). With
       "gc_threshold" N > 0, gc.threshold(N) (MicroPython) collects after every N bytes
       allocated: garbage never spreads over the whole heap, so what lives long is allocated
@@ -223,6 +224,7 @@ class Firmware:
                                  max_packet=cfg["max_packet"], rx_size=cfg["rx_size"],
                                  max_inflight=cfg["max_inflight"], timeout_ms=cfg["timeout_ms"])
         self.backoff = Backoff(cfg["backoff_base_ms"], cfg["backoff_cap_ms"])
+        self.meter.heap_point = self.heap
         self.prefix = "em/%d/%d/" % (cfg["ws"], dev)
         self.down = self.prefix + "down/#"
         self.topics: dict = {}
@@ -252,8 +254,8 @@ class Firmware:
         live = mem()
         if a > self.peak:
             self.peak = a
-        if live > self.hwm:
-            self.hwm = live
+        if live > self.hwm or point == "boot":
+            self.hwm = max(self.hwm, live)
             out("fw heap point=%s live=%d free=%d hwm=%d peak=%d"
                 % (point, live, getattr(gc, "mem_free")(), self.hwm, self.peak))
 

@@ -29,6 +29,11 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       book last pushed, rounds after jp re-deducted (device_session D6), unacked batches rebuilt from seal
       records and resent as retransmissions (meter_log G1-G2), then DeviceSession.start (a boot
       counted, the D5 gap fill). Open rounds live in RAM: a power cut loses them unbilled.
+      Recovery's heap is bounded: it re-deducts 8 rounds at a time, re-seals one batch at a
+      time after the scan has freed its tables (each batch's rows read again from the
+      journal), reads the unsealed head last, and keeps what it decoded in frames that end
+      before the session starts; heap_point(name), when a shell sets it, is called at
+      "scanned" and "resealed" to measure it.
   M8. Both state slots lost while the journal holds segments: the boot counter is not known,
       and a smaller one would have the cloud refuse the device's control messages as replays
       (cloud_session C5). The next boot is then above every boot in the journal's seal
@@ -92,6 +97,7 @@ class MeterBase:
         self.book = book or pb.default()
         self.s: DeviceSession = None  # type: ignore[assignment]  # set by open()
         self.keep = max(c["ram_rounds"], c["batch"])
+        self.heap_point = None  # a shell's heap probe, called with a name inside recovery
         self.out: list = []
         self.ev: list = []
         self.rounds: dict = {}  # rid -> [last activity, round dict, verdict, hint]
@@ -115,11 +121,37 @@ class MeterBase:
 
     # ------------------------------------------------------------------ recovery
     def open(self, now):
-        """Recover and start (M7): a report dict."""
+        """Recover and start (M7): a report dict. What recovery reads and decodes lives in the
+        frames of _session() and _recover(), gone before the session starts."""
         jrep = self.j.open()
         st = self.st.load() or {}
         srep = dict(self.st.report)
+        had = bool(st)
         self.jp = self.jp_prev = st.get(1, 0)
+        s = self.s = self._session(st.get(0))
+        del st
+        r = self._recover(now)
+        s.next_seq = max(s.next_seq, r["top"] + 1)
+        if had and (srep.get("a") not in ("ok", "empty") or srep.get("b") not in ("ok", "empty")):
+            s.boot += 1  # S4: the newest state may be lost; never reuse its boot number
+            self._event("state_fallback", srep)
+        lost = not had and (jrep["segments"] > 0 or jrep["records"] > 0)
+        if lost:  # M8: both state slots gone, the journal shows an earlier life
+            s.boot = max(s.boot, r["boot"], now)
+            self._event("state_lost", s.boot + 1)
+        self.npend = r["npend"]
+        self.pend, self.rd = ML.head(self.j, r["rd"], self.keep) if r["rd"] else ([], 0)
+        self._run(s.start(now))
+        if self.dirty or self.jp != self.j.next:
+            self._write_state()
+        self.last_round = now
+        return {"journal": jrep, "state": srep, "rededucted": r["rededucted"],
+                "resend": len(s.outbox), "unsealed": self.npend, "bad_records": r["bad"],
+                "orphans": r["orphans"], "boot": s.boot, "state_lost": lost}
+
+    def _session(self, saved):
+        """The DeviceSession from its saved state, with the newest price book: the one built in
+        or a newer one pushed before the restart."""
         book = self.book
         try:
             b = self.bs.load()
@@ -132,10 +164,17 @@ class MeterBase:
         scfg = {}
         for k in SESSION_CFG:
             scfg[k] = self.cfg[k]
-        s = self.s = DeviceSession(self.ws, self.dev, self.kid, self.key, book, st.get(0), (),
-                                   scfg, self.firmware)
+        s = DeviceSession(self.ws, self.dev, self.kid, self.key, book, saved, (), scfg, self.firmware)
         self.book = s.book
         self.acked_saved = s.acked
+        return s
+
+    def _recover(self, now):
+        """M7: the journal scanned (meter_log.scan), the rounds served after the last persist
+        re-deducted a few at a time, the unacked batches sealed again; returns the figures open()
+        needs: top (highest seq sealed), npend, rd, bad, orphans, rededucted, and boot (the
+        highest boot among the unacked batches, for M8)."""
+        s = self.s
         chunk: list = []
         rededucted = [0]
 
@@ -155,47 +194,57 @@ class MeterBase:
             rededucted[0] += len(chunk)
             del chunk[:]
 
-        def resend(seq, boot, rs):  # one unacked batch at a time (meter_log.scan's done)
-            s.outbox[seq] = self._rebuild(seq, boot, rs, now)
-            if rs:
-                self.batches[seq] = rs[0][0]
+        later = []
 
-        info = ML.scan(self.j, s.acked, st.get(1, 0), feed, self.keep, resend)
+        def note(seq, boot, rs):  # meter_log.scan's done: which records, sealed after the scan
+            later.append((seq, boot, [r for r, _ in rs]))
+
+        # keep 0: the unsealed head is read after the re-seals, so the two are not held together
+        info = ML.scan(self.j, s.acked, self.jp, feed, 0, note)
         flush()
-        for seq in sorted(info["seqs"]):
-            resend(seq, info["seqs"][seq][0], info["seqs"][seq][1])
-        s.next_seq = max(s.next_seq, info["top"] + 1)
-        if st and (srep.get("a") not in ("ok", "empty") or srep.get("b") not in ("ok", "empty")):
-            s.boot += 1  # S4: the newest state may be lost; never reuse its boot number
-            self._event("state_fallback", srep)
-        lost = not st and (jrep["segments"] > 0 or jrep["records"] > 0)
-        if lost:  # M8: both state slots gone, the journal shows an earlier life
-            for seq in info["seqs"]:
-                s.boot = max(s.boot, info["seqs"][seq][0])
-            s.boot = max(s.boot, now)
-            self._event("state_lost", s.boot + 1)
-        self.pend, self.npend, self.rd = info["pend"], info["npend"], info["rd"]
-        self._run(s.start(now))
-        if self.dirty or self.jp != self.j.next:
-            self._write_state()
-        self.last_round = now
-        return {"journal": jrep, "state": srep, "rededucted": rededucted[0],
-                "resend": len(s.outbox), "unsealed": self.npend, "bad_records": info["bad"],
-                "orphans": info["orphans"], "boot": s.boot, "state_lost": lost}
+        if self.heap_point:
+            self.heap_point("scanned")
+        seqs = info["seqs"]
+        boot = 0
+        for x in later:
+            boot = max(boot, x[1])
+        for seq in seqs:
+            boot = max(boot, seqs[seq][0])
+        self._reseal(later, seqs, now)
+        return {"top": info["top"], "npend": info["npend"], "rd": info["rd"], "bad": info["bad"],
+                "orphans": info["orphans"], "rededucted": rededucted[0], "boot": boot}
 
-    def _rebuild(self, seq, boot, rs, now):
+    def _reseal(self, later, seqs, now):
+        """M7: the unacked batches sealed again, one batch's rows at a time: those scan() noted
+        [(seq, boot, recnos)], read again from the journal, then those it returned with their
+        rounds ({seq: [boot, rounds]}). A frame of its own, so that nothing it held stays
+        reachable from open()'s (MicroPython scans a frame's whole value stack)."""
+        hp = self.heap_point
+        for seq, boot, recnos in later:
+            self._resend(seq, boot, ML.batch_at(self.j, recnos), recnos[0] if recnos else 0, now)
+            if hp:
+                hp("resealed")
+        for seq in sorted(seqs):
+            boot, rs = seqs[seq]
+            self._resend(seq, boot, ML.batch_rows(rs), rs[0][0] if rs else 0, now)
+
+    def _resend(self, seq, boot, b, first, now):
+        self.s.outbox[seq] = self._rebuild(seq, boot, b, now)
+        if first:
+            self.batches[seq] = first
+
+    def _rebuild(self, seq, boot, b, now):
+        """The sealed usage message of unacked batch seq from meter_log.batch_rows' b (None: no
+        rounds left, re-sealed empty)."""
         s = self.s
-        if rs:
-            t0 = min(r[1][1] for r in rs)
-            ver, lid = rs[0][1][2], rs[0][1][3]
-            rounds = [[r[1][1] - t0] + list(r[1][5]) for r in rs]
-            ucny = sum(r[1][4] for r in rs)
+        if b:
+            t0, ver, lid, ucny, rows = b
         else:
-            t0, ver, lid, rounds, ucny = max(now, 0), s.book["version"], 0, [], 0
+            t0, ver, lid, rows, ucny = max(now, 0), s.book["version"], 0, [], 0
         return P.seal(s.keys[s.kid], {"type": P.USAGE, "kid": s.kid, "dev": self.dev,
                                       "boot": boot or s.boot, "seq": seq, "ver": ver,
                                       "lease": lid, "t0": t0, "flags": P.RETX, "ucny": ucny,
-                                      "rounds": rounds})
+                                      "rounds": rows})
 
     # ------------------------------------------------------------------ executing actions
     def _write_state(self):

@@ -150,6 +150,56 @@ def scan(journal, acked, jnext, feed, keep, done=None):
             "orphans": orphans}
 
 
+def batch_rows(pairs):
+    """(t0, ver, lease, ucny, rows) of a batch's rounds [(recno, rec)] as decode() gives them:
+    the usage message's fields, each row [t - t0, *wire] (protocol U2); None for no rounds."""
+    b = None
+    for _, v in pairs:
+        b = _add_row(b, v)
+    return _rows_done(b)
+
+
+def batch_at(journal, recnos):
+    """batch_rows() of the round records numbered recnos (ascending), read again from the
+    journal one record at a time: recovery re-seals an unacked batch after scan() has freed its
+    tables, holding only the rows the message needs (a decoded record is about 4 times that)."""
+    b = None
+    if recnos:
+        last = recnos[-1]
+        for r, p in journal.records(recnos[0]):
+            if r > last:
+                break
+            if r in recnos:
+                try:
+                    kind, v = decode(p)
+                except MeterLogError:
+                    continue
+                if kind != SEAL:
+                    b = _add_row(b, v)
+    return _rows_done(b)
+
+
+def _add_row(b, v):
+    row = [v[1]]
+    row += v[5]
+    if b is None:
+        return [v[1], v[2], v[3], v[4], [row]]
+    if v[1] < b[0]:
+        b[0] = v[1]
+    b[3] += v[4]
+    b[4].append(row)
+    return b
+
+
+def _rows_done(b):
+    if b is None:
+        return None
+    t0 = b[0]
+    for row in b[4]:
+        row[0] -= t0
+    return t0, b[1], b[2], b[3], b[4]
+
+
 def head(journal, rd, keep):
     """(up to keep unsealed (recno, rec) from recno rd on, next rd or 0): refills the meter's
     in-memory head of unsealed rounds from the journal."""

@@ -38,9 +38,18 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fw_proc.make_image(tmp_path_factory.mktemp("fw") / "img")
 
 
-def tear(jdir: Path, n: int) -> None:
+def tear(jdir: Path, n: int, segment_bytes: int) -> None:
+    """The first n bytes of the next record, as a power cut during its append leaves them:
+    at the end of the newest segment, or where the append would have started a new one (a
+    segment never grows past segment_bytes, journal rule J1)."""
     seg = max(jdir.glob("j*.log"))
-    rec = jframe.encode(0xFFFF, bytes(range(15)))
+    data = seg.read_bytes()
+    base = int(seg.name[1:9], 16)
+    recs = [e[3] for e in jframe.scan(data, base) if e[0] == jframe.REC]
+    nxt = recs[-1] + 1 if recs else base
+    rec = jframe.encode(nxt, bytes(range(15)))
+    if len(data) + len(rec) > segment_bytes:
+        seg = jdir / f"j{nxt:08x}.log"
     with open(seg, "ab") as f:
         f.write(rec[:n])
 
@@ -87,11 +96,11 @@ def campaign(make: Callable[[dict, Path, int | None], fw_proc.Fw], b: Broker, ws
             nxt = max(fw.begun(), default=nxt - 1) + 1
             torn_next = run % 3 == 2 and any(jdir.glob("j*.log"))
             if torn_next:
-                tear(jdir, TEAR[tears % len(TEAR)])
+                tear(jdir, TEAR[tears % len(TEAR)], cfg["segment_bytes"])
                 tears += 1
         cfg["workload_args"] = {"first": nxt, "rounds": nxt + 25}
         fw = make(cfg, tmp_path / "em.json", None)
-        assert fw.wait(120) == 0, fw.lines[-20:]
+        assert fw.wait(120) == 0, [fw.stderr()] + fw.lines[-40:]
         served.update(fw.served())
     finally:
         fw.kill()

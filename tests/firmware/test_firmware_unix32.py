@@ -27,7 +27,7 @@ HEAP = "32k"
 # Recovery after kill -9 (a rebuild of unacked batches beside the full loop's buffers) needs a
 # little more than 32 KiB since the hot-path caches and the larger price book; see
 # firmware_py/README.md ("Firmware built from MicroPython source, and a 32 KiB heap").
-RECOVERY_HEAP = "34k"
+RECOVERY_HEAP = "32k"
 SMALL = {"segment_bytes": 1024, "journal_max_bytes": 8192, "max_packet": 1024, "rx_size": 128,
          "max_inflight": 2}
 SMALL_METER = {"rto": 2, "rto_max": 4, "retry": 2, "age": 1, "batch": 5, "ram_rounds": 5,
