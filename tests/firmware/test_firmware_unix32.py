@@ -24,10 +24,6 @@ from edgemeter.tools import mpbuild
 from edgemeter.tools.broker import Broker
 
 HEAP = "32k"
-# Recovery after kill -9 (a rebuild of unacked batches beside the full loop's buffers) needs a
-# little more than 32 KiB since the hot-path caches and the larger price book; see
-# firmware_py/README.md ("Firmware built from MicroPython source, and a 32 KiB heap").
-RECOVERY_HEAP = "32k"
 SMALL = {"segment_bytes": 1024, "journal_max_bytes": 8192, "max_packet": 1024, "rx_size": 128,
          "max_inflight": 2}
 SMALL_METER = {"rto": 2, "rto_max": 4, "retry": 2, "age": 1, "batch": 5, "ram_rounds": 5,
@@ -75,8 +71,8 @@ def test_full_loop_in_32k_on_the_frozen_unix32_firmware(unix32: Path, secure_bro
 def test_kill_9_recovery_in_32k_on_the_frozen_unix32_firmware(unix32: Path, secure_broker: Broker,
                                                                tmp_path: Path) -> None:
     def make(cfg: dict, path: Path, kill_at: int | None) -> fw_proc.Fw:
-        return fw_proc.Fw(None, cfg, path, heap=RECOVERY_HEAP, kill_at=kill_at, firmware=unix32)
+        return fw_proc.Fw(None, cfg, path, heap=HEAP, kill_at=kill_at, firmware=unix32)
     r = campaign(make, secure_broker, 39, 3901, tmp_path, KILLS, min_served=150,
                  meter=SMALL_METER, **SMALL)
-    print(f"unix32 -X heapsize={RECOVERY_HEAP}: {r['kills']} kill -9, {r['served']} rounds, high-water "
+    print(f"unix32 -X heapsize={HEAP}: {r['kills']} kill -9, {r['served']} rounds, high-water "
           f"mark over every run {r['hwm']} B")
