@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from edgemeter.tools import fw_m3, qemu_m3
+from edgemeter.tools import mpbuild, qemu_m3
 
 from mp import board as test_image
 
@@ -31,7 +31,7 @@ CORE_TESTS = [p for p in sorted((ROOT / "tests" / "core").glob("test_*.py")) if 
 def board() -> Iterator[qemu_m3.Board]:
     try:
         elf = test_image.build_test_image()
-    except fw_m3.BuildError as exc:
+    except mpbuild.MpBuildError as exc:
         pytest.fail(f"cannot build the board firmware: {exc}")
     with qemu_m3.Board(elf, icount=False, timeout=300) as b:
         b.mount_fs()

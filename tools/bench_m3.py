@@ -2,7 +2,7 @@
 
     python -m edgemeter.tools.bench_m3 [--json] [--quick]
 
-The device image (tools/fw_m3.py: firmware_py frozen in flash, a 32 KiB heap, the journal on
+The device image (tools/mpbuild.py, target cortex-m3: firmware_py frozen in flash, a 32 KiB heap, the journal on
 littlefs in RAM) runs under QEMU with `-icount shift=0`: the emulated clock advances 1 ns per
 instruction, so time.ticks_us() differences x 1000 are Cortex-M3 instructions, the same on
 any host and under any load. The board runs a real firmware_py.meter.Meter; its cloud is
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgemeter.tools import benchrows, fw_m3, qemu_m3
+from edgemeter.tools import benchrows, mpbuild, qemu_m3
 from firmware_py import pricebook
 from firmware_py.cloud_session import CloudSession
 from firmware_py.pool import Pool
@@ -281,9 +281,11 @@ def gc_row(board: qemu_m3.Board, heap: int) -> dict[str, Any]:
     """What one garbage collection costs on the device image with the meter open and leased."""
     board.soft_reset()
     board.mount_fs(fresh=True)
-    _setup(board, "em", {})
-    out = board.run("import gc, time\ngc.collect()\nt0 = time.ticks_us()\ngc.collect()\n"
-                    "print(time.ticks_diff(time.ticks_us(), t0), gc.mem_alloc(), gc.mem_free())\n")
+    # the measuring code is compiled before the meter opens: compiling it afterwards needs a
+    # contiguous block that the open meter's heap may not leave
+    _setup(board, "em", {}, "import gc, time\ndef _gc():\n    gc.collect()\n    t0 = time.ticks_us()\n"
+           "    gc.collect()\n    print(time.ticks_diff(time.ticks_us(), t0), gc.mem_alloc(), gc.mem_free())\n")
+    out = board.run("_gc()\n")
     us, live, free = (int(x) for x in out.split())
     return {"key": "fw.m3.insns_per_gc", "name": "M3 instructions per garbage collection",
             "value": us * 1000, "unit": "insns",
@@ -294,13 +296,13 @@ def gc_row(board: qemu_m3.Board, heap: int) -> dict[str, Any]:
 
 def bench_image() -> Path:
     """build/fw-m3-bench/firmware.elf: the device image's frozen modules, a BENCH_HEAP heap."""
-    return fw_m3.build(fw_m3.find_source(None), BENCH_HEAP, "bench", fw_m3.device_manifest())
+    return mpbuild.board_image(BENCH_HEAP, "bench", mpbuild.manifest_text(*mpbuild.frozen_sources("cortex-m3")))
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every board figure as rows {key, name, value, unit, how}."""
     bench = bench_image()
-    elf = fw_m3.build(fw_m3.find_source(None))
+    elf = mpbuild.board_image()
     heap = int((elf.parent / "heap").read_text())
     rows: list[dict[str, Any]] = []
     with qemu_m3.Board(bench, icount=True, timeout=300) as board:
@@ -311,9 +313,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows.append(heap_row(board, heap))
         rows.append(gc_row(board, heap))
     rows.append({"key": "fw.m3.image_bytes", "name": "M3 flash image (VM + littlefs + frozen device image)",
-                 "value": fw_m3.image_bytes(elf), "unit": "bytes",
-                 "how": f"arm-none-eabi-size text + data of {elf.relative_to(fw_m3.ROOT)} "
-                        "(python -m edgemeter.tools.fw_m3)"})
+                 "value": mpbuild.image_bytes(elf), "unit": "bytes",
+                 "how": f"arm-none-eabi-size text + data of {elf.relative_to(mpbuild.ROOT)} "
+                        "(edgemeter build-firmware --target cortex-m3)"})
     return rows
 
 

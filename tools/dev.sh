@@ -4,7 +4,7 @@
 #   bash tools/dev.sh test       install everything, type-check and build the firmware, run all tests
 #   bash tools/dev.sh campaign   the full fault and load campaigns (long; not part of `test`)
 #   bash tools/dev.sh bench      every benchmark, results into BENCHMARKS.md's format
-#   bash tools/dev.sh firmware   MicroPython firmware from source: build/fw-unix32, build/fw-m3-core
+#   bash tools/dev.sh firmware   MicroPython firmware from source: build/fw-unix32, build/fw-m3
 # Works on a fresh Debian/Ubuntu machine with Python 3.11; uses sudo only when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,7 +99,7 @@ case "$cmd" in
             python -m edgemeter.tools.mpbuild --target unix32
         fi
         say "building the Cortex-M3 board firmware (QEMU MPS2-AN385; apt-installs the ARM toolchain and QEMU)"
-        python -m edgemeter.tools.fw_m3
+        python -m edgemeter.tools.mpbuild --target cortex-m3
         say "running the test suite (CPython, the MicroPython unix port, the Cortex-M3 board)"
         python -m pytest "$@"
         # The rater's MQTT client overrides private paho methods (cloud/mqttclient.py, rule Q4):
@@ -130,8 +130,6 @@ case "$cmd" in
         ensure_venv
         say "building the MicroPython firmware from source (tools/mpbuild.py)"
         python -m edgemeter.tools.mpbuild --target all "$@"
-        say "building the Cortex-M3 board image (littlefs journal; tools/fw_m3.py)"
-        python -m edgemeter.tools.fw_m3
         ;;
     bench)
         ensure_system

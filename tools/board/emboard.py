@@ -1,4 +1,4 @@
-# Board support for the emulated Cortex-M3 board (MicroPython, frozen by tools/fw_m3.py).
+# Board support for the emulated Cortex-M3 board (MicroPython, frozen by tools/mpbuild.py).
 # A RAM block device outside the MicroPython heap holding a littlefs2 filesystem: what a real
 # board does with its flash (a machine.Flash / esp32.Partition block device), here on the
 # second SSRAM bank of the MPS2-AN385 so that the 32 KiB heap holds only littlefs's buffers.
