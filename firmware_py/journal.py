@@ -81,7 +81,7 @@ def cut(path: str, size: int, sync=_flush, buf=None) -> None:
             if (f.readinto(data) or 0) != size:
                 raise OSError(5, "short read of %s" % path)   # EIO: the file shrank under us
     else:
-        data = _read(path, size)
+        data = memoryview(_read(path, size))
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as g:

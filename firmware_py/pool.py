@@ -21,7 +21,10 @@ overdraft) and counted in the lease's `extra`, so its outstanding is R + extra -
       granted: use above the lease's total + allowance + terms["overshoot"] (MAX_ROUND, the
       most the last round may overshoot, lease L3) is taken as that bound, so one device's
       claim can neither drain the pool nor overflow it; report() and close() return the
-      entry with the use actually counted.
+      entry with the use actually counted. Once the pool's overdraft has reached
+      billing.LIMIT (2**60 units, billing P9) no lease may overshoot any more (its bound is
+      its total + allowance), so however many leases devices open over the years the
+      overdraft stays below LIMIT + one round.
   P6. Reclaim: a live lease with no report for 2 x its validity moves its outstanding into
       unrec, not into free (the device may still be serving offline from it).
   P7. Contact revives: a report or a grant on a reclaimed lease moves it back to live.
@@ -32,6 +35,7 @@ overdraft) and counted in the lease's `extra`, so its outstanding is R + extra -
       A shell may load only the leases an entry touches: the buckets do not need the rest.
 Caller mistakes and malformed entries raise LeaseError(ValueError) before anything changes.
 """
+from firmware_py.billing import LIMIT
 from firmware_py.lease import CONTINUE, STOP, LeaseError, check_units
 
 try:
@@ -155,9 +159,10 @@ class Pool:
         return es, self.grant_info(lid, ask, units)
 
     def bound(self, lid):
-        """The most use a report on lease lid may count (P5): total + allowance + overshoot."""
+        """The most use a report on lease lid may count (P5): total + allowance + overshoot
+        (no overshoot once the overdraft has reached LIMIT)."""
         r = self.lease(lid)
-        return r[2] + r[3] + self.terms["overshoot"]
+        return r[2] + r[3] + (self.terms["overshoot"] if self.overdraft < LIMIT else 0)
 
     def report(self, lid, used, now):
         return self.apply([OP_REPORT, lid, min(check_units(used, "used"), self.bound(lid)), now])

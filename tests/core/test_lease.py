@@ -102,6 +102,28 @@ def test_pool_counts_a_report_only_up_to_the_lease_bound():
     assert e[2] == 1350 and p.consumed == 1350 and p.check()
 
 
+def test_pool_overdraft_stops_growing_at_the_limit():
+    """P5: once the overdraft has reached billing.LIMIT, a lease counts at most its
+    reservation (no overshoot), so leases opened without end cannot overflow it."""
+    from firmware_py import billing
+    terms = {"grant": 1000, "max": 1000, "allowance": 50, "overshoot": 300}
+    p = PL.Pool(terms=terms)
+    p.open(7, 0, T)                                # an empty pool: nothing granted, 0 reserved
+    e = p.report(1, 1 << 62, T + 1)
+    assert e[2] == 300 and p.overdraft == 300 and p.check()     # one round beyond the grant
+    # a pool whose earlier leases (not loaded) overshot until the overdraft is a unit short
+    p = PL.Pool(state={"consumed": billing.LIMIT - 1, "overdraft": billing.LIMIT - 1, "next_lease": 2},
+                terms=terms)
+    assert p.check()
+    p.open(8, 0, T + 2)
+    e = p.report(2, 1 << 62, T + 3)
+    assert e[2] == 300 and p.overdraft == billing.LIMIT - 1 + 300    # the last overshoot
+    p.open(9, 0, T + 4)
+    assert p.bound(3) == 0
+    e = p.report(3, 1 << 62, T + 5)
+    assert e[2] == 0 and p.overdraft == billing.LIMIT - 1 + 300 and p.check()
+
+
 def test_pool_open_on_an_empty_pool_is_final_and_caller_mistakes_raise():
     p = PL.Pool(terms={"policy": L.STOP})
     es, g = p.open(1, 0, T)
