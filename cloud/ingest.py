@@ -399,10 +399,11 @@ class Ingest:
         refused = {bid: "debt limit" for bid in (self.charge(conn, charges, out, now, sessions) if charges else ())}
         for ws_id, items in reports.items():
             for bid, problem in pools.report_booked(conn, ws_id, items, now).items():
+                why = problem.replace("-", " ")
                 if problem == pools.LEASE_LIMIT:
-                    refused[bid] = problem.replace("-", " ")
+                    refused[bid] = why
                 else:
-                    mismatch(bid, by_id[bid], problem.replace("-", " "))
+                    mismatch(bid, by_id[bid], why)
         for bid, why in refused.items():      # G4, G5: booked uncharged at a limit, the device told
             b = by_id[bid]
             mismatch(bid, b, why)

@@ -29,11 +29,12 @@ sockets; the record formats and their rules G1-G2 are in firmware_py.meter_log.
       book last pushed, rounds after jp re-deducted (device_session D6), unacked batches rebuilt from seal
       records and resent as retransmissions (meter_log G1-G2), then DeviceSession.start (a boot
       counted, the D5 gap fill). Open rounds live in RAM: a power cut loses them unbilled.
-      Recovery's heap is bounded: it re-deducts 8 rounds at a time, re-seals one batch at a
-      time after the scan has freed its tables (each batch's rows read again from the
-      journal), reads the unsealed head last, and keeps what it decoded in frames that end
-      before the session starts; heap_point(name), when a shell sets it, is called at
-      "scanned" and "resealed" to measure it.
+      Recovery's heap is bounded: it re-deducts 8 rounds at a time, the scan keeps only the
+      record numbers of each unacked batch's rounds, the batches are re-sealed one at a time
+      after the scan (each batch's rows read again from the journal), the unsealed head is
+      read last, and what recovery decodes lives in frames that end before the session
+      starts; heap_point(name), when a shell sets it, is called at "scanned" and "resealed"
+      to measure it.
   M8. Both state slots lost while the journal holds segments: the boot counter is not known,
       and a smaller one would have the cloud refuse the device's control messages as replays
       (cloud_session C5). The next boot is then above every boot in the journal's seal
@@ -194,39 +195,29 @@ class MeterBase:
             rededucted[0] += len(chunk)
             del chunk[:]
 
-        later = []
-
-        def note(seq, boot, rs):  # meter_log.scan's done: which records, sealed after the scan
-            later.append((seq, boot, [r for r, _ in rs]))
-
-        # keep 0: the unsealed head is read after the re-seals, so the two are not held together
-        info = ML.scan(self.j, s.acked, self.jp, feed, 0, note)
+        info = ML.scan(self.j, s.acked, self.jp, feed)
         flush()
         if self.heap_point:
             self.heap_point("scanned")
         seqs = info["seqs"]
         boot = 0
-        for x in later:
-            boot = max(boot, x[1])
         for seq in seqs:
             boot = max(boot, seqs[seq][0])
-        self._reseal(later, seqs, now)
+        self._reseal(seqs, now)
         return {"top": info["top"], "npend": info["npend"], "rd": info["rd"], "bad": info["bad"],
                 "orphans": info["orphans"], "rededucted": rededucted[0], "boot": boot}
 
-    def _reseal(self, later, seqs, now):
-        """M7: the unacked batches sealed again, one batch's rows at a time: those scan() noted
-        [(seq, boot, recnos)], read again from the journal, then those it returned with their
-        rounds ({seq: [boot, rounds]}). A frame of its own, so that nothing it held stays
-        reachable from open()'s (MicroPython scans a frame's whole value stack)."""
+    def _reseal(self, seqs, now):
+        """M7: the unacked batches scan() listed ({seq: [boot, recnos]}) sealed again, one
+        batch's rows at a time, read again from the journal. A frame of its own, so that
+        nothing it held stays reachable from open()'s (MicroPython scans a frame's whole value
+        stack)."""
         hp = self.heap_point
-        for seq, boot, recnos in later:
+        for seq in sorted(seqs):
+            boot, recnos = seqs[seq]
             self._resend(seq, boot, ML.batch_at(self.j, recnos), recnos[0] if recnos else 0, now)
             if hp:
                 hp("resealed")
-        for seq in sorted(seqs):
-            boot, rs = seqs[seq]
-            self._resend(seq, boot, ML.batch_rows(rs), rs[0][0] if rs else 0, now)
 
     def _resend(self, seq, boot, b, first, now):
         self.s.outbox[seq] = self._rebuild(seq, boot, b, now)
@@ -234,13 +225,13 @@ class MeterBase:
             self.batches[seq] = first
 
     def _rebuild(self, seq, boot, b, now):
-        """The sealed usage message of unacked batch seq from meter_log.batch_rows' b (None: no
+        """The sealed usage message of unacked batch seq from meter_log.batch_at's b (None: no
         rounds left, re-sealed empty)."""
         s = self.s
         if b:
             t0, ver, lid, ucny, rows = b
         else:
-            t0, ver, lid, rows, ucny = max(now, 0), s.book["version"], 0, [], 0
+            t0, ver, lid, ucny, rows = max(now, 0), s.book["version"], 0, 0, []
         return P.seal(s.keys[s.kid], {"type": P.USAGE, "kid": s.kid, "dev": self.dev,
                                       "boot": boot or s.boot, "seq": seq, "ver": ver,
                                       "lease": lid, "t0": t0, "flags": P.RETX, "ucny": ucny,

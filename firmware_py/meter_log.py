@@ -68,23 +68,20 @@ def decode(payload):
     return kind, [0, a[0], a[1], a[2], a[3], a[4:]]
 
 
-def scan(journal, acked, jnext, feed, keep, done=None):
+def scan(journal, acked, jnext, feed):
     """Read an opened journal twice and return what the meter needs after a restart.
 
     acked: the persisted DeviceSession.acked; jnext: the journal position persisted with it;
     feed(rec): called in order for every round with recno >= jnext (served after the last
     persist: DeviceSession.recover re-deducts them, device_session rule D6; k is left 0 for the caller),
     then feed(None) once the first reading is over (the caller settles what it buffered
-    before the second reading fills the heap again);
-    keep: how many unsealed rounds to return in memory;
-    done(seq, boot, [(recno, rec), ...]): when given, called for each unacked batch as soon
-    as the scan has read past its last round, which it then forgets: recovery holds one
-    batch's rounds at a time, however many batches are unacked.
-    Returns a dict: seqs {seq: [boot, [(recno, rec), ...]]} (unacked batches to resend and
-    not given to done),
-    top (the highest seq sealed), pend [(recno, rec)] (the first `keep` unsealed rounds),
-    npend (all unsealed rounds), rd (recno of the first unsealed round not in pend, or 0),
-    bad (records that did not decode), orphans (rounds no seal accounts for, dropped).
+    before the second reading fills the heap again).
+    Returns a dict: seqs {seq: [boot, [recno, ...]]} (the unacked batches to resend, each with
+    the record numbers of its rounds, which batch_at() reads again: the scan holds no decoded
+    round beyond the one in hand, however many batches are unacked),
+    top (the highest seq sealed), npend (all unsealed rounds), rd (recno of the first unsealed
+    round, or 0: head() reads them), bad (records that did not decode), orphans (rounds no
+    seal accounts for, dropped).
     A seq > acked whose seal record is missing (quarantined) while a higher seal exists is
     given the sealed rounds no seal record covers (G1); with no higher seal it is left out
     (DeviceSession.start re-seals it empty, D5, and its rounds are still unsealed).
@@ -115,28 +112,22 @@ def scan(journal, acked, jnext, feed, keep, done=None):
         out[unknown[0]] = [0, []]
     ranges = sorted(seals.values(), key=lambda v: v[2])
     i = 0
-    pend: list = []
     npend = 0
     rd = 0
     orphans = 0
     for r, p in journal.records():
         try:
-            kind, v = decode(p)
+            kind, _ = decode(p)
         except MeterLogError:
             continue
         if kind == SEAL:
             continue
         if r > last:
             npend += 1
-            if len(pend) < keep:
-                pend.append((r, v))
-            elif not rd:
+            if not rd:
                 rd = r
             continue
         while i < len(ranges) and ranges[i][3] < r:
-            q = ranges[i][0]
-            if done is not None and q in out and (not unknown or q != unknown[0]):
-                done(q, out[q][0], out.pop(q)[1])
             i += 1
         home = ranges[i][0] if i < len(ranges) and ranges[i][2] <= r else 0
         if not home:
@@ -145,59 +136,43 @@ def scan(journal, acked, jnext, feed, keep, done=None):
                 continue
             home = unknown[0]
         if home in out:
-            out[home][1].append((r, v))
-    return {"seqs": out, "top": top, "pend": pend, "npend": npend, "rd": rd, "bad": bad,
-            "orphans": orphans}
-
-
-def batch_rows(pairs):
-    """(t0, ver, lease, ucny, rows) of a batch's rounds [(recno, rec)] as decode() gives them:
-    the usage message's fields, each row [t - t0, *wire] (protocol U2); None for no rounds."""
-    b = None
-    for _, v in pairs:
-        b = _add_row(b, v)
-    return _rows_done(b)
+            out[home][1].append(r)
+    return {"seqs": out, "top": top, "npend": npend, "rd": rd, "bad": bad, "orphans": orphans}
 
 
 def batch_at(journal, recnos):
-    """batch_rows() of the round records numbered recnos (ascending), read again from the
-    journal one record at a time: recovery re-seals an unacked batch after scan() has freed its
-    tables, holding only the rows the message needs (a decoded record is about 4 times that)."""
+    """(t0, ver, lease, ucny, rows) of the round records numbered recnos (ascending, as scan()
+    lists a batch's), read again from the journal one record at a time: the usage message's
+    fields, each row [t - t0, *wire] (protocol U2), holding only the rows the message needs
+    (a decoded record is about 4 times that); None for no rounds."""
+    if not recnos:
+        return None
     b = None
-    if recnos:
-        last = recnos[-1]
-        for r, p in journal.records(recnos[0]):
-            if r > last:
-                break
-            if r in recnos:
-                try:
-                    kind, v = decode(p)
-                except MeterLogError:
-                    continue
-                if kind != SEAL:
-                    b = _add_row(b, v)
-    return _rows_done(b)
-
-
-def _add_row(b, v):
-    row = [v[1]]
-    row += v[5]
-    if b is None:
-        return [v[1], v[2], v[3], v[4], [row]]
-    if v[1] < b[0]:
-        b[0] = v[1]
-    b[3] += v[4]
-    b[4].append(row)
-    return b
-
-
-def _rows_done(b):
+    last = recnos[-1]
+    for r, p in journal.records(recnos[0]):
+        if r > last:
+            break
+        if r not in recnos:
+            continue
+        try:
+            kind, v = decode(p)
+        except MeterLogError:
+            continue
+        if kind == SEAL:
+            continue
+        row = [v[1]]
+        row += v[5]
+        if b is None:
+            b = [v[1], v[2], v[3], v[4], [row]]
+        else:
+            b[0] = min(b[0], v[1])
+            b[3] += v[4]
+            b[4].append(row)
     if b is None:
         return None
-    t0 = b[0]
     for row in b[4]:
-        row[0] -= t0
-    return t0, b[1], b[2], b[3], b[4]
+        row[0] -= b[0]
+    return b[0], b[1], b[2], b[3], b[4]
 
 
 def head(journal, rd, keep):
