@@ -149,16 +149,10 @@ def batch_at(journal, recnos):
         return None
     b = None
     last = recnos[-1]
-    for r, p in journal.records(recnos[0]):
+    for r, v in _rounds(journal, recnos[0]):
         if r > last:
             break
         if r not in recnos:
-            continue
-        try:
-            kind, v = decode(p)
-        except MeterLogError:
-            continue
-        if kind == SEAL:
             continue
         row = [v[1]]
         row += v[5]
@@ -179,14 +173,20 @@ def head(journal, rd, keep):
     """(up to keep unsealed (recno, rec) from recno rd on, next rd or 0): refills the meter's
     in-memory head of unsealed rounds from the journal."""
     got: list = []
-    for r, p in journal.records(rd):
-        try:
-            kind, v = decode(p)
-        except MeterLogError:
-            continue
-        if kind == SEAL:
-            continue
+    for r, v in _rounds(journal, rd):
         if len(got) >= keep:
             return got, r
         got.append((r, v))
     return got, 0
+
+
+def _rounds(journal, start):
+    """(recno, rec) of the round records from recno start on, as decode() gives them (records
+    that do not decode, and seals, skipped)."""
+    for r, p in journal.records(start):
+        try:
+            kind, v = decode(p)
+        except MeterLogError:
+            continue
+        if kind != SEAL:
+            yield r, v
